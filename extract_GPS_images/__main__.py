@@ -1,0 +1,32 @@
+"""``python -m extract_GPS_images {synthetic,gee} ...``: the CLI twin of image.ipynb."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+#: sub-command -> module providing ``add_arguments(parser)`` and ``main(args)``.
+COMMANDS: dict[str, str] = {
+    "synthetic": "extract_GPS_images.synthetic",
+    "gee": "extract_GPS_images.gee",
+}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per backend."""
+    parser = argparse.ArgumentParser(prog="python -m extract_GPS_images", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(module)
+        mod.add_arguments(sub.add_parser(name, help=mod.__doc__.splitlines()[0]))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` and run the chosen backend."""
+    args = get_args_parser().parse_args(argv)
+    importlib.import_module(COMMANDS[args.command]).main(args)
+
+
+if __name__ == "__main__":
+    main()

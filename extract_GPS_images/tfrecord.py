@@ -1,0 +1,106 @@
+"""Write and read records in the Earth Engine TFRecord export schema (DESIGN section 3).
+
+Each record is a gzip-compressed ``tf.train.Example``: one float feature per band
+holding H*W values row-major (metadata bands are constant images), plus, when
+written locally, a bytes feature ``cell_id``. It reads back exactly as Earth
+Engine's documentation reads exports::
+
+    tf.io.parse_single_example(x, {b: tf.io.FixedLenFeature([H, W], tf.float32)})
+
+TensorFlow is imported lazily, only here, only when a record is written or read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from extract_GPS_images.schema import CELL_ID_FEATURE, META_BANDS, image_band_names
+from utils.atomic import atomic_path
+
+
+def _tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf  # noqa: PLC0415 (lazy: heavy, only for TFRecord I/O)
+
+    return tf
+
+
+def encode_example(bands: Mapping[str, np.ndarray], cell_id: str | None = None) -> bytes:
+    """Serialise one record deterministically (same arrays, same bytes).
+
+    Args:
+        bands: band name -> array of any shape (flattened row-major as float32).
+        cell_id: original cell id, stored as a bytes feature when given.
+    """
+    tf = _tf()
+    feature = {
+        name: tf.train.Feature(
+            float_list=tf.train.FloatList(value=np.asarray(arr, np.float32).ravel().tolist())
+        )
+        for name, arr in bands.items()
+    }
+    if cell_id is not None:
+        feature[CELL_ID_FEATURE] = tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[str(cell_id).encode("utf-8")])
+        )
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+def sample_bands(
+    image: np.ndarray, meta: Mapping[str, float], names: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Band dict of one sample: image channels (C, H, W) plus constant metadata bands.
+
+    Args:
+        image: (C, H, W) array whose channels are ``names`` (default: the 24
+            Sentinel-2 channels and ``DW``).
+        meta: values of ``label``, ``latitude``, ``longitude``, ``year``, ``imagery_year``.
+        names: channel names of ``image``.
+    """
+    names = names or image_band_names()
+    if image.ndim != 3 or image.shape[0] != len(names):
+        raise ValueError(f"image must be (C={len(names)}, H, W), got shape {image.shape}")
+    height, width = image.shape[1:]
+    bands = {name: image[i] for i, name in enumerate(names)}
+    for key in META_BANDS:
+        bands[key] = np.full((height, width), meta[key], np.float32)
+    return bands
+
+
+def write_tfrecord(path: str | Path, records: Iterable[bytes]) -> Path:
+    """Write serialised records to a gzip TFRecord file, atomically."""
+    tf = _tf()
+    options = tf.io.TFRecordOptions(compression_type="GZIP")
+    with atomic_path(path) as tmp:
+        with tf.io.TFRecordWriter(str(tmp), options) as writer:
+            for record in records:
+                writer.write(record)
+    return Path(path)
+
+
+def iter_serialized(path: str | Path) -> Iterator[bytes]:
+    """Yield the raw serialised records of a gzip TFRecord file."""
+    tf = _tf()
+    for raw in tf.data.TFRecordDataset(str(path), compression_type="GZIP"):
+        yield raw.numpy()
+
+
+def parse_spec(names: Iterable[str], height: int, width: int) -> dict:
+    """Feature spec reading each band as ``FixedLenFeature([H, W], tf.float32)``."""
+    tf = _tf()
+    return {name: tf.io.FixedLenFeature([height, width], tf.float32) for name in names}
+
+
+def feature_lengths(serialized: bytes) -> dict[str, int]:
+    """Band name -> number of float values in a record (bytes features get -1)."""
+    tf = _tf()
+    example = tf.train.Example.FromString(serialized)
+    return {
+        name: len(feat.float_list.value) if feat.HasField("float_list") else -1
+        for name, feat in example.features.feature.items()
+    }
