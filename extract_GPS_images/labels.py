@@ -180,7 +180,10 @@ def read_labels(
             problems.setdefault(i, []).append(message(i))
 
     cell_ids = raw["cell_id"].astype(str).str.strip()
-    bad(cell_ids.eq("").to_numpy(), lambda i: f"line {lines[i]}, column '{used['cell_id']}': empty cell id")
+    bad(
+        cell_ids.eq("").to_numpy(),
+        lambda i: f"line {lines[i]}, column '{used['cell_id']}': empty cell id",
+    )
     numbers = {}
     for canon in ("year", "latitude", "longitude", "label"):
         text = raw[canon].astype(str).str.strip()

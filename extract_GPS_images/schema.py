@@ -40,6 +40,19 @@ DW_CLASSES: tuple[str, ...] = (
     "snow_and_ice",
 )
 
+#: Dynamic World's own palette, in code order.
+DW_PALETTE: tuple[str, ...] = (
+    "#419BDF",
+    "#397D49",
+    "#88B053",
+    "#7A87C6",
+    "#E49635",
+    "#DFC35A",
+    "#C4281B",
+    "#A59B8F",
+    "#B39FE1",
+)
+
 #: Valid range of Sentinel-2 reflectance after /10000 (L1C saturates near 2.0).
 REFLECTANCE_RANGE: tuple[float, float] = (0.0, 2.0)
 

@@ -104,3 +104,24 @@ def feature_lengths(serialized: bytes) -> dict[str, int]:
         name: len(feat.float_list.value) if feat.HasField("float_list") else -1
         for name, feat in example.features.feature.items()
     }
+
+
+def read_bands(path: str | Path, index: int = 0) -> tuple[dict[str, np.ndarray], str | None]:
+    """Read record ``index`` of a canonical-schema file as band name -> (H, W) arrays
+    (square patches; H inferred from the band length) and its cell id, if stored."""
+    tf = _tf()
+    for i, raw in enumerate(iter_serialized(path)):
+        if i != index:
+            continue
+        example = tf.train.Example.FromString(raw)
+        bands, cell_id = {}, None
+        for name, feat in example.features.feature.items():
+            if feat.HasField("bytes_list"):
+                if name == CELL_ID_FEATURE:
+                    cell_id = feat.bytes_list.value[0].decode("utf-8")
+                continue
+            values = np.asarray(feat.float_list.value, np.float32)
+            side = int(round(np.sqrt(values.size)))
+            bands[name] = values.reshape(side, side) if side * side == values.size else values
+        return bands, cell_id
+    raise IndexError(f"{path} has no record {index}")
