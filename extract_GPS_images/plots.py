@@ -88,11 +88,17 @@ def plot_examples(
 
 
 def pick_examples(labels: pd.DataFrame, out_dir: str | Path, k: int = 6) -> list[Path]:
-    """``k`` record files spread over the label range, poorest first (damaged files skipped)."""
+    """``k`` record files of ``out_dir`` spread over the label range, poorest first
+    (files listed in ``corruptions.csv`` or absent are skipped)."""
     out = Path(out_dir)
     damaged = set()
     if (out / "corruptions.csv").is_file():
         damaged = set(pd.read_csv(out / "corruptions.csv")["file"])
-    frame = labels[~labels["file"].isin(damaged)].sort_values("label")
+    files = [
+        schema.record_file_name(c, y) for c, y in zip(labels.cell_key, labels.year, strict=True)
+    ]
+    frame = labels.assign(file=files)
+    frame = frame[~frame["file"].isin(damaged) & frame["file"].map(lambda f: (out / f).is_file())]
+    frame = frame.sort_values("label")
     picks = np.unique(np.linspace(0, len(frame) - 1, k).round().astype(int))
     return [out / frame["file"].iloc[i] for i in picks]
