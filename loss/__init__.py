@@ -15,8 +15,11 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from numpy.typing import ArrayLike
 from torch import Tensor, nn
 
+from loss.balanced_mse import BMCLoss, BNILoss, GAILoss, bmc_loss, bni_loss, gai_loss
+from loss.dense import DenseLoss
 from loss.regression import (
     focal_l1_loss,
     focal_mse_loss,
@@ -37,40 +40,62 @@ LOSSES: dict[str, LossFn | type[nn.Module]] = {
     "l3": l3_loss,
     "focal_l1": focal_l1_loss,
     "focal_mse": focal_mse_loss,
+    "bmc": BMCLoss,
+    "bni": BNILoss,
+    "gai": GAILoss,
+    "dense": DenseLoss,
 }
 
 
 def _keyword_options(loss: LossFn | type[nn.Module]) -> set[str]:
     params = inspect.signature(loss).parameters
-    positional = {"self", "pred", "target", "weights"}
+    positional = {"self", "pred", "target", "weights", "train_labels"}
     return {name for name in params if name not in positional}
 
 
-def get_loss(name: str, **kwargs: Any) -> LossFn | nn.Module:
+def needs_train_labels(name: str) -> bool:
+    """Whether the loss called ``name`` is fitted on the training labels (BNI, GAI, dense)."""
+    return "train_labels" in inspect.signature(_lookup(name)).parameters
+
+
+def _lookup(name: str) -> LossFn | type[nn.Module]:
+    key = name.lower()
+    if key not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
+    return LOSSES[key]
+
+
+def get_loss(
+    name: str, *, train_labels: ArrayLike | None = None, **kwargs: Any
+) -> LossFn | nn.Module:
     """The loss called ``name``, configured with ``kwargs``.
 
     Args:
         name: a key of :data:`LOSSES` (case-insensitive).
+        train_labels: the training labels; required by the losses fitted on them
+            (``"bni"``, ``"gai"``, ``"dense"``), ignored by the others.
         **kwargs: the loss's keyword options, e.g. ``delta`` for ``"huber"``,
             ``beta``/``gamma`` for the focal losses, ``init_noise_sigma`` for ``"bmc"``.
 
     Returns:
         A function ``(pred, target, weights=None) -> Tensor`` or an ``nn.Module`` with
-        the same call signature.
+        the same call signature (its parameters, if any, belong in the optimizer).
 
     Raises:
-        ValueError: for an unknown name (listing the valid ones) or an unknown option.
+        ValueError: for an unknown name (listing the valid ones), an unknown option, or
+            missing ``train_labels``.
     """
-    key = name.lower()
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}")
-    loss = LOSSES[key]
+    loss = _lookup(name)
     allowed = _keyword_options(loss)
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(
             f"loss {name!r} has no option(s) {unknown}; valid: {sorted(allowed) or 'none'}"
         )
+    if needs_train_labels(name):
+        if train_labels is None:
+            raise ValueError(f"loss {name!r} is fitted on the training labels; pass train_labels=")
+        kwargs["train_labels"] = train_labels
     if isinstance(loss, type):
         return loss(**kwargs)
     return functools.partial(loss, **kwargs) if kwargs else loss
@@ -78,6 +103,13 @@ def get_loss(name: str, **kwargs: Any) -> LossFn | nn.Module:
 
 __all__ = [
     "LOSSES",
+    "BMCLoss",
+    "BNILoss",
+    "DenseLoss",
+    "GAILoss",
+    "bmc_loss",
+    "bni_loss",
+    "gai_loss",
     "focal_l1_loss",
     "focal_mse_loss",
     "get_loss",
@@ -85,4 +117,5 @@ __all__ = [
     "l1_loss",
     "l3_loss",
     "mse_loss",
+    "needs_train_labels",
 ]
