@@ -1,0 +1,433 @@
+"""LOTS: Layerwise Origin-Target Synthesis, batched over samples (DESIGN section 6).
+
+Reference: A. Rozsa, M. Günther, T. E. Boult, "LOTS about attacking deep features",
+IEEE International Joint Conference on Biometrics (IJCB), 2017.
+
+Given a layer ``l`` with features ``f_l(x)`` and a target feature vector ``t``, LOTS
+iterates
+
+    g = grad_x 1/2 ||t - f_l(x)||^2
+    x <- clip(x - s * g / max|g|)
+
+until ``||t - f_l(x)||`` is small or an iteration cap is hit. Here ``s`` is a step per
+channel, a fraction of each channel's valid range, and ``clip`` clamps every channel to
+its valid range *in the space the model sees* (normalised data are not clamped to
+[0, 1]: that was a bug of the original code). The perturbation ``x_adv - x`` shows where
+and in which bands the network must change the image to reach the target; summed over
+bands it is the heatmap (:mod:`visualization.heatmaps`).
+
+Targets: the features of another sample (:func:`sample_target`), the mean features of
+a label bin (:func:`bin_mean_target`), or a push of the prediction up or down by a given
+amount (:func:`push_target`). Every sample of a batch runs its own iteration: it stops
+(and is frozen) as soon as it is close enough, the others go on.
+
+This module computes arrays only; plotting lives in :mod:`visualization.heatmaps`.
+The CLI twin ``python -m visualization.lots`` runs the same :func:`explain_run` as
+``visualization.ipynb``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+#: Layer names with a meaning of their own; any other name is a sub-module of the model.
+FEATURES_LAYER = "features"  # the model's ``features(x) -> (N, D)`` (its head follows)
+OUTPUT_LAYER = "output"  # the prediction itself
+
+
+@dataclass(frozen=True)
+class LotsTarget:
+    """What LOTS steers towards.
+
+    Attributes:
+        features: (N, D) target features at the chosen layer (or (D,), broadcast).
+        prediction: optional (N,) target predictions: a sample also stops once its
+            prediction has reached this value (in the direction of the push).
+        direction: (N,) +1 for a push up, -1 for a push down, 0 when the prediction
+            does not decide the stop (needed only with ``prediction``).
+    """
+
+    features: Tensor
+    prediction: Tensor | None = None
+    direction: Tensor | None = None
+
+
+@dataclass
+class LotsResult:
+    """Output of :func:`lots`, all on the CPU.
+
+    Attributes:
+        x_adv: (N, C, H, W) adversarial inputs, in the model's input space.
+        distances: (N, T + 1) ``||t - f_l(x)||`` before the first step and after each
+            step; a sample that stopped keeps its last value.
+        predictions: (N, T + 1) the model's prediction along the way (same convention).
+        converged: (N,) whether the sample got close enough before the cap.
+        iterations: (N,) steps taken by each sample.
+    """
+
+    x_adv: Tensor
+    distances: Tensor
+    predictions: Tensor
+    converged: Tensor
+    iterations: Tensor
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _prediction(out: Tensor) -> Tensor:
+    """Model output (N,) or (N, 1) -> (N,); a regressor has one output."""
+    flat = out.reshape(out.shape[0], -1)
+    if flat.shape[1] != 1:
+        raise ValueError(
+            f"LOTS pushes a scalar regression output; the model returned shape {tuple(out.shape)}"
+        )
+    return flat[:, 0]
+
+
+def _get_module(model: nn.Module, name: str) -> nn.Module:
+    modules = dict(model.named_modules())
+    if name not in modules:
+        valid = [FEATURES_LAYER, OUTPUT_LAYER, *[n for n in modules if n]]
+        shown = ", ".join(valid[:30]) + (" ..." if len(valid) > 30 else "")
+        raise ValueError(f"unknown LOTS layer {name!r}; valid: {shown}")
+    return modules[name]
+
+
+def feature_fn(model: nn.Module, layer: str) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """A function ``x -> (features (N, D), prediction (N,))`` for ``layer``.
+
+    Args:
+        model: a regressor. For ``layer="features"`` it must expose ``features(x)`` and
+            ``head`` (as the models of ``utils.models.build_model`` do).
+        layer: ``"features"``, ``"output"`` or the dotted name of any sub-module (its
+            output is flattened; the prediction is the model's output).
+    """
+    if layer == FEATURES_LAYER:
+        if not (
+            callable(getattr(model, "features", None)) and callable(getattr(model, "head", None))
+        ):
+            raise ValueError(
+                "layer 'features' needs a model with features(x) and head; "
+                f"{type(model).__name__} has not both: give a module name or 'output'"
+            )
+
+        def run(x: Tensor) -> tuple[Tensor, Tensor]:
+            feats = model.features(x)
+            return feats.reshape(feats.shape[0], -1), _prediction(model.head(feats))
+
+        return run
+    if layer == OUTPUT_LAYER:
+
+        def run_output(x: Tensor) -> tuple[Tensor, Tensor]:
+            pred = _prediction(model(x))
+            return pred[:, None], pred
+
+        return run_output
+
+    module = _get_module(model, layer)
+
+    def run_hooked(x: Tensor) -> tuple[Tensor, Tensor]:
+        captured: list[Tensor] = []
+        handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            pred = _prediction(model(x))
+        finally:
+            handle.remove()
+        return captured[0].reshape(x.shape[0], -1), pred
+
+    return run_hooked
+
+
+# -------------------------------------------------------------------------- targets
+
+
+@torch.no_grad()
+def _features(
+    model: nn.Module, x: Tensor, layer: str, batch_size: int = 64
+) -> tuple[Tensor, Tensor]:
+    run = feature_fn(model, layer)
+    feats, preds = [], []
+    for start in range(0, x.shape[0], batch_size):
+        f, p = run(x[start : start + batch_size])
+        feats.append(f)
+        preds.append(p)
+    return torch.cat(feats), torch.cat(preds)
+
+
+def sample_target(model: nn.Module, x_target: Tensor, layer: str = FEATURES_LAYER) -> LotsTarget:
+    """Target = the features of other samples ``x_target`` (N, C, H, W), one per origin."""
+    model.eval()
+    feats, _ = _features(model, x_target, layer)
+    return LotsTarget(features=feats)
+
+
+def bin_mean_target(
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor | np.ndarray,
+    edges: Sequence[float],
+    bin_index: int,
+    layer: str = FEATURES_LAYER,
+) -> LotsTarget:
+    """Target = the mean features of the samples of ``x`` whose label is in bin ``bin_index``.
+
+    Args:
+        x: (M, C, H, W) reference samples (e.g. the test split).
+        labels: (M,) their labels.
+        edges: the K + 1 bin edges; labels outside them count in the edge bins.
+        bin_index: which bin, 0 .. K - 1.
+    """
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.float64)
+    k = len(edges) - 1
+    if not 0 <= bin_index < k:
+        raise ValueError(f"bin_index must be in 0..{k - 1} for {k} bins, got {bin_index}")
+    which = bin_of(labels.numpy(), edges) == bin_index
+    if not which.any():
+        raise ValueError(
+            f"no sample has a label in bin {bin_index} [{edges[bin_index]}, {edges[bin_index + 1]})"
+        )
+    model.eval()
+    feats, _ = _features(model, x[torch.as_tensor(which)], layer)
+    return LotsTarget(features=feats.mean(0))
+
+
+def bin_of(labels: np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Index of the equal- or unequal-width bin of each label; outside labels go to the
+    nearest edge bin (the balanced-MAE convention of DESIGN section 5)."""
+    inner = np.asarray(edges, dtype=np.float64)[1:-1]
+    return np.searchsorted(inner, np.asarray(labels, dtype=np.float64), side="right")
+
+
+def push_target(
+    model: nn.Module,
+    x: Tensor,
+    amount: float | Tensor,
+    layer: str = FEATURES_LAYER,
+    *,
+    solver_steps: int = 200,
+) -> LotsTarget:
+    """Target that moves each prediction by ``amount`` (positive: up, richer; negative:
+    down, poorer).
+
+    For ``layer="output"`` the target is the prediction plus ``amount``. For
+    ``layer="features"`` it is the feature vector nearest to ``f(x)`` whose head output is
+    the prediction plus ``amount``: exact (``f + amount * w / ||w||^2``) for a linear head,
+    found by gradient descent on ``(head(t) - goal)^2`` from ``f(x)`` otherwise. Samples
+    stop once their prediction has reached the goal.
+    """
+    model.eval()
+    feats, preds = _features(model, x, layer)
+    amount_t = torch.as_tensor(amount, dtype=preds.dtype).expand_as(preds)
+    goal = preds + amount_t
+    direction = torch.sign(amount_t)
+    if layer == OUTPUT_LAYER:
+        return LotsTarget(goal[:, None].clone(), goal, direction)
+    if layer != FEATURES_LAYER:
+        raise ValueError(
+            "a push target needs layer 'features' (mapped through the head) or 'output', "
+            f"got {layer!r}"
+        )
+    head = model.head
+    floor = 0.0 if bool((feats >= 0).all()) else None  # ReLU features stay >= 0
+    if isinstance(head, nn.Linear) and head.out_features == 1:
+        return LotsTarget(_linear_push(feats, head, goal, floor), goal, direction)
+    target = feats.clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([target], lr=0.05 * float(feats.abs().mean().clamp_min(1e-3)))
+    for _ in range(solver_steps):
+        optimizer.zero_grad()
+        loss = (_prediction(head(target)) - goal).pow(2).sum()
+        loss.backward()
+        optimizer.step()
+        if floor is not None:
+            with torch.no_grad():
+                target.clamp_(min=floor)
+    return LotsTarget(target.detach(), goal, direction)
+
+
+def _linear_push(feats: Tensor, head: nn.Linear, goal: Tensor, floor: float | None) -> Tensor:
+    """Features ``t = max(f + lam * w, floor)`` with ``head(t) = goal``: the nearest point
+    along the head's weight (projected on ``t >= floor`` for ReLU features). ``head(t)``
+    grows monotonically with ``lam``, so ``lam`` is found by bisection per sample."""
+    w = head.weight.detach()[0]
+    lam = (goal - _prediction(head(feats))) / w.pow(2).sum().clamp_min(1e-12)
+    if floor is None:
+        return feats + lam[:, None] * w[None]
+
+    def value(lam_: Tensor) -> Tensor:
+        return _prediction(head((feats + lam_[:, None] * w[None]).clamp_min(floor)))
+
+    lo, hi = torch.minimum(lam, torch.zeros_like(lam)), torch.maximum(lam, torch.zeros_like(lam))
+    for _ in range(60):  # widen the bracket until it holds the goal (or gives up)
+        short = (value(hi) < goal) | (value(lo) > goal)
+        if not bool(short.any()):
+            break
+        hi = torch.where(value(hi) < goal, hi * 2 + 1, hi)
+        lo = torch.where(value(lo) > goal, lo * 2 - 1, lo)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        below = value(mid) < goal
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    return (feats + ((lo + hi) / 2)[:, None] * w[None]).clamp_min(floor)
+
+
+# ----------------------------------------------------------------------------- core
+
+
+def _per_channel(value: Tensor | float | Sequence[float], channels: int, name: str) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if t.numel() == 1:
+        t = t.expand(channels)
+    if t.numel() != channels:
+        raise ValueError(f"{name} needs 1 or {channels} values (one per channel), got {t.numel()}")
+    return t.clone()
+
+
+def lots(
+    model: nn.Module,
+    x: Tensor,
+    target: LotsTarget | Tensor,
+    *,
+    layer: str = FEATURES_LAYER,
+    lower: Tensor | Sequence[float] | float,
+    upper: Tensor | Sequence[float] | float,
+    step: float = 1 / 255,
+    iterations: int = 100,
+    rtol: float = 0.01,
+    atol: float = 0.0,
+    mutable: Tensor | Sequence[bool] | None = None,
+    batch_size: int = 32,
+) -> LotsResult:
+    """Run LOTS on a batch (Rozsa, Günther, Boult 2017).
+
+    Args:
+        model: a regressor in the input space of ``x`` (put in eval mode here).
+        x: (N, C, H, W) origins, as the model sees them (e.g. normalised).
+        target: a :class:`LotsTarget` (or its (N, D) / (D,) features).
+        layer: see :func:`feature_fn`.
+        lower, upper: per-channel valid range in the model's space (C values or one);
+            every iterate is clamped to it.
+        step: step size as a fraction of each channel's range ``upper - lower``.
+        iterations: cap on steps per sample.
+        rtol, atol: a sample has converged once ``||t - f(x)|| <= atol + rtol * d0``
+            (``d0`` its starting distance), or once its prediction has come within
+            ``rtol`` of the planned change of ``target.prediction`` in the push direction.
+        mutable: (C,) booleans; channels marked False are never changed (e.g. a
+            categorical land-cover channel).
+        batch_size: samples per forward/backward pass.
+
+    Returns:
+        A :class:`LotsResult`. No pixel moves more than ``step * range_c * iterations``.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if not isinstance(target, LotsTarget):
+        target = LotsTarget(features=target)
+    if iterations < 0 or step <= 0:
+        raise ValueError(f"need iterations >= 0 and step > 0, got {iterations}, {step}")
+    n, c = x.shape[:2]
+    device = x.device
+    lo = _per_channel(lower, c, "lower").to(device)
+    hi = _per_channel(upper, c, "upper").to(device)
+    if bool((hi <= lo).any()):
+        raise ValueError(
+            f"every channel needs upper > lower; got lower={lo.tolist()}, upper={hi.tolist()}"
+        )
+    step_c = step * (hi - lo)
+    if mutable is not None:
+        step_c = step_c * _per_channel(mutable, c, "mutable").to(device)
+    view = (1, c, 1, 1)
+    lo, hi, step_c = lo.view(view), hi.view(view), step_c.view(view)
+
+    feats_t = target.features.to(device, torch.float32)
+    if feats_t.ndim == 1:
+        feats_t = feats_t.expand(n, -1)
+    if feats_t.shape[0] != n:
+        raise ValueError(f"target features for {feats_t.shape[0]} samples, x has {n}")
+    goal = None if target.prediction is None else target.prediction.to(device).expand(n)
+    direction = None if target.direction is None else target.direction.to(device).expand(n)
+
+    model.eval()
+    run = feature_fn(model, layer)
+    x_adv = x.detach().clamp(lo, hi).clone()
+    distances = torch.zeros(n, iterations + 1)
+    predictions = torch.zeros(n, iterations + 1)
+    converged = torch.zeros(n, dtype=torch.bool)
+    steps = torch.zeros(n, dtype=torch.long)
+    for start in range(0, n, batch_size):
+        sl = slice(start, min(start + batch_size, n))
+        res = _lots_batch(
+            run,
+            x_adv[sl],
+            feats_t[sl],
+            None if goal is None else goal[sl],
+            None if direction is None else direction[sl],
+            lo,
+            hi,
+            step_c,
+            iterations,
+            rtol,
+            atol,
+        )
+        x_adv[sl], distances[sl], predictions[sl], converged[sl], steps[sl] = res
+    return LotsResult(x_adv.cpu(), distances, predictions, converged, steps)
+
+
+def _lots_batch(
+    run: Callable[[Tensor], tuple[Tensor, Tensor]],
+    x: Tensor,
+    target: Tensor,
+    goal: Tensor | None,
+    direction: Tensor | None,
+    lo: Tensor,
+    hi: Tensor,
+    step_c: Tensor,
+    iterations: int,
+    rtol: float,
+    atol: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One batch of LOTS; each sample is frozen once it has converged."""
+    n = x.shape[0]
+    x = x.clone()
+    dist = torch.zeros(n, iterations + 1)
+    pred = torch.zeros(n, iterations + 1)
+    converged = torch.zeros(n, dtype=torch.bool, device=x.device)
+    steps = torch.zeros(n, dtype=torch.long)
+    active = torch.arange(n, device=x.device)
+    d0 = p0 = torch.zeros(n, device=x.device)
+    for it in range(iterations + 1):
+        xa = x[active].requires_grad_(True)
+        feats, p = run(xa)
+        diff = target[active] - feats
+        d = diff.norm(dim=1)
+        dist[active.cpu(), it] = d.detach().cpu()
+        pred[active.cpu(), it] = p.detach().cpu()
+        if it == 0:
+            d0 = d.detach().clone()
+            p0 = p.detach().clone()
+        done = d.detach() <= atol + rtol * d0[active]
+        if goal is not None and direction is not None:
+            moved = (p.detach() - goal[active]) * direction[active]
+            slack = rtol * (goal[active] - p0[active]).abs()
+            done |= (direction[active] != 0) & (moved >= -slack)
+        converged[active] = done
+        keep = ~done
+        if it == iterations or not bool(keep.any()):
+            break
+        loss = 0.5 * diff.pow(2).sum()
+        (grad,) = torch.autograd.grad(loss, xa)
+        grad = grad[keep]
+        scale = grad.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        active = active[keep]
+        x[active] = torch.minimum(torch.maximum(x[active] - step_c * grad / scale, lo), hi)
+        steps[active.cpu()] += 1
+    # a sample that stopped keeps its last distance/prediction in the remaining columns
+    later = torch.arange(iterations + 1)[None] > steps[:, None]
+    dist = torch.where(later, dist.gather(1, steps[:, None]), dist)
+    pred = torch.where(later, pred.gather(1, steps[:, None]), pred)
+    return x.detach(), dist, pred, converged.cpu(), steps
