@@ -355,26 +355,34 @@ def lots(
     model.eval()
     run = feature_fn(model, layer)
     x_adv = x.detach().clamp(lo, hi).clone()
+    # only grad_x is needed: parameters leave the graph, which saves their gradients
+    frozen = [p for p in model.parameters() if p.requires_grad]
     distances = torch.zeros(n, iterations + 1)
     predictions = torch.zeros(n, iterations + 1)
     converged = torch.zeros(n, dtype=torch.bool)
     steps = torch.zeros(n, dtype=torch.long)
-    for start in range(0, n, batch_size):
-        sl = slice(start, min(start + batch_size, n))
-        res = _lots_batch(
-            run,
-            x_adv[sl],
-            feats_t[sl],
-            None if goal is None else goal[sl],
-            None if direction is None else direction[sl],
-            lo,
-            hi,
-            step_c,
-            iterations,
-            rtol,
-            atol,
-        )
-        x_adv[sl], distances[sl], predictions[sl], converged[sl], steps[sl] = res
+    try:
+        for p in frozen:
+            p.requires_grad_(False)
+        for start in range(0, n, batch_size):
+            sl = slice(start, min(start + batch_size, n))
+            res = _lots_batch(
+                run,
+                x_adv[sl],
+                feats_t[sl],
+                None if goal is None else goal[sl],
+                None if direction is None else direction[sl],
+                lo,
+                hi,
+                step_c,
+                iterations,
+                rtol,
+                atol,
+            )
+            x_adv[sl], distances[sl], predictions[sl], converged[sl], steps[sl] = res
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return LotsResult(x_adv.cpu(), distances, predictions, converged, steps)
 
 
