@@ -133,7 +133,7 @@ class FDS(nn.Module):
 
 
 class FDSModel(nn.Module):
-    """``model.head(FDS(model.features(x), labels))``: a regressor with FDS.
+    """``model.head(FDS(model.features(x), labels))``: a regressor with FDS, output ``(N,)``.
 
     In training, call it with the batch labels (``model(x, labels)``); the features are
     accumulated for the epoch-end :meth:`FDS.update` (call :meth:`end_epoch`). Without
@@ -151,7 +151,11 @@ class FDSModel(nn.Module):
         if labels is not None and self.training:
             self.fds.accumulate(features, labels)
             features = self.fds(features, labels)
-        return self.model.head(features)
+        dropout = getattr(self.model, "dropout", None)
+        if dropout is not None:
+            features = dropout(features)
+        out = self.model.head(features)
+        return out.squeeze(-1) if out.ndim == 2 and out.shape[-1] == 1 else out
 
     def end_epoch(self, epoch: int) -> None:
         """Update the FDS statistics with the features of ``epoch``."""

@@ -72,7 +72,7 @@ def test_fds_model_trains_and_keeps_statistics_in_the_state_dict() -> None:
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
     for epoch in range(3):
         model.train()
-        loss = ((model(x, y).squeeze(1) - y) ** 2).mean()
+        loss = ((model(x, y) - y) ** 2).mean()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -80,6 +80,6 @@ def test_fds_model_trains_and_keeps_statistics_in_the_state_dict() -> None:
     assert int(model.fds.epoch) == 3 and bool(model.fds.seen.any())
     assert "fds.running_mean" in model.state_dict()
     model.eval()
-    torch.testing.assert_close(model(x), model.model.head(model.model.features(x)))
+    torch.testing.assert_close(model(x), model.model.head(model.model.features(x)).squeeze(1))
     with pytest.raises(TypeError, match="features"):
         FDSModel(nn.Linear(2, 1), FDS(3, (0.0, 1.0), bins=5))
