@@ -1,0 +1,371 @@
+"""PyTorch dataset and loaders over the HDF5 shards of one split (DESIGN section 4).
+
+:class:`ShardDataset` reads only shard lengths in ``__init__``; each process (the main
+one and every DataLoader worker, forked or spawned) opens the shard files itself on
+first use and keeps its own handles, so ``num_workers > 0`` is safe and a split is never
+loaded into memory: one sample is read per ``__getitem__`` (one HDF5 chunk). Per-sample
+metadata (label, location, cell id, year) is small and is read once per file and process.
+
+Channels: ``channels`` picks the Sentinel-2 channels (``"s2"``: the 24 of the export,
+``"rgb"``: B4/B3/B2 of every quarter, or explicit names such as ``["B4_q1", "B8_q3"]``);
+``dw_mode`` adds Dynamic World as 9 one-hot channels (``"onehot"``), as one normalised
+channel (``"channel"``) or not at all (``"none"``). Sentinel-2 (and the DW channel) are
+standardised with the train statistics of ``stats.json``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from extract_GPS_images.schema import DW_BAND, DW_CLASSES, s2_channel_names
+from utils import hdf5_schema as hs
+from utils.paths import resolve
+
+DwMode = Literal["onehot", "channel", "none"]
+DW_MODES: tuple[str, ...] = ("onehot", "channel", "none")
+RGB_BANDS: tuple[str, ...] = ("B4", "B3", "B2")
+#: Named channel selections (Sentinel-2 channels only; Dynamic World comes from dw_mode).
+CHANNEL_PRESETS: dict[str, list[str]] = {
+    "s2": s2_channel_names(),
+    "rgb": [c for c in s2_channel_names() if c.split("_")[0] in RGB_BANDS],
+}
+
+
+def resolve_channels(channels: str | Sequence[str]) -> list[str]:
+    """Sentinel-2 channel names of a preset name or an explicit list.
+
+    Raises:
+        ValueError: for an unknown preset, or ``DW`` in the list (use ``dw_mode``).
+    """
+    if isinstance(channels, str):
+        if channels not in CHANNEL_PRESETS:
+            raise ValueError(
+                f"unknown channel preset {channels!r}; valid: {sorted(CHANNEL_PRESETS)} "
+                "or a list of band names such as ['B4_q1', 'B3_q1']"
+            )
+        return list(CHANNEL_PRESETS[channels])
+    names = list(channels)
+    if DW_BAND in names:
+        raise ValueError("select Dynamic World with dw_mode ('onehot'/'channel'), not channels")
+    if not names:
+        raise ValueError("channels is empty")
+    return names
+
+
+def output_band_names(channels: str | Sequence[str], dw_mode: str) -> list[str]:
+    """Names of the channels a :class:`ShardDataset` returns, in order."""
+    if dw_mode not in DW_MODES:
+        raise ValueError(f"unknown dw_mode {dw_mode!r}; valid: {', '.join(DW_MODES)}")
+    names = resolve_channels(channels)
+    if dw_mode == "onehot":
+        names += [f"{DW_BAND}_{c}" for c in DW_CLASSES]
+    elif dw_mode == "channel":
+        names.append(DW_BAND)
+    return names
+
+
+def crop_size(crop: int | float | None, patch: int) -> int:
+    """Side of the crop: ``None`` the whole patch, an int in pixels, a float a share of
+    the patch (``224 / 225`` crops 224 of 225, 47 of 48).
+
+    Raises:
+        ValueError: when the crop is larger than the patch or not positive.
+    """
+    if crop is None:
+        return patch
+    side = int(crop) if isinstance(crop, int) else int(round(float(crop) * patch))
+    if not 0 < side <= patch:
+        raise ValueError(f"crop {crop!r} gives {side} px; must be in 1..{patch} (patch size)")
+    return side
+
+
+class ShardDataset(Dataset):
+    """Samples of one split of HDF5 shards, as dicts.
+
+    Args:
+        shards_dir: folder holding ``<split>/<split>_*.h5`` and ``stats.json``.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        channels: Sentinel-2 channel preset (``"s2"``, ``"rgb"``) or names.
+        crop: crop side (see :func:`crop_size`); random for ``train``, centred otherwise.
+        train: random crops (and augmentation when ``augment``); else centre crops.
+        augment: random horizontal/vertical flips and rot90 (only when ``train``).
+        dw_mode: Dynamic World as ``"onehot"`` (9 channels), ``"channel"`` or ``"none"``.
+        stats: band statistics dict; None reads ``shards_dir/stats.json``.
+        normalize: standardise with ``stats`` (mean/std per band).
+
+    Each item: ``image`` (float32, C x h x w), ``label`` (float32 scalar), ``index``
+    (position in the split), ``cell_id``, ``cell_key``, ``latitude``, ``longitude``, ``year``.
+    """
+
+    def __init__(
+        self,
+        shards_dir: str | Path,
+        split: str,
+        *,
+        channels: str | Sequence[str] = "s2",
+        crop: int | float | None = None,
+        train: bool = False,
+        augment: bool = False,
+        dw_mode: DwMode = "onehot",
+        stats: dict[str, Any] | None = None,
+        normalize: bool = True,
+    ) -> None:
+        self.shards_dir = resolve(shards_dir)
+        self.split = split
+        self.files = hs.split_files(self.shards_dir, split)
+        self.train, self.augment, self.dw_mode = train, augment, dw_mode
+        self.band_names = output_band_names(channels, dw_mode)
+        self.s2_names = resolve_channels(channels)
+        lengths, shapes = [], set()
+        for path in self.files:
+            with h5py.File(path, "r") as f:
+                lengths.append(int(f[hs.LABELS].shape[0]))
+                shapes.add(tuple(f[hs.DATA].shape[1:]))
+                file_bands = [str(b) for b in f.attrs[hs.ATTR_BANDS]]
+        if len(shapes) != 1:
+            raise ValueError(f"shards of {split!r} differ in sample shape: {sorted(shapes)}")
+        (self.source_channels, height, width) = shapes.pop()
+        self.file_bands = file_bands
+        missing = [b for b in self.s2_names if b not in file_bands]
+        if missing or (dw_mode != "none" and DW_BAND not in file_bands):
+            raise ValueError(
+                f"bands {missing or [DW_BAND]} not in the shards of {self.shards_dir / split} "
+                f"(they hold {file_bands})"
+            )
+        self.patch = min(height, width)
+        self.crop = crop_size(crop, self.patch)
+        self._s2_index = np.array([file_bands.index(b) for b in self.s2_names])
+        self._dw_index = file_bands.index(DW_BAND) if DW_BAND in file_bands else None
+        self._offsets = np.concatenate([[0], np.cumsum(lengths)])
+        self.stats = stats if stats is not None else hs.read_stats(self.shards_dir)
+        self._mean, self._std = self._norm_arrays(normalize)
+        self._labels: np.ndarray | None = None
+        self._reset_handles()
+
+    def _norm_arrays(self, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+        names = self.s2_names + ([DW_BAND] if self.dw_mode == "channel" else [])
+        if not normalize:
+            return np.zeros(len(names), np.float32), np.ones(len(names), np.float32)
+        bands = list(self.stats["bands"])
+        missing = [b for b in names if b not in bands]
+        if missing:
+            raise ValueError(f"stats.json of {self.shards_dir} lacks bands {missing}")
+        mean = np.array([self.stats["mean"][bands.index(b)] for b in names], np.float32)
+        std = np.array([self.stats["std"][bands.index(b)] for b in names], np.float32)
+        return mean, np.where(std > 0, std, 1.0).astype(np.float32)
+
+    # --- lazy, per-process file handles -------------------------------------------------
+    def _reset_handles(self) -> None:
+        self._pid = os.getpid()
+        self._handles: dict[int, h5py.File] = {}
+        self._meta: dict[int, dict[str, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # spawn: send no open handle to a worker
+        state = self.__dict__.copy()
+        state["_handles"], state["_meta"] = {}, {}
+        return state
+
+    def _file(self, k: int) -> h5py.File:
+        if self._pid != os.getpid():  # forked worker: never reuse the parent's handles
+            self._reset_handles()
+        if k not in self._handles:
+            f = h5py.File(self.files[k], "r")
+            self._handles[k] = f
+            meta = {
+                "labels": f[hs.LABELS][:].astype(np.float32),
+                "locations": f[hs.LOCATIONS][:],
+                "cell_id": f[hs.CELL_ID].asstr()[:],
+                "year": f[hs.YEAR][:],
+            }
+            n = len(meta["labels"])
+            meta["cell_key"] = f[hs.CELL_KEY].asstr()[:] if hs.CELL_KEY in f else np.full(n, "")
+            self._meta[k] = meta
+        return self._handles[k]
+
+    def close(self) -> None:
+        """Close this process's open shard files."""
+        for f in self._handles.values():
+            f.close()
+        self._reset_handles()
+
+    # --- the Dataset protocol -----------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def num_channels(self) -> int:
+        """Number of channels of ``image``."""
+        return len(self.band_names)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """All labels of the split, in index order (reads only the ``labels`` datasets)."""
+        if self._labels is None:
+            parts = []
+            for path in self.files:
+                with h5py.File(path, "r") as f:
+                    parts.append(f[hs.LABELS][:].astype(np.float32))
+            self._labels = np.concatenate(parts)
+        return self._labels
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(file number, row in that file) of a split index."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples of {self.split}")
+        k = int(np.searchsorted(self._offsets, index, side="right") - 1)
+        return k, int(index - self._offsets[k])
+
+    def _window(self) -> tuple[int, int]:
+        free = self.patch - self.crop
+        if free == 0:
+            return 0, 0
+        if self.train:
+            top, left = torch.randint(0, free + 1, (2,)).tolist()
+            return top, left
+        return free // 2, free // 2
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        k, row = self.locate(int(index))
+        raw = self._file(k)[hs.DATA][row]
+        meta = self._meta[k]
+        top, left = self._window()
+        raw = raw[:, top : top + self.crop, left : left + self.crop].astype(np.float32)
+        parts = [raw[self._s2_index]]
+        if self.dw_mode == "channel":
+            parts.append(raw[self._dw_index][None])
+        image = (np.concatenate(parts) - self._mean[:, None, None]) / self._std[:, None, None]
+        if self.dw_mode == "onehot":
+            codes = np.rint(np.nan_to_num(raw[self._dw_index], nan=-1.0))
+            onehot = codes[None] == np.arange(len(DW_CLASSES), dtype=np.float32)[:, None, None]
+            image = np.concatenate([image, onehot.astype(np.float32)])
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        if self.train and self.augment:
+            tensor = augment(tensor)
+        lat, lon = meta["locations"][row]
+        return {
+            "image": tensor,
+            "label": torch.tensor(meta["labels"][row], dtype=torch.float32),
+            "index": int(index),
+            "cell_id": str(meta["cell_id"][row]),
+            "cell_key": str(meta["cell_key"][row]),
+            "latitude": float(lat),
+            "longitude": float(lon),
+            "year": int(meta["year"][row]),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardDataset({self.shards_dir}, {self.split!r}: {len(self)} samples, "
+            f"{self.num_channels} channels, crop {self.crop}/{self.patch}, train={self.train})"
+        )
+
+
+def augment(image: torch.Tensor) -> torch.Tensor:
+    """Random horizontal and vertical flips and a random multiple of 90 degrees
+    (the last only for square images), drawn from torch's RNG."""
+    flip_h, flip_v, turns = torch.randint(0, 4, (3,)).tolist()
+    if flip_h % 2:
+        image = image.flip(-1)
+    if flip_v % 2:
+        image = image.flip(-2)
+    if image.shape[-1] == image.shape[-2] and turns:
+        image = torch.rot90(image, turns, dims=(-2, -1))
+    return image.contiguous()
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool = False,
+    sampler: Sampler | None = None,
+    num_workers: int = 0,
+    seed: int = 0,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+    multiprocessing_context: str | None = None,
+) -> DataLoader:
+    """A DataLoader with its own seeded generator (shuffling and worker seeds come from
+    it, so reseeding ``loader.generator`` per epoch makes epochs reproducible).
+
+    Args:
+        sampler: a sampler (e.g. the weighted sampler); excludes ``shuffle``.
+        multiprocessing_context: ``"fork"``, ``"spawn"`` or None (platform default).
+    """
+    if sampler is not None and shuffle:
+        raise ValueError("give either shuffle=True or a sampler, not both")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        sampler=sampler,
+        num_workers=num_workers,
+        generator=generator,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+    )
+
+
+def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, ShardDataset]:
+    """The datasets of ``splits`` for a config with ``shards_dir``, ``channels``,
+    ``dw_mode``, ``crop`` and ``augment`` (a :class:`utils.train.TrainConfig`)."""
+    shards = cfg.resolved_shards_dir() if hasattr(cfg, "resolved_shards_dir") else cfg.shards_dir
+    return {
+        split: ShardDataset(
+            shards,
+            split,
+            channels=cfg.channels,
+            crop=cfg.crop,
+            train=split == "train",
+            augment=bool(cfg.augment) and split == "train",
+            dw_mode=cfg.dw_mode,
+        )
+        for split in splits
+    }
+
+
+def build_loaders(
+    cfg: Any,
+    splits: Sequence[str] = ("train", "val"),
+    *,
+    sampler: Sampler | None = None,
+) -> dict[str, DataLoader]:
+    """Loaders of ``splits`` for a config (see :func:`build_datasets`, plus
+    ``batch_size``, ``num_workers``, ``seed``); ``train`` is shuffled unless a
+    ``sampler`` is given."""
+    datasets = build_datasets(cfg, splits)
+    return {
+        split: make_loader(
+            ds,
+            batch_size=cfg.batch_size,
+            shuffle=split == "train" and sampler is None,
+            sampler=sampler if split == "train" else None,
+            num_workers=cfg.num_workers,
+            seed=cfg.seed,
+        )
+        for split, ds in datasets.items()
+    }
+
+
+__all__ = [
+    "CHANNEL_PRESETS",
+    "DW_MODES",
+    "ShardDataset",
+    "augment",
+    "build_datasets",
+    "build_loaders",
+    "crop_size",
+    "make_loader",
+    "output_band_names",
+    "resolve_channels",
+]

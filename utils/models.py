@@ -1,0 +1,207 @@
+"""CNN regressors for multispectral patches (DESIGN section 4).
+
+torchvision backbones (ResNet-18/34/50, EfficientNet-B0, ConvNeXt-Tiny) with the first
+convolution widened to C input channels and a one-output regression head, plus a tiny
+CNN for tests and quick demos.
+
+First-layer initialisation with pretrained RGB weights (from a local ``state_dict``
+file; no network): channels named ``B4*``/``B3*``/``B2*`` take the red/green/blue
+filters, every other channel the mean of the three, and the whole layer is scaled by
+``sqrt(3 / C)`` so the activations keep the scale of the 3-channel layer (the original
+study's recipe). Without pretrained weights every layer is randomly initialised.
+
+:class:`RegressionModel` keeps ``features`` (backbone + global pooling, ``(N, D)``) and
+``head`` (``Linear(D, 1)``) apart, so feature-level methods such as FDS (Yang et al.
+2021) can wrap them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from utils.dataloader import RGB_BANDS
+
+
+class TinyCNN(nn.Module):
+    """Three conv-BN-ReLU blocks and global average pooling (for tests and smoke runs)."""
+
+    def __init__(self, in_channels: int, width: int = 16) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for k in range(3):
+            out = width * 2**k
+            layers += [
+                nn.Conv2d(channels, out, 3, stride=1 if k == 0 else 2, padding=1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
+            channels = out
+        self.body = nn.Sequential(*layers)
+        self.out_features = channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x).mean(dim=(-2, -1))
+
+
+def _resnet(factory: Callable[..., nn.Module]) -> Callable[[], tuple[nn.Module, nn.Module, str]]:
+    def build() -> tuple[nn.Module, nn.Module, str]:
+        net = factory(weights=None)
+        return net, net, "conv1"
+
+    return build
+
+
+def _efficientnet() -> tuple[nn.Module, nn.Module, str]:
+    net = torchvision.models.efficientnet_b0(weights=None)
+    return net, nn.Sequential(net.features, net.avgpool, nn.Flatten(1)), "features.0.0"
+
+
+def _convnext() -> tuple[nn.Module, nn.Module, str]:
+    net = torchvision.models.convnext_tiny(weights=None)
+    pool = nn.Sequential(net.avgpool, net.classifier[0], nn.Flatten(1))  # LayerNorm2d
+    return net, nn.Sequential(net.features, pool), "features.0.0"
+
+
+#: name -> builder returning (torchvision model, feature extractor, name of its first conv).
+BACKBONES: dict[str, Callable[[], tuple[nn.Module, nn.Module, str]]] = {
+    "resnet18": _resnet(torchvision.models.resnet18),
+    "resnet34": _resnet(torchvision.models.resnet34),
+    "resnet50": _resnet(torchvision.models.resnet50),
+    "efficientnet_b0": _efficientnet,
+    "convnext_tiny": _convnext,
+}
+MODEL_NAMES: tuple[str, ...] = ("tiny_cnn", *BACKBONES)
+
+
+class RegressionModel(nn.Module):
+    """``forward(x) = head(dropout(features(x)))``, one value per sample ``(N,)``.
+
+    Attributes:
+        features: backbone + global pooling, ``(N, C, H, W) -> (N, D)``.
+        dropout: dropout before the head (identity for p = 0).
+        head: ``Linear(D, 1)``.
+        spec: the arguments that rebuild this model (``name``, ``in_channels``, ``dropout``).
+    """
+
+    def __init__(self, features: nn.Module, dim: int, *, dropout: float, spec: dict) -> None:
+        super().__init__()
+        self.features = features
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(dim, 1)
+        self.feature_dim = dim
+        self.spec = dict(spec)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.dropout(self.features(x))).squeeze(-1)
+
+
+def _replace(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def widen_conv(
+    conv: nn.Conv2d, in_channels: int, band_names: Sequence[str] | None = None
+) -> nn.Conv2d:
+    """A copy of a 3-channel (RGB) ``conv`` taking ``in_channels`` inputs.
+
+    Red/green/blue filters go to channels named B4/B3/B2 (any quarter), the mean filter
+    to the others, all scaled by ``sqrt(3 / in_channels)``. Without ``band_names`` the
+    first three channels are taken as R, G, B.
+    """
+    weight = conv.weight.detach()
+    if weight.shape[1] != 3:
+        raise ValueError(f"expected an RGB first layer, got {weight.shape[1]} input channels")
+    names = list(band_names) if band_names is not None else ["B4", "B3", "B2"]
+    if len(names) != in_channels and band_names is not None:
+        raise ValueError(f"{len(names)} band names for {in_channels} channels")
+    mean = weight.mean(dim=1)
+    new = torch.empty(weight.shape[0], in_channels, *weight.shape[2:], dtype=weight.dtype)
+    for c in range(in_channels):
+        band = names[c].split("_")[0] if c < len(names) else ""
+        new[:, c] = weight[:, RGB_BANDS.index(band)] if band in RGB_BANDS else mean
+    layer = nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )
+    with torch.no_grad():
+        layer.weight.copy_(new * math.sqrt(3.0 / in_channels))
+        if conv.bias is not None:
+            layer.bias.copy_(conv.bias)
+    return layer
+
+
+def build_model(
+    name: str,
+    in_channels: int,
+    *,
+    pretrained_path: str | Path | None = None,
+    dropout: float = 0.0,
+    band_names: Sequence[str] | None = None,
+) -> RegressionModel:
+    """A regressor for ``in_channels``-channel images.
+
+    Args:
+        name: one of :data:`MODEL_NAMES`.
+        in_channels: number of input channels C.
+        pretrained_path: a local torchvision ``state_dict`` of the RGB ImageNet model
+            (e.g. from the torch hub cache); loaded with ``weights_only=True``.
+        dropout: dropout probability before the head.
+        band_names: channel names (to place the RGB filters), see :func:`widen_conv`.
+
+    Raises:
+        ValueError: for an unknown name (listing the valid ones).
+        FileNotFoundError: when ``pretrained_path`` does not exist.
+    """
+    if name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODEL_NAMES)}")
+    spec = {"name": name, "in_channels": int(in_channels), "dropout": float(dropout)}
+    if name == "tiny_cnn":
+        if pretrained_path is not None:
+            raise ValueError("tiny_cnn has no pretrained weights")
+        body = TinyCNN(in_channels)
+        return RegressionModel(body, body.out_features, dropout=dropout, spec=spec)
+    net, features, first = BACKBONES[name]()
+    if pretrained_path is not None:
+        path = Path(pretrained_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"pretrained weights {path} not found (a local file)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        conv = widen_conv(net.get_submodule(first), in_channels, band_names)
+    else:
+        old = net.get_submodule(first)
+        conv = nn.Conv2d(
+            in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+            bias=old.bias is not None,
+        )
+    _replace(net, first, conv)
+    if name.startswith("resnet"):
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+    else:
+        dim = _feature_dim(features, in_channels)
+    return RegressionModel(features, dim, dropout=dropout, spec=spec)
+
+
+def _feature_dim(features: nn.Module, in_channels: int) -> int:
+    was_training = features.training
+    features.eval()
+    with torch.no_grad():
+        dim = features(torch.zeros(1, in_channels, 32, 32)).shape[-1]
+    features.train(was_training)
+    return int(dim)
