@@ -1,0 +1,327 @@
+"""Direct download: ``ee.data.computePixels`` over a thread pool, written as local
+gzip TFRecords in the export schema (DESIGN section 3).
+
+Each location-year is one request (NumPy format) on its own fixed pixel grid; a
+pool of ``concurrency`` threads keeps that many requests in flight. Quota (429) and
+server errors and timeouts are retried with exponential backoff and jitter; other
+errors fail the location and are recorded. Files are written atomically, so a run
+killed at any moment leaves whole files only; a re-run skips every file that exists
+and fetches only the rest. ``gee_manifest.csv`` beside the files records each
+location's status, attempts, error and periods that fell back.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ee
+import numpy as np
+from tqdm.auto import tqdm
+
+from extract_GPS_images.gee_manifest import DONE, FAILED, PENDING, RUNNING, Manifest, ManifestRow
+from extract_GPS_images.gee_recipe import (
+    FALLBACK_BAND,
+    RecipeConfig,
+    fallback_summary,
+    location_image,
+    pixel_grid,
+)
+from extract_GPS_images.labels import Labels
+from extract_GPS_images.schema import record_file_name
+from extract_GPS_images.tfrecord import encode_example, sample_bands, write_tfrecord
+from utils.atomic import remove_stale_temporaries
+
+MANIFEST_NAME = "gee_manifest.csv"
+#: HTTP statuses worth retrying: quota / rate limit and transient server errors.
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: Earth Engine turns HTTP errors into ``EEException(reason)``; these reasons are transient.
+_RETRYABLE_MESSAGE = re.compile(
+    r"too many|quota|rate limit|resource.?exhausted|\b429\b|\b50[0234]\b|internal error|"
+    r"backend error|service unavailable|temporarily|timed? ?out|deadline|try again",
+    re.IGNORECASE,
+)
+
+ComputePixels = Callable[[dict[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Location:
+    """One location-year to extract."""
+
+    cell_key: str
+    cell_id: str
+    year: int
+    imagery_year: int
+    lat: float
+    lon: float
+    label: float
+
+    @property
+    def file_name(self) -> str:
+        return record_file_name(self.cell_key, self.year)
+
+
+def locations_from_labels(labels: Labels) -> list[Location]:
+    """One :class:`Location` per row of a validated labels table."""
+    frame = labels.frame
+    return [
+        Location(
+            cell_key=str(r.cell_key), cell_id=str(r.cell_id), year=int(r.year),
+            imagery_year=int(r.imagery_year), lat=float(r.latitude), lon=float(r.longitude),
+            label=float(r.label),
+        )
+        for r in frame.itertuples(index=False)
+    ]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter: before retry ``n`` (1-based) wait a random time
+    in ``[cap/2, cap]`` with ``cap = min(max_s, base_s * 2**(n-1))``."""
+
+    max_attempts: int = 6
+    base_s: float = 2.0
+    max_s: float = 120.0
+
+    def delay(self, retry: int, rng: random.Random) -> float:
+        cap = min(self.max_s, self.base_s * 2 ** (retry - 1))
+        return cap / 2 + rng.uniform(0, cap / 2)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether a failed request is worth retrying (quota, server error, timeout)."""
+    if isinstance(error, TimeoutError | socket.timeout | ConnectionError):
+        return True
+    status = getattr(getattr(error, "resp", None), "status", None)
+    if status is not None:
+        return int(status) in RETRYABLE_STATUS
+    if isinstance(error, ee.EEException):
+        return bool(_RETRYABLE_MESSAGE.search(str(error)))
+    return False
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Knobs of the direct download.
+
+    Attributes:
+        concurrency: requests in flight (threads).
+        retry: backoff policy for retryable errors.
+        manifest_every_s: at most this often the manifest is rewritten during a run.
+        progress: show a tqdm progress bar.
+    """
+
+    concurrency: int = 16
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    manifest_every_s: float = 2.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+
+
+@dataclass
+class DownloadReport:
+    """What a download run did."""
+
+    out_dir: Path
+    manifest: Path
+    fetched: int = 0
+    skipped: int = 0
+    failed: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        rate = self.fetched / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"{self.fetched} fetched, {self.skipped} already there, {self.failed} failed, "
+            f"{self.retries} retries in {self.seconds:.1f} s ({rate:.2f}/s) -> {self.out_dir}; "
+            f"manifest {self.manifest}"
+        )
+
+
+def pixels_request(location: Location, recipe: RecipeConfig) -> dict[str, Any]:
+    """The ``ee.data.computePixels`` parameters of one location-year: the recipe's
+    image (channels, metadata and fallback bands), NumPy format, its fixed grid."""
+    image = location_image(
+        lat=location.lat, lon=location.lon, label=location.label, year=location.year,
+        imagery_year=location.imagery_year, config=recipe,
+    )
+    return {
+        "expression": image.select([*recipe.channel_names, FALLBACK_BAND]),
+        "fileFormat": "NUMPY_NDARRAY",
+        "grid": pixel_grid(lat=location.lat, lon=location.lon, scale=recipe.scale,
+                           size=recipe.size),
+    }
+
+
+def _default_compute_pixels(params: dict[str, Any]) -> Any:
+    return ee.data.computePixels(params)  # looked up per call, so tests can patch it
+
+
+def to_channels(pixels: Any, names: Sequence[str], size: int) -> np.ndarray:
+    """(C, H, W) float32 from a structured ``(H, W)`` array with one field per band.
+
+    Raises:
+        ValueError: a band is missing or the shape is not ``(size, size)``.
+    """
+    arr = np.asarray(pixels)
+    available = arr.dtype.names or ()
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ValueError(f"computePixels returned bands {list(available)}, lacking {missing}")
+    if arr.shape != (size, size):
+        raise ValueError(f"computePixels returned shape {arr.shape}, expected ({size}, {size})")
+    return np.stack([arr[n].astype(np.float32) for n in names])
+
+
+def write_location(path: Path, location: Location, image: np.ndarray, names: list[str]) -> Path:
+    """Write one record (channels + constant metadata bands + ``cell_id``) atomically."""
+    meta = {
+        "label": location.label, "latitude": location.lat, "longitude": location.lon,
+        "year": location.year, "imagery_year": location.imagery_year,
+    }
+    record = encode_example(sample_bands(image, meta, names), cell_id=location.cell_id)
+    return write_tfrecord(path, [record])
+
+
+@dataclass
+class _Outcome:
+    location: Location
+    ok: bool
+    attempts: int
+    error: str = ""
+    fallback: str = ""
+
+
+def _fetch_one(
+    location: Location, *, out_dir: Path, recipe: RecipeConfig, compute: ComputePixels,
+    retry: RetryPolicy, rng: random.Random, sleep: Callable[[float], None],
+    stop: threading.Event,
+) -> _Outcome:
+    names = recipe.channel_names
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            pixels = compute(pixels_request(location, recipe))
+            channels = to_channels(pixels, [*names, FALLBACK_BAND], recipe.size)
+            write_location(out_dir / location.file_name, location, channels[:-1], names)
+            code = float(channels[-1].flat[0])
+            return _Outcome(location, True, attempt,
+                            fallback=fallback_summary(code, recipe.period_names))
+        except Exception as error:  # noqa: BLE001 (classified, recorded, never lost)
+            message = f"{type(error).__name__}: {error}"
+            if not is_retryable(error) or attempt >= retry.max_attempts or stop.is_set():
+                return _Outcome(location, False, attempt, error=message)
+            sleep(retry.delay(attempt, rng))
+
+
+def download_locations(
+    locations: Sequence[Location],
+    *,
+    out_dir: str | Path,
+    recipe: RecipeConfig,
+    config: DownloadConfig = DownloadConfig(),
+    compute_pixels: ComputePixels | None = None,
+    sleep: Callable[[float], None] | None = None,
+    seed: int | None = None,
+) -> DownloadReport:
+    """Fetch every location-year whose file is missing; write files and the manifest.
+
+    Args:
+        locations: the location-years to extract.
+        out_dir: folder of the ``{cell_key}_{year}.tfrecord.gz`` files and the manifest.
+        recipe: the image recipe.
+        config: concurrency, retries, progress.
+        compute_pixels: replaces ``ee.data.computePixels`` (tests, benchmarks).
+        sleep: replaces the backoff wait (tests); default waits, and stops waiting
+            when the run is interrupted.
+        seed: seed of the backoff jitter.
+
+    Returns:
+        A :class:`DownloadReport`; failed locations are listed there and in the manifest.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    manifest = Manifest(out / MANIFEST_NAME, flush_every_s=config.manifest_every_s)
+    report = DownloadReport(out_dir=out, manifest=manifest.path)
+    compute = compute_pixels or _default_compute_pixels
+    stop = threading.Event()
+    wait_fn = sleep or stop.wait
+    rng = random.Random(seed)
+
+    todo = []
+    for loc in locations:
+        row = manifest.ensure(ManifestRow(loc.cell_key, loc.year, loc.cell_id, loc.imagery_year))
+        row.output = loc.file_name
+        if (out / loc.file_name).is_file():
+            row.status = DONE
+            report.skipped += 1
+        else:
+            todo.append(loc)
+    manifest.save()
+
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="computePixels", unit="patch", disable=not config.progress)
+    executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="ee-pixels")
+    pending: set[Future] = set()
+    try:
+        for loc in todo:
+            manifest.get(loc.cell_key, loc.year).status = RUNNING
+            pending.add(executor.submit(
+                _fetch_one, loc, out_dir=out, recipe=recipe, compute=compute,
+                retry=config.retry, rng=random.Random(rng.random()), sleep=wait_fn, stop=stop,
+            ))
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                outcome: _Outcome = future.result()
+                _record(manifest, report, outcome)
+                bar.update(1)
+                bar.set_postfix(failed=report.failed, retries=report.retries, refresh=False)
+            manifest.maybe_save()
+    except BaseException:
+        stop.set()
+        for future in pending:
+            future.cancel()
+        raise
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        for future in pending:
+            if future.done() and not future.cancelled() and future.exception() is None:
+                _record(manifest, report, future.result())
+        for row in manifest:
+            if row.status == RUNNING:  # interrupted before it finished: fetched next run
+                row.status = PENDING
+        bar.close()
+        report.seconds = time.perf_counter() - start
+        manifest.save()
+    return report
+
+
+def _record(manifest: Manifest, report: DownloadReport, outcome: _Outcome) -> None:
+    loc = outcome.location
+    row = manifest.get(loc.cell_key, loc.year)
+    row.attempts += outcome.attempts
+    report.retries += outcome.attempts - 1
+    if outcome.ok:
+        row.status, row.error, row.fallback = DONE, "", outcome.fallback
+        report.fetched += 1
+    else:
+        row.status, row.error = FAILED, outcome.error
+        report.failed += 1
+        report.errors[loc.file_name] = outcome.error

@@ -1,0 +1,189 @@
+"""The Earth Engine recipe and export tasks, built and serialised offline
+(``ee.apitestcase``); assertions on the serialised expression graphs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import ee
+import pytest
+from gee_fakes import offline_ee
+
+from extract_GPS_images import gee_recipe as recipe
+from extract_GPS_images.gee_download import Location, pixels_request
+from extract_GPS_images.gee_export import ExportConfig, export_task, task_description
+from extract_GPS_images.schema import META_BANDS, s2_channel_names
+
+LOC = Location(cell_key="c0123456789abcdef", cell_id="POLYGON ((1 2, 3 4))", year=2014,
+               imagery_year=2016, lat=21.0285, lon=105.8542, label=1.75)
+
+
+@pytest.fixture(autouse=True)
+def _ee():
+    with offline_ee():
+        yield
+
+
+def graph(obj: Any) -> dict:
+    """The expression as Earth Engine's Cloud API JSON, without value references."""
+    return ee.serializer.encode(obj, is_compound=False, for_cloud_api=True)
+
+
+def calls(node: Any, name: str) -> Iterator[dict]:
+    """Arguments of every invocation of ``name`` anywhere in ``node``."""
+    if isinstance(node, dict):
+        inv = node.get("functionInvocationValue")
+        if inv and inv["functionName"] == name:
+            yield inv["arguments"]
+        for value in node.values():
+            yield from calls(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            yield from calls(value, name)
+
+
+def const(arg: dict) -> Any:
+    return arg["constantValue"]
+
+
+def image_graph(config: recipe.RecipeConfig | None = None) -> dict:
+    return graph(recipe.location_image(
+        lat=LOC.lat, lon=LOC.lon, label=LOC.label, year=LOC.year,
+        imagery_year=LOC.imagery_year, config=config or recipe.RecipeConfig(),
+    ))
+
+
+def loaded_collections(g: dict) -> set[str]:
+    return {const(a["id"]) for a in calls(g, "ImageCollection.load")}
+
+
+def date_ranges(g: dict) -> set[tuple[str, str]]:
+    return {(const(a["start"]), const(a["end"])) for a in calls(g, "DateRange")}
+
+
+def test_default_collections_bands_and_scaling():
+    g = image_graph()
+    assert loaded_collections(g) == {recipe.S2_L1C, recipe.DYNAMIC_WORLD}
+    selections = [a["bandSelectors"] for a in calls(g, "Image.select") if "bandSelectors" in a]
+    assert any(const(s) == ["B2", "B3", "B4", "B8", "B11", "B12"] for s in selections)
+    divisors = [a["image2"] for a in calls(g, "Image.divide")]
+    assert any("10000" in json.dumps(d) for d in divisors)
+    # QA60 opaque-cloud and cirrus bits scored in a buffer of half the patch (3375 m).
+    assert ["QA60"] in [const(s) for s in selections if "constantValue" in s]
+    assert "3072" in json.dumps(list(calls(g, "Image.bitwiseAnd")))
+    assert {const(a["distance"]) for a in calls(g, "Geometry.buffer")} == {3375.0}
+
+
+def test_surface_reflectance_and_cloud_score_plus_options():
+    g = image_graph(recipe.RecipeConfig(collection=recipe.S2_SR, cloud_method="cloud_score_plus",
+                                        cs_threshold=0.65))
+    assert loaded_collections(g) == {recipe.S2_SR, recipe.CLOUD_SCORE_PLUS, recipe.DYNAMIC_WORLD}
+    assert list(calls(g, "Image.linkCollection"))
+    assert not list(calls(g, "Image.bitwiseAnd"))
+    assert "0.65" in json.dumps(list(calls(g, "Image.gte")))
+
+
+def test_quarter_month_and_year_date_filters():
+    g = image_graph()
+    imagery = LOC.imagery_year  # label year 2014 -> 2016 imagery
+    quarters = {("2016-01-01", "2016-04-01"), ("2016-04-01", "2016-07-01"),
+                ("2016-07-01", "2016-10-01"), ("2016-10-01", "2017-01-01")}
+    year = (f"{imagery}-01-01", f"{imagery + 1}-01-01")
+    assert date_ranges(g) == quarters | {year}
+    months = date_ranges(image_graph(recipe.RecipeConfig(periods="month")))
+    assert len(months - {year}) == 12 and (f"{imagery}-12-01", f"{imagery + 1}-01-01") in months
+    assert date_ranges(image_graph(recipe.RecipeConfig(periods="year"))) == {year}
+
+
+def test_fallback_is_decided_on_the_server():
+    g = image_graph()
+    # Per quarter: in-period scenes, the year's least-cloudy scene and an empty image,
+    # merged and ranked; no client-side size() round trip.
+    assert len(list(calls(g, "ImageCollection.merge"))) >= 2 * 4
+    sets = json.dumps(list(calls(g, "Element.set")))
+    assert '"s2_source"' in sets and '"rank"' in sets
+    # Year candidates come after any in-period scene, the empty image last.
+    offsets = {const(a["right"]) for a in calls(g, "Number.add") if "constantValue" in a["right"]}
+    assert recipe._YEAR_RANK_OFFSET in offsets
+    # The per-quarter sources are packed 2 bits per quarter into the s2_fallback band.
+    factors = {const(a["right"]) for a in calls(g, "Number.multiply")
+               if "constantValue" in a["right"]}
+    assert {1, 4, 16, 64} <= factors
+    assert not list(calls(g, "Algorithms.If"))
+
+
+def test_dynamic_world_mode_and_median():
+    g = image_graph()
+    assert list(calls(g, "Reducer.mode")) and not list(calls(g, "Reducer.median"))
+    assert list(calls(image_graph(recipe.RecipeConfig(dw_reducer="median")), "Reducer.median"))
+
+
+def test_metadata_bands_are_constants_of_the_location():
+    g = image_graph()
+    constants = [const(a["value"]) for a in calls(g, "Image.constant")
+                 if "constantValue" in a["value"]]
+    assert [LOC.label, LOC.lat, LOC.lon, 2014.0, 2016.0] in constants
+    renames = [const(a["names"]) for a in calls(g, "Image.rename") if "constantValue" in a["names"]]
+    assert list(META_BANDS) in renames
+    assert ["DW"] in renames
+
+
+def test_download_request_grid_and_band_order():
+    params = pixels_request(LOC, recipe.RecipeConfig())
+    assert params["fileFormat"] == "NUMPY_NDARRAY"
+    grid = params["grid"]
+    assert grid["dimensions"] == {"width": 225, "height": 225}
+    assert grid["affineTransform"] == {"scaleX": 30.0, "shearX": 0.0, "translateX": -3375.0,
+                                       "shearY": 0.0, "scaleY": -30.0, "translateY": 3375.0}
+    assert "21.02850000" in grid["crsWkt"] and "105.85420000" in grid["crsWkt"]
+    g = graph(params["expression"])
+    final = const(g["functionInvocationValue"]["arguments"]["bandSelectors"])
+    assert final == [*s2_channel_names(), "DW", "s2_fallback"]
+    assert final[:7] == ["B2_q1", "B3_q1", "B4_q1", "B8_q1", "B11_q1", "B12_q1", "B2_q2"]
+
+
+def test_export_task_parameters_drive_and_cloud_storage():
+    task = export_task(location=LOC, recipe=recipe.RecipeConfig(size=64, scale=10),
+                       config=ExportConfig(folder="myfolder"))
+    config = task.config
+    assert config["description"] == "c0123456789abcdef_2014"
+    options = config["fileExportOptions"]
+    assert options["fileFormat"] == "TF_RECORD_IMAGE"
+    assert options["driveDestination"] == {"folder": "myfolder",
+                                           "filenamePrefix": "c0123456789abcdef_2014"}
+    assert options["tfRecordOptions"] == {"tileDimensions": {"width": 64, "height": 64},
+                                          "compress": True}
+    # The pixel grid is folded into the expression: fixed projection, 64 x 64 patch.
+    g = graph(config["expression"])
+    clip = next(calls(g, "Image.clipToBoundsAndScale"))
+    assert "[0, 0, 64, 64]" in json.dumps(clip["geometry"])
+    reproject = next(calls(g, "Image.reproject"))
+    assert const(reproject["crsTransform"]) == [10.0, 0.0, -320.0, 0.0, -10.0, 320.0]
+    assert "Transverse_Mercator" in json.dumps(reproject["crs"])
+
+    gcs = export_task(location=LOC, recipe=recipe.RecipeConfig(),
+                      config=ExportConfig(destination="gcs", bucket="bkt", prefix="run1/"))
+    dest = gcs.config["fileExportOptions"]["cloudStorageDestination"]
+    assert dest == {"bucket": "bkt", "filenamePrefix": "run1/c0123456789abcdef_2014"}
+    assert gcs.config["description"] == "run1_c0123456789abcdef_2014"
+    assert gcs.state == ee.batch.Task.State.UNSUBMITTED  # built, never started
+
+
+def test_bad_export_settings_are_named():
+    with pytest.raises(ValueError, match="100"):
+        task_description(cell_key="x" * 101, year=2019)
+    with pytest.raises(ValueError, match="bucket"):
+        ExportConfig(destination="gcs")
+    with pytest.raises(ValueError, match="cloud_method must be one of"):
+        recipe.RecipeConfig(cloud_method="s2cloudless")
+
+
+def test_period_ranges_and_fallback_codes():
+    assert recipe.period_ranges(year=2019)[1] == ("q2", "2019-04-01", "2019-07-01")
+    code = recipe.SOURCE_YEAR * 4 + recipe.SOURCE_NONE * 4**3
+    assert recipe.decode_fallback(code, recipe.PERIODS["quarter"]) == {
+        "q1": "period", "q2": "year", "q3": "period", "q4": "none"}
+    assert recipe.fallback_summary(code, recipe.PERIODS["quarter"]) == "q2:year;q4:none"
+    assert recipe.fallback_summary(0, recipe.PERIODS["quarter"]) == ""
