@@ -66,8 +66,7 @@ def bench_model(channels: int) -> tuple[nn.Module, str]:
     try:
         from utils.models import build_model  # noqa: PLC0415
 
-        model = build_model("resnet18", in_channels=channels, pretrained=False)
-        return model, "utils.models.build_model('resnet18')"
+        return build_model("resnet18", channels), "utils.models.build_model('resnet18')"
     except (ImportError, TypeError, ValueError):
         return SmallResNet(channels), "bench SmallResNet (utils.models.build_model unavailable)"
 

@@ -225,7 +225,8 @@ def plot_heatmap_grid(
     alpha: float = 0.55,
     cmap: str = "inferno",
 ) -> Path:
-    """One row per sample: true colour, Dynamic World, then each heatmap over the image.
+    """One row per sample: true colour, Dynamic World, then each heatmap over the image
+    (in grey), each map scaled to its own maximum.
 
     Args:
         rgb: N images (H, W, 3) in [0, 1].
@@ -253,8 +254,9 @@ def plot_heatmap_grid(
             if d is not None:
                 axes[i, col].imshow(d, cmap=dw_cmap, vmin=-0.5, vmax=len(DW_CLASSES) - 0.5)
             col += 1
+        grey = np.asarray(rgb[i], dtype=np.float64).mean(-1)  # the map reads better on grey
         for name, maps in heatmaps.items():
-            axes[i, col].imshow(rgb[i])
+            axes[i, col].imshow(grey, cmap="gray", vmin=0, vmax=1)
             axes[i, col].imshow(_normalise(maps[i]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
             if i == 0:
                 axes[i, col].set_title(name, fontsize=9)

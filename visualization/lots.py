@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from extract_GPS_images.schema import DW_BAND, REFLECTANCE_RANGE, S2_BANDS
+
 #: Layer names with a meaning of their own; any other name is a sub-module of the model.
 FEATURES_LAYER = "features"  # the model's ``features(x) -> (N, D)`` (its head follows)
 OUTPUT_LAYER = "output"  # the prediction itself
@@ -276,6 +278,75 @@ def _linear_push(feats: Tensor, head: nn.Linear, goal: Tensor, floor: float | No
     return (feats + ((lo + hi) / 2)[:, None] * w[None]).clamp_min(floor)
 
 
+# ----------------------------------------------------------------------- input space
+
+
+def is_dw_channel(name: str) -> bool:
+    """Whether a channel is Dynamic World (``DW`` code or a ``DW_<class>`` one-hot)."""
+    return name == DW_BAND or name.startswith(DW_BAND + "_")
+
+
+def valid_range(
+    band_names: Sequence[str], stats: dict, *, normalized: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Per-channel valid range in the space the model sees.
+
+    Raw ranges: Sentinel-2 reflectance ``schema.REFLECTANCE_RANGE``; one-hot Dynamic World
+    channels [0, 1]; any other channel (the DW code) the data min/max of ``stats``. With
+    ``normalized`` (the dataset standardised with ``stats``), a raw range ``[a, b]`` of a
+    band with mean ``m`` and std ``s`` becomes ``[(a - m) / s, (b - m) / s]``; one-hot
+    channels are not standardised.
+
+    Args:
+        band_names: channel names of the model input (``ShardDataset.band_names``).
+        stats: ``stats.json`` (``utils.hdf5_schema.read_stats``).
+    """
+    bands = list(stats["bands"])
+    lower, upper = [], []
+    for name in band_names:
+        if name.startswith(DW_BAND + "_"):
+            lower.append(0.0)
+            upper.append(1.0)
+            continue
+        if name not in bands:
+            raise ValueError(f"channel {name!r} is not in stats.json (it has {bands})")
+        i = bands.index(name)
+        if name == DW_BAND or name.split("_")[0] not in S2_BANDS:
+            lo, hi = float(stats["min"][i]), float(stats["max"][i])
+        else:
+            lo, hi = REFLECTANCE_RANGE
+        if normalized:
+            mean, std = float(stats["mean"][i]), float(stats["std"][i])
+            std = std if std > 0 else 1.0
+            lo, hi = (lo - mean) / std, (hi - mean) / std
+        if hi <= lo:  # a constant band: give it a unit range so steps stay defined
+            hi = lo + 1.0
+        lower.append(lo)
+        upper.append(hi)
+    return torch.tensor(lower), torch.tensor(upper)
+
+
+def data_range(band_names: Sequence[str], stats: dict, *, normalized: bool = True) -> Tensor:
+    """Per-channel typical range ``p99 - p01`` of the train data (``stats.json``), in the
+    model's space; one-hot Dynamic World channels 1. A natural unit for LOTS steps:
+    the valid reflectance range [0, 2] is far wider than what a band really spans."""
+    bands = list(stats["bands"])
+    out = []
+    for name in band_names:
+        if name.startswith(DW_BAND + "_"):
+            out.append(1.0)
+            continue
+        if name not in bands:
+            raise ValueError(f"channel {name!r} is not in stats.json (it has {bands})")
+        i = bands.index(name)
+        span = float(stats["p99"][i]) - float(stats["p01"][i])
+        if normalized:
+            std = float(stats["std"][i])
+            span /= std if std > 0 else 1.0
+        out.append(span if span > 0 else 1.0)
+    return torch.tensor(out)
+
+
 # ----------------------------------------------------------------------------- core
 
 
@@ -301,6 +372,7 @@ def lots(
     rtol: float = 0.01,
     atol: float = 0.0,
     mutable: Tensor | Sequence[bool] | None = None,
+    step_range: Tensor | Sequence[float] | None = None,
     batch_size: int = 32,
 ) -> LotsResult:
     """Run LOTS on a batch (Rozsa, Günther, Boult 2017).
@@ -312,7 +384,9 @@ def lots(
         layer: see :func:`feature_fn`.
         lower, upper: per-channel valid range in the model's space (C values or one);
             every iterate is clamped to it.
-        step: step size as a fraction of each channel's range ``upper - lower``.
+        step: step size as a fraction of each channel's range: ``step_range`` when
+            given (e.g. the data's 1-99 % range, see :func:`data_range`), else
+            ``upper - lower``.
         iterations: cap on steps per sample.
         rtol, atol: a sample has converged once ``||t - f(x)|| <= atol + rtol * d0``
             (``d0`` its starting distance), or once its prediction has come within
@@ -322,7 +396,7 @@ def lots(
         batch_size: samples per forward/backward pass.
 
     Returns:
-        A :class:`LotsResult`. No pixel moves more than ``step * range_c * iterations``.
+        A :class:`LotsResult`. No pixel moves more than ``step * range_c`` per iteration.
     """
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
@@ -338,7 +412,9 @@ def lots(
         raise ValueError(
             f"every channel needs upper > lower; got lower={lo.tolist()}, upper={hi.tolist()}"
         )
-    step_c = step * (hi - lo)
+    step_c = step * (hi - lo if step_range is None else _per_channel(step_range, c, "step_range"))
+    if bool((step_c <= 0).any()):
+        raise ValueError(f"every channel needs a positive step range, got {step_c.tolist()}")
     if mutable is not None:
         step_c = step_c * _per_channel(mutable, c, "mutable").to(device)
     view = (1, c, 1, 1)
