@@ -1,0 +1,682 @@
+"""Training loop: ``fit`` trains one regressor on the HDF5 shards and keeps the best
+checkpoint by validation balanced MAE (DESIGN section 4).
+
+Adam/AdamW, an exponential learning-rate decay per epoch (x0.95 in the original study),
+AMP with GradScaler on GPU, gradient clipping, per-sample loss weights and samplers,
+per-epoch train/val loss and every metric of :func:`metrics.regression_report`,
+``best.pt`` / ``last.pt`` checkpoints, resume with identical results, early stopping,
+tqdm bars, ``history.csv`` and TensorBoard logs, one seed. CPU or GPU is picked
+automatically. Under ``torchrun`` (``WORLD_SIZE`` > 1) the same ``fit`` trains with
+DistributedDataParallel: every rank draws its share of the training data
+(``DistributedSampler``, or ``DistributedWeightedSampler`` when resampling weights are
+given), validation runs in full on every rank, rank 0 writes the files.
+
+Notebook: ``fit(TrainConfig(...))``; command line: ``python -m utils.train --help``
+(the same fields), or ``torchrun --nproc_per_node 2 -m utils.train ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm import tqdm
+
+from metrics import regression_report, scalar_metrics
+from utils.atomic import atomic_path
+from utils.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from utils.dataloader import ShardDataset, build_datasets, make_loader
+from utils.models import build_model
+from utils.paths import RunPaths, resolve
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+BEST_FILE, LAST_FILE, HISTORY_FILE, TB_DIR = "best.pt", "last.pt", "history.csv", "tensorboard"
+#: Metric that picks the best checkpoint and drives early stopping (lower is better).
+SELECTION_METRIC = "val_bmae"
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of one training run (saved in its checkpoints).
+
+    Attributes:
+        run_dir: run folder; shards are read from ``RunPaths.of(run_dir).shards`` unless
+            ``shards_dir`` is set, outputs go to ``RunPaths.of(run_dir).train/experiment``.
+        experiment: name of this run's output folder.
+        model: a name of :data:`utils.models.MODEL_NAMES`.
+        channels: Sentinel-2 preset (``"s2"``, ``"rgb"``) or band names.
+        dw_mode: Dynamic World as ``"onehot"``, ``"channel"`` or ``"none"``.
+        crop: crop side in px (int), share of the patch (float) or None (whole patch).
+        augment: random flips / rot90 on the training split.
+        epochs, batch_size, lr, weight_decay: the usual.
+        optimizer: ``"adamw"`` or ``"adam"``.
+        lr_decay: learning rate factor per epoch (the original: 0.95).
+        grad_clip: max gradient norm (None: no clipping).
+        amp: mixed precision on GPU (ignored on CPU).
+        early_stopping: stop after this many epochs without a better val b-MAE (0: off).
+        seed: seed of everything (weights, data order, augmentation).
+        deterministic: deterministic algorithms (warn-only where none exists).
+        num_workers: DataLoader workers.
+        loss, loss_kwargs: name and options for :func:`loss.get_loss`.
+        loss_lr: learning rate of a loss module's own parameters (None: ``lr``).
+        bins, label_range, quantile_bins: balanced-MAE bins; ``label_range`` None takes
+            the range of the training labels.
+        dropout, pretrained_path: model options (see :func:`utils.models.build_model`).
+        device: ``"auto"`` (GPU when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        resume: continue from ``last.pt`` of the experiment folder when it exists.
+        progress, tensorboard: tqdm bars and TensorBoard events.
+    """
+
+    run_dir: str = "runs/demo"
+    shards_dir: str | None = None
+    experiment: str = "l2_baseline"
+    model: str = "resnet18"
+    channels: str | list[str] = "s2"
+    dw_mode: str = "onehot"
+    crop: int | float | None = None
+    augment: bool = True
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    optimizer: str = "adamw"
+    lr_decay: float = 0.95
+    weight_decay: float = 1e-4
+    grad_clip: float | None = 5.0
+    amp: bool = True
+    early_stopping: int = 0
+    seed: int = 0
+    deterministic: bool = True
+    num_workers: int = 0
+    loss: str = "mse"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    loss_lr: float | None = None
+    bins: int = 6
+    label_range: tuple[float, float] | list[float] | None = None
+    quantile_bins: bool = False
+    dropout: float = 0.0
+    pretrained_path: str | None = None
+    device: str = "auto"
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+
+    def resolved_shards_dir(self) -> Path:
+        """The shards folder of this run."""
+        return resolve(self.shards_dir) if self.shards_dir else RunPaths.of(self.run_dir).shards
+
+    def out_dir(self) -> Path:
+        """``RunPaths.of(run_dir).train / experiment``."""
+        return RunPaths.of(self.run_dir).train / self.experiment
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of the fields."""
+        return json.loads(json.dumps(asdict(self)))
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        history: one dict per epoch (``epoch``, ``lr``, ``train_loss``, ``val_loss``,
+            ``train_*`` / ``val_*`` metrics, timings).
+        best: the history row of the best epoch (lowest val b-MAE).
+        best_checkpoint, last_checkpoint, history_csv, out_dir: files written.
+        stopped_early: whether early stopping ended the run.
+    """
+
+    history: list[dict[str, float]]
+    best: dict[str, float]
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history_csv: Path
+    out_dir: Path
+    stopped_early: bool = False
+
+
+# --- device, seeds, distributed ------------------------------------------------------------
+def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"``: ``cuda:<local_rank>`` when a GPU is visible, else CPU."""
+    if device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for but no GPU is visible; use 'auto'/'cpu'")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; optionally ask for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (third-party code may still use the global RNG)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank and world size of this process (1 process without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> tuple[DistInfo, bool]:
+    """Join the torchrun process group when ``WORLD_SIZE`` > 1 (NCCL on GPU, gloo on CPU).
+
+    Returns:
+        The rank info and whether this call created the process group.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo(), False
+    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if dist.is_initialized():
+        return info, False
+    use_cuda = resolve_device(device, info.local_rank).type == "cuda"
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return info, True
+
+
+def _all_reduce_sum(values: Sequence[float], info: DistInfo, device: torch.device) -> list[float]:
+    if not info.enabled:
+        return list(values)
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+# --- one epoch -----------------------------------------------------------------------------
+def _call_loss(loss_fn: Callable, pred: torch.Tensor, target: torch.Tensor, weights=None):
+    if weights is None:
+        return loss_fn(pred, target)
+    return loss_fn(pred, target, weights=weights)
+
+
+def _takes_labels(model: nn.Module) -> bool:
+    """Whether the model's forward takes ``labels`` (feature smoothing wrappers do)."""
+    return "labels" in inspect.signature(unwrap(model).forward).parameters
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: Callable,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    grad_clip: float | None = None,
+    sample_weights: np.ndarray | None = None,
+    clip_params: Sequence[nn.Parameter] | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> dict[str, Any]:
+    """One pass over ``loader``; returns the mean loss, predictions, labels and timings.
+
+    ``sample_weights[batch["index"]]`` are passed to the loss as ``weights`` when given.
+    A model whose ``forward`` takes ``labels`` (e.g. ``loss.fds.FDSModel``) gets them.
+
+    Returns:
+        ``loss`` (sample mean), ``n``, ``pred``/``target`` (NumPy), ``data_s`` (time spent
+        waiting for batches), ``compute_s`` (forward/backward/step, device-synchronised).
+    """
+    model.train()
+    with_labels = _takes_labels(model)
+    params = list(clip_params) if clip_params is not None else list(model.parameters())
+    weights_all = None if sample_weights is None else torch.as_tensor(sample_weights).float()
+    total, count, data_s, compute_s = 0.0, 0, 0.0, 0.0
+    preds, targets = [], []
+    bar = tqdm(loader, desc=desc, leave=False, disable=not progress)
+    iterator = iter(bar)
+    while True:
+        tick = time.perf_counter()
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            break
+        tock = time.perf_counter()
+        data_s += tock - tick
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["label"].to(device, non_blocking=True)
+        w = None if weights_all is None else weights_all[batch["index"]].to(device)
+        with torch.autocast(device.type, enabled=amp):
+            pred = model(x, labels=y) if with_labels else model(x)
+        loss = _call_loss(loss_fn, pred.float(), y, w)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} ({desc})")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(loss).backward()
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(params, grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(params, grad_clip)
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        compute_s += time.perf_counter() - tock
+        total += loss.item() * len(y)
+        count += len(y)
+        preds.append(pred.detach().float().cpu())
+        targets.append(y.detach().cpu())
+        bar.set_postfix(loss=f"{total / count:.4f}")
+    if count == 0:
+        raise ValueError(f"{desc}: the loader yielded no batch")
+    return {
+        "loss": total / count,
+        "n": count,
+        "pred": torch.cat(preds).numpy(),
+        "target": torch.cat(targets).numpy(),
+        "data_s": data_s,
+        "compute_s": compute_s,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: Callable | None = None,
+    *,
+    device: torch.device,
+    amp: bool = False,
+    train_labels: np.ndarray | None = None,
+    bins: int = 6,
+    label_range: Sequence[float] | None = None,
+    quantile_bins: bool = False,
+    progress: bool = False,
+    desc: str = "val",
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Predict ``loader`` without gradients; return (report, predictions, labels).
+
+    The report is :func:`metrics.regression_report` plus ``loss`` (unweighted) when a
+    loss is given. ``label_range`` None derives the bins from ``train_labels``.
+    """
+    model.eval()
+    preds, targets = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        x = batch["image"].to(device, non_blocking=True)
+        with torch.autocast(device.type, enabled=amp):
+            preds.append(model(x).float().cpu())
+        targets.append(batch["label"].float())
+    pred, target = torch.cat(preds), torch.cat(targets)
+    report = regression_report(
+        pred.numpy(),
+        target.numpy(),
+        train_labels=train_labels,
+        bins=bins,
+        value_range=tuple(label_range) if label_range is not None else None,
+        quantile=quantile_bins,
+    )
+    if loss_fn is not None:
+        report["loss"] = float(_call_loss(loss_fn, pred.to(device), target.to(device)).item())
+    return report, pred.numpy(), target.numpy()
+
+
+# --- helpers of fit ------------------------------------------------------------------------
+def _resolve_loss(cfg: TrainConfig, loss: Callable | nn.Module | None) -> Callable:
+    if loss is not None:
+        return loss
+    from loss import get_loss  # noqa: PLC0415 (loss/ imports nothing from here)
+
+    return get_loss(cfg.loss, **cfg.loss_kwargs)
+
+
+def build_optimizer(
+    cfg: TrainConfig, model: nn.Module, loss_module: nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """Adam/AdamW over the model; a loss module's parameters (BMC's noise sigma) form
+    their own group (learning rate ``loss_lr`` or ``lr``, no weight decay)."""
+    key = cfg.optimizer.lower()
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; valid: {sorted(OPTIMIZERS)}")
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    extra = [p for p in (loss_module.parameters() if loss_module else []) if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "lr": cfg.loss_lr or cfg.lr, "weight_decay": 0.0})
+    return OPTIMIZERS[key](groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _reseed_sampler(sampler: Any, seed: int, epoch: int) -> None:
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    generator = getattr(sampler, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed * 1_000_003 + epoch)
+
+
+def _train_sampler(
+    cfg: TrainConfig,
+    train_ds: ShardDataset,
+    info: DistInfo,
+    sampler: Sampler | None,
+    sampler_weights: np.ndarray | None,
+) -> Sampler | None:
+    if sampler is not None and sampler_weights is not None:
+        raise ValueError("give either sampler or sampler_weights, not both")
+    if sampler_weights is not None:
+        from utils.samplers import DistributedWeightedSampler, weighted_sampler  # noqa: PLC0415
+
+        if len(sampler_weights) != len(train_ds):
+            raise ValueError(
+                f"sampler_weights has {len(sampler_weights)} values for {len(train_ds)} "
+                "training samples"
+            )
+        if info.enabled:
+            return DistributedWeightedSampler(
+                sampler_weights, info.world_size, info.rank, seed=cfg.seed
+            )
+        return weighted_sampler(sampler_weights, generator=torch.Generator())
+    if info.enabled and sampler is None:
+        return DistributedSampler(
+            train_ds, info.world_size, info.rank, shuffle=True, seed=cfg.seed
+        )
+    return sampler
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def _stored_config(cfg: TrainConfig, train_ds: ShardDataset, model: nn.Module) -> dict:
+    return {
+        **cfg.to_dict(),
+        "shards_dir": str(cfg.resolved_shards_dir()),
+        "band_names": list(train_ds.band_names),
+        "patch": train_ds.patch,
+        "crop_px": train_ds.crop,
+        "model_spec": dict(getattr(unwrap(model), "spec", {})),
+    }
+
+
+def _check_resumable(stored: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    free = {"epochs", "resume", "progress", "num_workers", "early_stopping", "tensorboard"}
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k not in free and k in stored and stored[k] != now[k]
+                     and k != "shards_dir")
+    if changed:
+        raise ValueError(
+            f"cannot resume from {path}: config differs in {changed}; "
+            "use another experiment name or resume=False"
+        )
+
+
+# --- fit -----------------------------------------------------------------------------------
+def fit(
+    cfg: TrainConfig,
+    *,
+    loss: Callable | nn.Module | None = None,
+    sample_weights: np.ndarray | None = None,
+    sampler: Sampler | None = None,
+    sampler_weights: np.ndarray | None = None,
+    model: nn.Module | None = None,
+    datasets: dict[str, ShardDataset] | None = None,
+    out_dir: str | Path | None = None,
+) -> FitResult:
+    """Train ``cfg.model`` on the train split, validate each epoch, keep the best.
+
+    Args:
+        cfg: the run's configuration.
+        loss: a loss ``(pred, target, weights=None) -> Tensor`` (function or module);
+            None resolves ``cfg.loss`` through :func:`loss.get_loss`.
+        sample_weights: per-sample loss weights aligned with the train dataset's
+            ``index`` (e.g. ``loss.weights.sample_weights(train.labels, ...)``).
+        sampler: a training sampler (single process); re-seeded per epoch through its
+            ``generator``/``set_epoch`` so that resumed runs draw the same batches.
+        sampler_weights: weights for weighted resampling: ``utils.samplers.weighted_sampler``
+            on one process, ``DistributedWeightedSampler`` under torchrun.
+        model: a ready model (e.g. an FDS wrapper); default ``build_model(cfg.model, ...)``.
+        datasets: ``{"train": ..., "val": ...}`` to use instead of building them from cfg.
+        out_dir: output folder (default ``cfg.out_dir()``).
+
+    Returns:
+        A :class:`FitResult`.
+    """
+    info, own_group = init_distributed(cfg.device)
+    try:
+        return _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model,
+                    datasets, out_dir)
+    finally:
+        if own_group:
+            dist.destroy_process_group()
+
+
+def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datasets, out_dir):
+    device = resolve_device(cfg.device, info.local_rank)
+    seed_everything(cfg.seed, cfg.deterministic)
+    out = Path(out_dir) if out_dir is not None else cfg.out_dir()
+    datasets = datasets or build_datasets(cfg, ("train", "val"))
+    train_ds, val_ds = datasets["train"], datasets["val"]
+    train_labels = train_ds.labels
+    if sample_weights is not None and len(sample_weights) != len(train_ds):
+        raise ValueError(
+            f"sample_weights has {len(sample_weights)} values for {len(train_ds)} train samples"
+        )
+    train_sampler = _train_sampler(cfg, train_ds, info, sampler, sampler_weights)
+    train_loader = make_loader(
+        train_ds, batch_size=cfg.batch_size, shuffle=train_sampler is None,
+        sampler=train_sampler, num_workers=cfg.num_workers, seed=cfg.seed,
+        pin_memory=device.type == "cuda",
+    )
+    val_loader = make_loader(
+        val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
+        pin_memory=device.type == "cuda",
+    )
+    model = model or build_model(
+        cfg.model, train_ds.num_channels, pretrained_path=cfg.pretrained_path,
+        dropout=cfg.dropout, band_names=train_ds.band_names,
+    )
+    model.to(device)
+    loss_fn = _resolve_loss(cfg, loss)
+    loss_module = loss_fn if isinstance(loss_fn, nn.Module) else None
+    if loss_module is not None:
+        loss_module.to(device)
+    optimizer = build_optimizer(cfg, model, loss_module)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
+    amp = bool(cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    stored_config = _stored_config(cfg, train_ds, model)
+
+    history: list[dict[str, float]] = []
+    start_epoch, best_bmae, best_row, stale = 0, math.inf, {}, 0
+    last_path, best_path = out / LAST_FILE, out / BEST_FILE
+    if cfg.resume and last_path.is_file():
+        ckpt = load_checkpoint(last_path, map_location=device)
+        _check_resumable(ckpt["config"], cfg, last_path)
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        if loss_module is not None and "loss" in ckpt:
+            loss_module.load_state_dict(ckpt["loss"])
+        extra = ckpt["extra"]
+        history, best_row = list(extra["history"]), dict(extra["best"])
+        best_bmae, stale = float(extra["best_bmae"]), int(extra["stale"])
+        start_epoch = int(ckpt["epoch"])
+        set_rng_state(ckpt["rng"])
+        if info.is_main:
+            print(f"resumed {last_path} after epoch {start_epoch}")
+
+    clip_params = [p for g in optimizer.param_groups for p in g["params"]]
+    if info.enabled:
+        ids = [info.local_rank] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    writer = None
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (slow import)
+
+            writer = SummaryWriter(str(out / TB_DIR))
+    metric_kwargs = {
+        "train_labels": train_labels, "bins": cfg.bins, "label_range": cfg.label_range,
+        "quantile_bins": cfg.quantile_bins,
+    }
+    stopped = False
+    progress = cfg.progress and info.is_main
+    epochs = tqdm(range(start_epoch, cfg.epochs), desc=cfg.experiment, disable=not progress,
+                  initial=start_epoch, total=cfg.epochs)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+        _reseed_sampler(train_loader.sampler, cfg.seed, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(
+            model, train_loader, loss_fn, optimizer, device=device, scaler=scaler, amp=amp,
+            grad_clip=cfg.grad_clip, sample_weights=sample_weights, clip_params=clip_params,
+            progress=progress, desc=f"epoch {epoch + 1} train",
+        )
+        if hasattr(unwrap(model), "end_epoch"):
+            unwrap(model).end_epoch(epoch)
+        scheduler.step()
+        loss_sum, n = _all_reduce_sum([train["loss"] * train["n"], train["n"]], info, device)
+        train_report = regression_report(
+            train["pred"], train["target"], train_labels=train_labels, bins=cfg.bins,
+            value_range=tuple(cfg.label_range) if cfg.label_range else None,
+            quantile=cfg.quantile_bins,
+        )
+        val_report, _, _ = evaluate(
+            unwrap(model), val_loader, loss_fn, device=device, amp=amp, progress=progress,
+            desc=f"epoch {epoch + 1} val", **metric_kwargs,
+        )
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / n,
+               "val_loss": val_report["loss"]}
+        row.update({f"train_{k}": v for k, v in scalar_metrics(train_report).items()})
+        row.update({f"val_{k}": v for k, v in scalar_metrics(val_report).items()})
+        row.update({"data_s": train["data_s"], "compute_s": train["compute_s"],
+                    "epoch_s": time.perf_counter() - t0})
+        history.append(row)
+        improved = row[SELECTION_METRIC] < best_bmae
+        if improved:
+            best_bmae, best_row, stale = row[SELECTION_METRIC], dict(row), 0
+        else:
+            stale += 1
+        stop = bool(cfg.early_stopping and stale >= cfg.early_stopping)
+        if info.is_main:
+            extra = {"history": history, "best": best_row, "best_bmae": best_bmae,
+                     "stale": stale, "val_report": val_report}
+            state = {"model": model, "config": stored_config, "optimizer": optimizer,
+                     "scaler": scaler, "scheduler": scheduler, "loss_module": loss_module,
+                     "extra": extra}
+            if improved:
+                save_checkpoint(best_path, epoch=epoch + 1, **state)
+            save_checkpoint(last_path, epoch=epoch + 1, **state)
+            _write_history(out / HISTORY_FILE, history)
+            if writer is not None:
+                for key, value in row.items():
+                    if key != "epoch" and np.isfinite(value):
+                        writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
+                writer.flush()
+            epochs.set_postfix(train=f"{row['train_loss']:.4f}", val_bmae=f"{row['val_bmae']:.4f}")
+        if info.enabled:
+            flag = torch.tensor([int(stop)], device=device)
+            dist.broadcast(flag, src=0)
+            stop = bool(flag.item())
+            dist.barrier()
+        if stop:
+            stopped = True
+            if info.is_main:
+                print(f"early stopping after epoch {epoch + 1}: no better val b-MAE for "
+                      f"{cfg.early_stopping} epochs (best {best_bmae:.4f})")
+            break
+    if writer is not None:
+        writer.close()
+    return FitResult(history, best_row, best_path, last_path, out / HISTORY_FILE, out, stopped)
+
+
+# --- command line --------------------------------------------------------------------------
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """``python -m utils.train`` options: one ``--field VALUE`` per :class:`TrainConfig`
+    field (values parsed as JSON when they are JSON: ``44``, ``null``, ``true``,
+    ``'["B4_q1","B3_q1"]'``, ``'{"delta": 1.0}'``; plain text otherwise)."""
+    parser = argparse.ArgumentParser(
+        description="Train a regressor on HDF5 shards (the CLI twin of main.ipynb's fit).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=_parse_value, default=default,
+            metavar=f.name.upper(), help=f"({f.type})",
+        )
+    parser.add_argument("--no-test", action="store_true",
+                        help="skip the test-split evaluation after training")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> FitResult:
+    """Entry point: parse options, :func:`fit`, then evaluate the best model on test."""
+    args = vars(get_args_parser().parse_args(argv))
+    skip_test = args.pop("no_test")
+    cfg = TrainConfig(**args)
+    result = fit(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return result
+    best = result.best
+    print(f"best epoch {int(best['epoch'])}: val b-MAE {best['val_bmae']:.4f}, "
+          f"MAE {best['val_mae']:.4f}, R2 {best['val_r2']:.3f}; files in {result.out_dir}")
+    test_dir = cfg.resolved_shards_dir() / "test"
+    if not skip_test and any(test_dir.glob("test_*.h5")):
+        from utils.inference import evaluate_checkpoint  # noqa: PLC0415
+
+        _, report = evaluate_checkpoint(result.best_checkpoint, split="test", device=cfg.device)
+        print(f"test: b-MAE {report['bmae']:.4f}, MAE {report['mae']:.4f}, "
+              f"R2 {report['r2']:.3f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
