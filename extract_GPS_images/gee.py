@@ -1,0 +1,226 @@
+"""Earth Engine backend: Sentinel-2 quarterly least-cloudy composites + Dynamic World.
+
+``extract_gee(GeeConfig)`` is what ``image.ipynb`` calls with ``backend = "gee"``; the
+CLI twin is ``python -m extract_GPS_images gee --labels FILE --out DIR --mode
+download|export [...]``. It reads and validates the labels, initialises Earth Engine,
+then either downloads every patch with ``computePixels`` into ``DIR`` as gzip
+TFRecords (``--mode download``) or starts one batch export task per location-year
+writing TFRecords to Google Drive or Cloud Storage (``--mode export``). Either way
+``DIR`` holds ``labels.csv`` and ``gee_manifest.csv``, and a re-run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from extract_GPS_images import gee_auth
+from extract_GPS_images.gee_download import (
+    MANIFEST_NAME,
+    ComputePixels,
+    DownloadConfig,
+    DownloadReport,
+    RetryPolicy,
+    download_locations,
+    locations_from_labels,
+)
+from extract_GPS_images.gee_export import ExportConfig, ExportReport, TaskBackend, run_exports
+from extract_GPS_images.gee_recipe import (
+    CLOUD_METHODS,
+    DW_REDUCERS,
+    PERIODS,
+    S2_L1C,
+    S2_SR,
+    RecipeConfig,
+)
+from extract_GPS_images.labels import FIRST_IMAGERY_YEAR, LabelsError, read_labels, write_labels
+
+MODES = ("download", "export")
+
+
+@dataclass(frozen=True)
+class GeeConfig:
+    """Everything an Earth Engine extraction needs.
+
+    Attributes:
+        labels: path of the labels.csv.
+        out_dir: local folder: the records (download), ``labels.csv`` and the manifest.
+        mode: ``"download"`` (computePixels, local files) or ``"export"`` (batch tasks).
+        project: Cloud project (default: ``EE_PROJECT`` / ``GOOGLE_CLOUD_PROJECT``).
+        service_account_key: path of a service-account key file (optional).
+        imagery_year: imagery year of label years before Sentinel-2's first full year.
+        on_error: bad labels rows: ``"raise"`` refuses the file, ``"skip"`` drops them.
+        limit: only the first ``limit`` location-years (trial runs).
+        timeout_s: deadline of each Earth Engine request.
+        recipe, download, export: the stage configs.
+    """
+
+    labels: str
+    out_dir: str
+    mode: Literal["download", "export"] = "download"
+    project: str | None = None
+    service_account_key: str | None = None
+    imagery_year: int = FIRST_IMAGERY_YEAR
+    on_error: Literal["raise", "skip"] = "raise"
+    limit: int | None = None
+    timeout_s: float = 300.0
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+
+    @classmethod
+    def from_flat(cls, **params: Any) -> GeeConfig:
+        """Build from flat keyword parameters (notebook and CLI): the names of
+        :class:`GeeConfig`, :class:`RecipeConfig`, :class:`DownloadConfig` and
+        :class:`ExportConfig` fields, plus ``max_attempts``, ``backoff_base_s``,
+        ``backoff_max_s`` (retries of both modes) and ``progress`` (both modes).
+
+        Raises:
+            ValueError: an unknown name (the message lists the accepted ones).
+        """
+        groups = {
+            "top": {f.name for f in fields(cls)} - {"recipe", "download", "export"},
+            "recipe": {f.name for f in fields(RecipeConfig)},
+            "download": {"concurrency", "manifest_every_s"},
+            "export": {f.name for f in fields(ExportConfig)} - {"max_attempts", "progress"},
+            "shared": {"max_attempts", "backoff_base_s", "backoff_max_s", "progress"},
+        }
+        known = set().union(*groups.values())
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"unknown Earth Engine parameter(s) {unknown}; accepted: "
+                             f"{sorted(known)}")
+        pick = {g: {k: v for k, v in params.items() if k in names and v is not None}
+                for g, names in groups.items()}
+        shared = pick["shared"]
+        if "bands" in pick["recipe"]:
+            pick["recipe"]["bands"] = tuple(pick["recipe"]["bands"])
+        retry = RetryPolicy(**{
+            name: shared[key] for key, name in (
+                ("max_attempts", "max_attempts"), ("backoff_base_s", "base_s"),
+                ("backoff_max_s", "max_s"),
+            ) if key in shared
+        })
+        common = {k: shared[k] for k in ("progress",) if k in shared}
+        export_extra = {k: shared[k] for k in ("max_attempts",) if k in shared}
+        return cls(
+            **pick["top"],
+            recipe=RecipeConfig(**pick["recipe"]),
+            download=DownloadConfig(**pick["download"], retry=retry, **common),
+            export=ExportConfig(**pick["export"], **common, **export_extra),
+        )
+
+
+@dataclass
+class GeeReport:
+    """What :func:`extract_gee` did."""
+
+    mode: str
+    labels_summary: str
+    auth: str
+    result: DownloadReport | ExportReport
+
+    def summary(self) -> str:
+        return "\n".join([self.labels_summary, self.auth, f"{self.mode}: {self.result.summary()}"])
+
+
+def extract_gee(
+    config: GeeConfig,
+    *,
+    initialize: bool = True,
+    compute_pixels: ComputePixels | None = None,
+    tasks: TaskBackend | None = None,
+) -> GeeReport:
+    """Read the labels, initialise Earth Engine, download or export every location-year.
+
+    Args:
+        config: the extraction.
+        initialize: call ``ee.Initialize`` (tests that set Earth Engine up offline pass
+            False).
+        compute_pixels: replaces ``ee.data.computePixels`` (tests, benchmarks).
+        tasks: replaces the export task backend (tests).
+
+    Raises:
+        LabelsError: the labels file is bad (message names rows and columns).
+        GeeAuthError: Earth Engine cannot be initialised (message says how to fix it).
+    """
+    labels = read_labels(config.labels, on_error=config.on_error,
+                         imagery_year=config.imagery_year)
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if Path(config.labels).resolve() != (out / "labels.csv").resolve():
+        write_labels(labels.frame, out / "labels.csv")
+    locations = locations_from_labels(labels)[: config.limit]
+    auth = "Earth Engine initialised by the caller"
+    if initialize:
+        auth = gee_auth.initialize(project=config.project,
+                                   service_account_key=config.service_account_key,
+                                   deadline_s=config.timeout_s)
+    if config.mode == "download":
+        result: DownloadReport | ExportReport = download_locations(
+            locations, out_dir=out, recipe=config.recipe, config=config.download,
+            compute_pixels=compute_pixels,
+        )
+    else:
+        result = run_exports(locations, manifest_path=str(out / MANIFEST_NAME),
+                             recipe=config.recipe, config=config.export, tasks=tasks)
+    return GeeReport(config.mode, labels.summary(), auth, result)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``gee`` sub-command's arguments."""
+    p = parser
+    p.add_argument("--labels", required=True, help="labels.csv to extract")
+    p.add_argument("--out", required=True, dest="out_dir",
+                   help="local folder: records (download), labels.csv, gee_manifest.csv")
+    p.add_argument("--mode", choices=MODES, default="download")
+    p.add_argument("--project", help="Cloud project (default: $EE_PROJECT)")
+    p.add_argument("--service-account-key", help="service-account JSON key file")
+    p.add_argument("--imagery-year", type=int, default=FIRST_IMAGERY_YEAR,
+                   help="imagery year for label years before Sentinel-2's first full year")
+    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="bad labels rows: refuse the file, or skip them with a warning")
+    p.add_argument("--limit", type=int, help="only the first N location-years")
+    p.add_argument("--timeout", type=float, default=300.0, dest="timeout_s",
+                   help="deadline of each Earth Engine request, seconds")
+    r = p.add_argument_group("image recipe")
+    r.add_argument("--collection", default=S2_L1C, help=f"e.g. {S2_L1C} or {S2_SR}")
+    r.add_argument("--bands", nargs="+", help="Sentinel-2 bands (default B2 B3 B4 B8 B11 B12)")
+    r.add_argument("--scale", type=float, help="metres per pixel (default 30)")
+    r.add_argument("--size", type=int, help="patch side in pixels (default 225)")
+    r.add_argument("--periods", choices=tuple(PERIODS), help="default quarter")
+    r.add_argument("--cloud-method", choices=CLOUD_METHODS, help="default qa60")
+    r.add_argument("--cs-threshold", type=float, help="Cloud Score+ clear threshold (0.6)")
+    r.add_argument("--mask-clouds", action="store_true", default=None,
+                   help="mask cloudy pixels of the chosen scenes")
+    r.add_argument("--dw-reducer", choices=DW_REDUCERS, help="default mode")
+    d = p.add_argument_group("download / retries")
+    d.add_argument("--concurrency", type=int, help="computePixels requests in flight (16)")
+    d.add_argument("--max-attempts", type=int, help="attempts per location (6 download, 3 export)")
+    e = p.add_argument_group("export")
+    e.add_argument("--destination", choices=("drive", "gcs"), help="default drive")
+    e.add_argument("--folder", help="Google Drive folder (default povmap_exports)")
+    e.add_argument("--bucket", help="Cloud Storage bucket (destination gcs)")
+    e.add_argument("--prefix", help="prefix of task names and file names")
+    e.add_argument("--max-in-flight", type=int, help="tasks queued or running at once (100)")
+    e.add_argument("--poll-interval", type=float, dest="poll_interval_s",
+                   help="seconds between status polls (30)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+
+
+def main(args: argparse.Namespace) -> GeeReport:
+    """Run the ``gee`` sub-command; bad input exits with the reader's or auth message."""
+    params = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        config = GeeConfig.from_flat(**params)
+        report = extract_gee(config)
+    except (LabelsError, gee_auth.GeeAuthError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(report.summary())
+    return report
