@@ -152,17 +152,17 @@ KILLED_RUN = """
 import sys
 sys.path.insert(0, {tests!r})
 from gee_fakes import FakeComputePixels, offline_ee
-from extract_GPS_images.gee_download import DownloadConfig, download_locations, locations_from_labels
+from extract_GPS_images import gee_download as dl
 from extract_GPS_images.gee_recipe import FALLBACK_BAND, RecipeConfig
 from extract_GPS_images.labels import read_labels
 
 recipe = RecipeConfig(size={size})
 names = [*recipe.channel_names, FALLBACK_BAND]
 with offline_ee():
-    download_locations(
-        locations_from_labels(read_labels({labels!r})), out_dir={out!r}, recipe=recipe,
+    dl.download_locations(
+        dl.locations_from_labels(read_labels({labels!r})), out_dir={out!r}, recipe=recipe,
         compute_pixels=FakeComputePixels(names, {size}, latency_s=0.25),
-        config=DownloadConfig(concurrency=2, progress=False, manifest_every_s=0.0),
+        config=dl.DownloadConfig(concurrency=2, progress=False, manifest_every_s=0.0),
     )
 """
 
