@@ -398,7 +398,8 @@ def save_figures(
     baseline_maps: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Path]:
     """Write the PNGs under ``explain/``: the LOTS heatmap grid, band/quarter importance,
-    the LOTS traces and (with ``baseline_maps``) LOTS beside the Captum baselines."""
+    the LOTS traces and (with ``baseline_maps``, even empty) LOTS beside the Captum
+    baselines."""
     out = session.cfg.paths.explain
     rgb, dw = _display_images(session, examples)
     titles = _row_titles(examples, push_table(examples, pushes))
@@ -415,7 +416,7 @@ def save_figures(
             out / "lots_traces.png",
         ),
     }
-    if baseline_maps:
+    if baseline_maps is not None:
         both = {**heatmaps, **baseline_maps}
         figures["baselines"] = hm.plot_heatmap_grid(
             rgb, both, out / "lots_vs_baselines.png", row_titles=titles
@@ -433,7 +434,7 @@ def explain_run(cfg: ExplainConfig, **session_kwargs: Any) -> dict[str, Any]:
     pushes = push_examples(session, examples)
     table = push_table(examples, pushes)
     maps = lots_heatmaps(session, examples, pushes)
-    base = baseline_heatmaps(session, examples) if cfg.methods else {}
+    base = baseline_heatmaps(session, examples)
     faith = faithfulness(session, examples, {**maps, **base})
     figures = save_figures(session, examples, pushes, maps, base)
     explain = cfg.paths.explain

@@ -28,8 +28,9 @@ The CLI twin ``python -m visualization.lots`` runs the same :func:`explain_run` 
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -515,3 +516,55 @@ def _lots_batch(
     dist = torch.where(later, dist.gather(1, steps[:, None]), dist)
     pred = torch.where(later, pred.gather(1, steps[:, None]), pred)
     return x.detach(), dist, pred, converged.cpu(), steps
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Options of ``python -m visualization.lots`` (the fields of ``ExplainConfig``)."""
+    from visualization.explain import ExplainConfig  # noqa: PLC0415 (explain imports lots)
+
+    defaults = ExplainConfig()
+    parser = argparse.ArgumentParser(
+        description="LOTS heatmaps, band/quarter importance, Captum baselines and "
+        "faithfulness for a trained checkpoint (writes PNGs/CSVs to <run_dir>/explain)."
+    )
+    for f in fields(ExplainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.name == "methods":
+            parser.add_argument(
+                flag,
+                nargs="*",
+                default=list(default),
+                help=f"Captum baselines (default {' '.join(default)})",
+            )
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=f"set {f.name}")
+        elif default is None or f.name == "clip_percentile":
+            kind = float if f.name == "clip_percentile" else str
+            parser.add_argument(flag, type=kind, default=default, help=f"default {default}")
+        else:
+            parser.add_argument(
+                flag, type=type(default), default=default, help=f"default {default}"
+            )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Entry point: run the whole explanation stage and print where the outputs went."""
+    from visualization.explain import ExplainConfig, explain_run  # noqa: PLC0415
+
+    args = get_args_parser().parse_args(argv)
+    cfg = ExplainConfig(**vars(args))
+    out = explain_run(cfg)
+    print(out["pushes"].to_string(index=False))
+    print(out["faithfulness"].to_string())
+    for name, path in out["figures"].items():
+        print(f"{name}: {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
