@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from shards_factory import write_tiny_shards
+
 from utils.paths import RunPaths
 
 
