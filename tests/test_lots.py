@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from metrics import bin_index
 from visualization.lots import (
     LotsTarget,
     bin_mean_target,
-    bin_of,
     feature_fn,
     lots,
     push_target,
@@ -204,12 +204,12 @@ def test_bin_mean_target(model, data) -> None:
     x, _, _ = data
     labels = np.array([0.1, 0.5, 0.9, 0.15, 1.2, -0.3])
     edges = [0.0, 0.33, 0.66, 1.0]
-    assert bin_of(labels, edges).tolist() == [0, 1, 2, 0, 2, 0]
+    assert bin_index(labels, np.array(edges)).tolist() == [0, 1, 2, 0, 2, 0]
     t = bin_mean_target(model, x, labels, edges, 0)
     with torch.no_grad():
         expected = model.features(x[[0, 3, 5]]).mean(0)
     assert torch.allclose(t.features, expected, atol=1e-6)
-    with pytest.raises(ValueError, match="bin_index"):
+    with pytest.raises(ValueError, match="bin index"):
         bin_mean_target(model, x, labels, edges, 3)
 
 

@@ -105,7 +105,7 @@ def test_cli_twin_same_session_as_notebook(run: Path, tmp_path: Path) -> None:
     assert (pushes["pred_poorer"] < pushes["prediction"]).all()
     assert (pushes["pred_richer"] > pushes["prediction"]).all()
     saved = json.loads((explain / "config.json").read_text())
-    assert saved["checkpoint_used"].endswith("baseline/best.pt") and saved["seed"] == 1
+    assert saved["checkpoint_used"].endswith("l2_baseline/best.pt") and saved["seed"] == 1
 
 
 def test_session_ranges_and_examples(run: Path) -> None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from extract_GPS_images.schema import DW_BAND
+from metrics import bin_edges, bin_index
 from utils.atomic import atomic_open
 from utils.hdf5_schema import read_stats
 from utils.paths import RunPaths, resolve
@@ -27,7 +28,6 @@ from visualization import baselines as bl
 from visualization import heatmaps as hm
 from visualization.lots import (
     LotsResult,
-    bin_of,
     data_range,
     is_dw_channel,
     lots,
@@ -36,7 +36,7 @@ from visualization.lots import (
 )
 
 #: Experiment of ``main.ipynb`` whose best checkpoint is explained by default.
-BASELINE_EXPERIMENT = "baseline"
+BASELINE_EXPERIMENT = "l2_baseline"
 #: Names of the two LOTS pushes, in plotting order.
 PUSHES: tuple[str, ...] = ("poorer", "richer")
 
@@ -52,7 +52,8 @@ class ExplainConfig:
         shards_dir: HDF5 shards; None = the run's ``shards`` folder.
         split: split whose samples are explained.
         examples_per_bin: examples drawn from each label bin (fewer where a bin is small).
-        n_bins: equal-width label bins over the training labels' range (DESIGN 5).
+        n_bins: number of label bins; None = the checkpoint's (``bins``, 6 by default),
+            over its ``label_range`` or the training labels' range (DESIGN 5).
         iterations: LOTS iteration cap.
         step: LOTS step as a fraction of each band's typical (1-99 %) data range.
         layer: LOTS layer: ``"features"``, ``"output"`` or a sub-module name.
@@ -75,7 +76,7 @@ class ExplainConfig:
     shards_dir: str | None = None
     split: str = "test"
     examples_per_bin: int = 2
-    n_bins: int = 6
+    n_bins: int | None = None
     iterations: int = 100
     step: float = 1 / 255
     layer: str = "features"
@@ -97,7 +98,7 @@ class ExplainConfig:
         unknown = [m for m in self.methods if m not in bl.METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; valid: {', '.join(bl.METHODS)}")
-        if self.examples_per_bin < 1 or self.n_bins < 1 or self.push <= 0:
+        if self.examples_per_bin < 1 or (self.n_bins or 1) < 1 or self.push <= 0:
             raise ValueError(
                 "need examples_per_bin >= 1, n_bins >= 1 and push > 0; got "
                 f"{self.examples_per_bin}, {self.n_bins}, {self.push}"
@@ -217,7 +218,13 @@ def load_session(
     step_range = data_range(dataset.band_names, stats, normalized=True)
     mutable = torch.tensor([cfg.perturb_dw or not is_dw_channel(b) for b in dataset.band_names])
     train_labels = ShardDataset(shards, "train", channels=channels, dw_mode=dw_mode).labels
-    edges = np.linspace(float(train_labels.min()), float(train_labels.max()), cfg.n_bins + 1)
+    label_range = _get(model_config, "label_range", None)
+    edges = bin_edges(  # the bins of training and evaluation (main.ipynb)
+        cfg.n_bins or int(_get(model_config, "bins", 6)),
+        tuple(label_range) if label_range else None,
+        reference=train_labels,
+        quantile=bool(_get(model_config, "quantile_bins", False)),
+    )
     return Session(
         cfg,
         model,
@@ -244,10 +251,10 @@ def pick_examples(session: Session) -> Examples:
     """Draw ``examples_per_bin`` samples of every label bin (seeded); report empty bins."""
     cfg = session.cfg
     labels = session.dataset.labels
-    bins = bin_of(labels, session.edges)
+    bins = bin_index(labels, session.edges)
     rng = np.random.default_rng(cfg.seed)
     picked, counts = [], {}
-    for k in range(cfg.n_bins):
+    for k in range(len(session.edges) - 1):
         members = np.flatnonzero(bins == k)
         counts[k] = int(members.size)
         if members.size:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from extract_GPS_images.schema import DW_BAND, REFLECTANCE_RANGE, S2_BANDS
+from metrics import bin_index
 
 #: Layer names with a meaning of their own; any other name is a sub-module of the model.
 FEATURES_LAYER = "features"  # the model's ``features(x) -> (N, D)`` (its head follows)
@@ -175,36 +176,30 @@ def bin_mean_target(
     x: Tensor,
     labels: Tensor | np.ndarray,
     edges: Sequence[float],
-    bin_index: int,
+    index: int,
     layer: str = FEATURES_LAYER,
 ) -> LotsTarget:
-    """Target = the mean features of the samples of ``x`` whose label is in bin ``bin_index``.
+    """Target = the mean features of the samples of ``x`` whose label is in bin ``index``.
 
     Args:
         x: (M, C, H, W) reference samples (e.g. the test split).
         labels: (M,) their labels.
-        edges: the K + 1 bin edges; labels outside them count in the edge bins.
-        bin_index: which bin, 0 .. K - 1.
+        edges: the K + 1 bin edges (``metrics.bin_edges``); labels outside them count in
+            the edge bins.
+        index: which bin, 0 .. K - 1.
     """
     labels = torch.as_tensor(np.asarray(labels), dtype=torch.float64)
     k = len(edges) - 1
-    if not 0 <= bin_index < k:
-        raise ValueError(f"bin_index must be in 0..{k - 1} for {k} bins, got {bin_index}")
-    which = bin_of(labels.numpy(), edges) == bin_index
+    if not 0 <= index < k:
+        raise ValueError(f"bin index must be in 0..{k - 1} for {k} bins, got {index}")
+    which = bin_index(labels.numpy(), np.asarray(edges, dtype=np.float64)) == index
     if not which.any():
         raise ValueError(
-            f"no sample has a label in bin {bin_index} [{edges[bin_index]}, {edges[bin_index + 1]})"
+            f"no sample has a label in bin {index} [{edges[index]}, {edges[index + 1]})"
         )
     model.eval()
     feats, _ = _features(model, x[torch.as_tensor(which)], layer)
     return LotsTarget(features=feats.mean(0))
-
-
-def bin_of(labels: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    """Index of the equal- or unequal-width bin of each label; outside labels go to the
-    nearest edge bin (the balanced-MAE convention of DESIGN section 5)."""
-    inner = np.asarray(edges, dtype=np.float64)[1:-1]
-    return np.searchsorted(inner, np.asarray(labels, dtype=np.float64), side="right")
 
 
 def push_target(
@@ -521,6 +516,10 @@ def _lots_batch(
 # ------------------------------------------------------------------------------ CLI
 
 
+#: ExplainConfig fields that may be None, and their type on the command line.
+OPTIONAL_NUMBERS: dict[str, type] = {"clip_percentile": float, "n_bins": int}
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """Options of ``python -m visualization.lots`` (the fields of ``ExplainConfig``)."""
     from visualization.explain import ExplainConfig  # noqa: PLC0415 (explain imports lots)
@@ -542,8 +541,8 @@ def get_args_parser() -> argparse.ArgumentParser:
             )
         elif isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=f"set {f.name}")
-        elif default is None or f.name == "clip_percentile":
-            kind = float if f.name == "clip_percentile" else str
+        elif default is None or f.name in OPTIONAL_NUMBERS:
+            kind = OPTIONAL_NUMBERS.get(f.name, str)
             parser.add_argument(flag, type=kind, default=default, help=f"default {default}")
         else:
             parser.add_argument(
