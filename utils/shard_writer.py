@@ -1,0 +1,225 @@
+"""HDF5 shards in the :mod:`utils.hdf5_schema` format, written streaming.
+
+``data`` is chunked one sample per chunk. With ``gzip`` (default) or no compression
+the chunks are encoded here (byte shuffle + deflate, exactly HDF5's own filters) so
+that worker threads compress in parallel, and written with ``write_direct_chunk``;
+``lzf`` chunks are compressed by h5py. A staging file and a final shard share the
+same filters, so moving a sample between them copies its compressed chunk as it is.
+
+:class:`BandStats` accumulates per-band mean/std/min/max and percentiles (from
+fixed-width histograms, 1e-4 reflectance resolution) without holding the data.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from extract_GPS_images import schema
+from utils import hdf5_schema as hs
+
+COMPRESSIONS: tuple[str, ...] = ("gzip", "lzf", "none")
+DTYPES: tuple[str, ...] = ("float32", "float16")
+TEXT = h5py.string_dtype("utf-8")
+
+
+@dataclass(frozen=True)
+class ChunkCodec:
+    """How one sample's (C, H, W) block is stored."""
+
+    shape: tuple[int, int, int]
+    dtype: str = "float32"
+    compression: str = "gzip"
+    level: int = 1
+    shuffle: bool = True
+
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression {self.compression!r}; valid: {', '.join(COMPRESSIONS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+
+    @property
+    def direct(self) -> bool:
+        """Whether chunks are encoded here (``False``: h5py compresses, for lzf)."""
+        return self.compression != "lzf"
+
+    def dataset_options(self) -> dict:
+        """Keyword arguments of ``create_dataset`` for ``data``."""
+        options: dict = {"chunks": (1, *self.shape), "dtype": self.dtype}
+        if self.compression == "gzip":
+            options.update(compression="gzip", compression_opts=self.level, shuffle=self.shuffle)
+        elif self.compression == "lzf":
+            options.update(compression="lzf", shuffle=self.shuffle)
+        return options
+
+    def encode(self, image: np.ndarray) -> bytes | np.ndarray:
+        """One sample as stored: compressed chunk bytes, or the cast array for lzf."""
+        array = np.ascontiguousarray(image, dtype=self.dtype)
+        if not self.direct:
+            return array
+        raw = array.view(np.uint8)
+        if self.compression == "gzip" and self.shuffle:
+            raw = raw.reshape(-1, array.itemsize).T
+        raw = raw.tobytes()
+        return zlib.compress(raw, self.level) if self.compression == "gzip" else raw
+
+    def decode(self, chunk: bytes) -> np.ndarray:
+        """Inverse of :meth:`encode` for directly written chunks (float32 result)."""
+        itemsize = np.dtype(self.dtype).itemsize
+        if self.compression == "gzip":
+            raw = np.frombuffer(zlib.decompress(chunk), np.uint8)
+            if self.shuffle:
+                raw = raw.reshape(itemsize, -1).T.copy()
+        else:
+            raw = np.frombuffer(chunk, np.uint8)
+        return raw.view(self.dtype).reshape(self.shape).astype(np.float32)
+
+
+def create_sample_datasets(handle: h5py.File, codec: ChunkCodec, n: int | None) -> None:
+    """Create ``data`` and the per-sample datasets; ``n=None`` makes them growable."""
+    rows = 0 if n is None else n
+    grow = {"maxshape": (None,)} if n is None else {}
+    handle.create_dataset(
+        hs.DATA,
+        shape=(rows, *codec.shape),
+        maxshape=(None, *codec.shape) if n is None else None,
+        **codec.dataset_options(),
+    )
+    handle.create_dataset(hs.LABELS, shape=(rows,), dtype=np.float32, **grow)
+    handle.create_dataset(
+        hs.LOCATIONS,
+        shape=(rows, 2),
+        dtype=np.float64,
+        maxshape=(None, 2) if n is None else None,
+    )
+    for name in (hs.CELL_ID, hs.CELL_KEY):
+        handle.create_dataset(name, shape=(rows,), dtype=TEXT, **grow)
+    for name in (hs.YEAR, hs.IMAGERY_YEAR):
+        handle.create_dataset(name, shape=(rows,), dtype=np.int32, **grow)
+
+
+def write_chunk(dataset: h5py.Dataset, index: int, chunk: bytes | np.ndarray) -> None:
+    """Store one encoded sample at ``index``."""
+    if isinstance(chunk, np.ndarray):
+        dataset[index] = chunk
+    else:
+        dataset.id.write_direct_chunk((index, 0, 0, 0), chunk)
+
+
+def copy_chunk(source: h5py.Dataset, index: int, target: h5py.Dataset, to: int) -> None:
+    """Copy sample ``index`` of ``source`` to ``to`` in ``target`` as stored (no re-encoding;
+    both datasets must share shape, dtype and filters)."""
+    mask, chunk = source.id.read_direct_chunk((index, 0, 0, 0))
+    target.id.write_direct_chunk((to, 0, 0, 0), chunk, mask)
+
+
+def append_metadata(handle: h5py.File, start: int, meta: Sequence[dict]) -> None:
+    """Write per-sample metadata rows ``start ... start+len(meta)`` (datasets resized)."""
+    end = start + len(meta)
+    for name in (hs.LABELS, hs.LOCATIONS, hs.CELL_ID, hs.CELL_KEY, hs.YEAR, hs.IMAGERY_YEAR):
+        if handle[name].shape[0] < end:
+            handle[name].resize(end, axis=0)
+    if not meta:
+        return
+    handle[hs.LABELS][start:end] = [m["label"] for m in meta]
+    handle[hs.LOCATIONS][start:end] = [(m["latitude"], m["longitude"]) for m in meta]
+    handle[hs.CELL_ID][start:end] = [m["cell_id"] for m in meta]
+    handle[hs.CELL_KEY][start:end] = [m["cell_key"] for m in meta]
+    handle[hs.YEAR][start:end] = [m["year"] for m in meta]
+    handle[hs.IMAGERY_YEAR][start:end] = [m["imagery_year"] for m in meta]
+
+
+def write_shard_attrs(handle: h5py.File, *, split: str, source: str, config: dict) -> None:
+    """File attributes of a final shard (``utils.hdf5_schema``)."""
+    handle.attrs[hs.ATTR_BANDS] = np.array(schema.image_band_names(), dtype=TEXT)
+    handle.attrs[hs.ATTR_SCHEMA_VERSION] = hs.SCHEMA_VERSION
+    handle.attrs[hs.ATTR_SOURCE] = source
+    handle.attrs[hs.ATTR_SPLIT] = split
+    handle.attrs[hs.ATTR_CONFIG] = json.dumps(config, sort_keys=True)
+
+
+class BandStats:
+    """Streaming per-band statistics of (C, H, W) samples.
+
+    Percentiles come from histograms: Sentinel-2 bands over ``reflectance_range`` at
+    ``resolution`` (1e-4 = one digital number), DW over its integer codes; a
+    percentile is the centre of the bin where the cumulative share reaches it.
+    """
+
+    def __init__(
+        self,
+        bands: Sequence[str],
+        reflectance_range: tuple[float, float] = schema.REFLECTANCE_RANGE,
+        resolution: float = 1e-4,
+        percentiles: tuple[float, float] = (1.0, 99.0),
+    ) -> None:
+        self.bands = list(bands)
+        n = len(self.bands)
+        self.percentiles = percentiles
+        self.low = np.array(
+            [0.0 if b == schema.DW_BAND else reflectance_range[0] for b in self.bands]
+        )
+        self.step = np.array([1.0 if b == schema.DW_BAND else resolution for b in self.bands])
+        high = np.array(
+            [
+                len(schema.DW_CLASSES) - 1 if b == schema.DW_BAND else reflectance_range[1]
+                for b in self.bands
+            ]
+        )
+        self.nbins = np.round((high - self.low) / self.step).astype(int) + 1
+        self.offset = np.concatenate([[0], np.cumsum(self.nbins)[:-1]])
+        self.hist = np.zeros(int(self.nbins.sum()), np.int64)
+        self.total = np.zeros(n)
+        self.total_sq = np.zeros(n)
+        self.min = np.full(n, np.inf)
+        self.max = np.full(n, -np.inf)
+        self.count = 0
+        self.n_samples = 0
+
+    def update(self, image: np.ndarray) -> None:
+        """Add one (C, H, W) sample."""
+        flat = image.reshape(len(self.bands), -1).astype(np.float64)
+        self.total += flat.sum(axis=1)
+        self.total_sq += np.square(flat).sum(axis=1)
+        self.min = np.minimum(self.min, flat.min(axis=1))
+        self.max = np.maximum(self.max, flat.max(axis=1))
+        self.count += flat.shape[1]
+        self.n_samples += 1
+        index = np.round((flat - self.low[:, None]) / self.step[:, None]).astype(np.int64)
+        index = np.clip(index, 0, self.nbins[:, None] - 1) + self.offset[:, None]
+        self.hist += np.bincount(index.ravel(), minlength=self.hist.size)
+
+    def _percentile(self, q: float) -> list[float]:
+        values = []
+        for i in range(len(self.bands)):
+            counts = self.hist[self.offset[i] : self.offset[i] + self.nbins[i]]
+            if counts.sum() == 0:
+                values.append(float("nan"))
+                continue
+            where = int(np.searchsorted(np.cumsum(counts), q / 100.0 * counts.sum()))
+            values.append(float(self.low[i] + min(where, self.nbins[i] - 1) * self.step[i]))
+        return values
+
+    def result(self, split: str = "train") -> dict:
+        """The ``stats.json`` content (keys of :func:`utils.hdf5_schema.read_stats`)."""
+        count = max(self.count, 1)
+        mean = self.total / count
+        var = np.maximum(self.total_sq / count - mean**2, 0.0)
+        low, high = self.percentiles
+        return {
+            "bands": self.bands,
+            "mean": mean.tolist(),
+            "std": np.sqrt(var).tolist(),
+            "min": self.min.tolist(),
+            "max": self.max.tolist(),
+            "p01": self._percentile(low),
+            "p99": self._percentile(high),
+            "n_samples": self.n_samples,
+            "split": split,
+        }
