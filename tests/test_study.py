@@ -1,0 +1,143 @@
+"""The study module: experiment list, caching by configuration, table, plot, CLI twin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from shards_factory import write_tiny_shards
+
+from utils.paths import project_root
+from utils.study import (
+    Experiment,
+    default_experiments,
+    per_bin_plot,
+    results_table,
+    run_study,
+    select_experiments,
+    to_markdown,
+)
+from utils.train import TrainConfig
+
+torch.set_num_threads(1)
+
+
+def test_default_experiments_cover_the_study() -> None:
+    names = [e.name for e in default_experiments()]
+    assert len(names) == len(set(names)) == 15
+    for expected in ("L2", "L3", "LDS", "focal-R", "BMC", "BNI", "DenseLoss"):
+        assert expected in names
+    for a in ("0.25", "0.5", "0.75", "1"):
+        assert f"weighted L2 a={a}" in names and f"resampling a={a}" in names
+    by_name = {e.name: e for e in default_experiments()}
+    assert by_name["resampling a=0.5"].resample and by_name["resampling a=0.5"].alpha == 0.5
+    assert by_name["weighted L2 a=1"].weighting == "kde" and not by_name["weighted L2 a=1"].resample
+    assert by_name["focal-R"].slug == "focal-r"
+    with pytest.raises(ValueError, match="valid"):
+        select_experiments(default_experiments(), ["L2", "L7"])
+
+
+def test_results_table_changes_against_the_baseline_and_markdown(tmp_path: Path) -> None:
+    results = pd.DataFrame(
+        {
+            "name": ["L2", "BMC"],
+            "bmae": [0.5, 0.4],
+            "mae": [0.2, 0.22],
+            "rmse": [0.3, 0.3],
+            "r2": [0.5, 0.6],
+            "many_mae": [0.1, 0.1],
+            "medium_mae": [0.2, 0.2],
+            "few_mae": [0.9, np.nan],
+            "best_epoch": [3, 4],
+        }
+    )
+    table = results_table(results, tmp_path)
+    assert table.loc[1, "b-MAE vs L2 %"] == pytest.approx(-20.0)
+    assert table.loc[1, "MAE vs L2 %"] == pytest.approx(10.0)
+    assert table.loc[0, "b-MAE vs L2 %"] == 0
+    md = (tmp_path / "results.md").read_text().splitlines()
+    assert md[0].startswith("| method | b-MAE | MAE |")
+    assert md[3].startswith("| BMC | 0.400 | 0.220 |") and "–" in md[3]
+    assert pd.read_csv(tmp_path / "results.csv").shape == table.shape
+    assert to_markdown(table.iloc[:0]).count("\n") == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainConfig]:
+    root = tmp_path_factory.mktemp("study")
+    write_tiny_shards(root / "shards", size=10)
+    cfg = TrainConfig(
+        run_dir=str(root),
+        model="tiny_cnn",
+        epochs=1,
+        batch_size=16,
+        progress=False,
+        tensorboard=False,
+        augment=False,
+    )
+    return root, cfg
+
+
+def test_run_study_trains_caches_and_plots(tiny_run: tuple[Path, TrainConfig]) -> None:
+    root, cfg = tiny_run
+    experiments = select_experiments(
+        default_experiments(), ["L2", "resampling a=0.5", "BMC", "LDS"]
+    ) + [Experiment("FDS L2", fds=True, fds_kwargs={"bins": 6, "window": 3})]
+    out = root / "train" / "study"
+    results = run_study(experiments, cfg, out)
+    assert list(results["name"]) == [e.name for e in experiments]
+    assert not results["cached"].any()
+    assert results["bmae"].notna().all() and (results["bmae"] > 0).all()
+    for run in results["dir"]:
+        result = json.loads((Path(run) / "result.json").read_text())
+        assert result["test"]["n"] == 16 and (Path(run) / "best.pt").is_file()
+    # same configuration: every run is cached and not trained again
+    again = run_study(experiments, cfg, out)
+    assert again["cached"].all()
+    pd.testing.assert_frame_equal(again.drop(columns="cached"), results.drop(columns="cached"))
+    # another budget is another configuration: a new run folder
+    longer = run_study(experiments[:1], replace(cfg, epochs=2), out)
+    assert not longer["cached"].any() and longer["dir"][0] != results["dir"][0]
+    fig = per_bin_plot(results, out / "per_bin.png")
+    assert (out / "per_bin.png").stat().st_size > 0
+    assert len(fig.axes[0].patches) == len(experiments) * 6
+
+
+def test_cli_twin_runs_the_study(tiny_run: tuple[Path, TrainConfig]) -> None:
+    root, _ = tiny_run
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.study",
+            "--run-dir",
+            str(root),
+            "--experiments",
+            "L2",
+            "L3",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--out-name",
+            "cli",
+        ],
+        cwd=project_root(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| L3 |" in done.stdout
+    table = pd.read_csv(root / "train" / "cli" / "results.csv")
+    assert list(table["method"]) == ["L2", "L3"]
+    assert (root / "train" / "cli" / "per_bin_mae.png").is_file()

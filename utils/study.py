@@ -1,0 +1,429 @@
+"""The balanced-regression study: train every method with the same seed and budget,
+score each on the test split, and tabulate (DESIGN sections 4 and 5).
+
+An :class:`Experiment` names a loss, an optional density weighting of the training
+labels (used as loss weights, or as resampling weights with ``resample=True``) and
+optional FDS. :func:`run_study` trains each experiment with :func:`utils.train.fit`
+(best checkpoint by validation b-MAE), evaluates that checkpoint on the test split and
+caches the result under ``out_dir/<slug>-<hash>/result.json``, the hash covering the
+experiment, the training config and the data: a re-run skips finished experiments and
+resumes an interrupted one. :func:`results_table` writes the table as CSV and Markdown
+with each method's change against the L2 baseline; :func:`per_bin_plot` draws the
+per-bin test MAE of all methods side by side.
+
+Notebook: ``main.ipynb``; command line: ``python -m bench.study`` (``bench/study.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from loss import get_loss
+from loss.fds import FDS, FDSModel
+from loss.weights import sample_weights
+from utils.atomic import atomic_open
+from utils.checkpoint import load_checkpoint
+from utils.dataloader import ShardDataset, build_datasets, make_loader
+from utils.models import build_model
+from utils.paths import RunPaths
+from utils.train import TrainConfig, evaluate, fit, resolve_device
+
+RESULT_FILE = "result.json"
+#: Metrics of the results table, in column order (keys of ``regression_report``).
+TABLE_METRICS: tuple[str, ...] = ("bmae", "mae", "rmse", "r2", "many_mae", "medium_mae", "few_mae")
+#: TrainConfig fields that do not change a run's result (left out of the cache key).
+NON_RESULT_FIELDS: frozenset[str] = frozenset(
+    {"run_dir", "shards_dir", "experiment", "resume", "progress", "tensorboard", "num_workers"}
+)
+#: The weighting strengths of the original study's weighted-loss and resampling runs.
+DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One method of the study.
+
+    Attributes:
+        name: row label of the results table (unique within a study).
+        loss: a name of :data:`loss.LOSSES`.
+        loss_kwargs: options of that loss.
+        weighting: a :data:`loss.weights.WEIGHT_METHODS` name (``"none"``: no weights).
+        alpha: weighting strength ``a``.
+        weight_kwargs: further :func:`loss.weights.sample_weights` options (``bins``,
+            ``kernel``, ``sigma``, ``window``, ``bandwidth``, ``eps``).
+        resample: use the weights for weighted random sampling (with replacement)
+            instead of as loss weights.
+        fds: wrap the model with feature-distribution smoothing.
+        fds_kwargs: options of :class:`loss.fds.FDS` (``bins``, ``sigma``, ...).
+    """
+
+    name: str
+    loss: str = "mse"
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    weighting: str = "none"
+    alpha: float = 1.0
+    weight_kwargs: dict[str, Any] = field(default_factory=dict)
+    resample: bool = False
+    fds: bool = False
+    fds_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe form of ``name``."""
+        text = "".join(c if c.isalnum() or c in "-." else "_" for c in self.name.lower())
+        return "_".join(part for part in text.split("_") if part)
+
+
+def default_experiments(alphas: Sequence[float] = DEFAULT_ALPHAS) -> list[Experiment]:
+    """The study of the original work plus the balanced-regression literature.
+
+    L2 (the baseline), L3, KDE-weighted L2 and KDE resampling at each ``alpha`` (the
+    original study), LDS-weighted L2 (square-root inverse of the smoothed histogram,
+    Yang et al. 2021), focal-R (L1), Balanced MSE BMC and BNI (Ren et al. 2022) and
+    DenseLoss (Steininger et al. 2021).
+    """
+    experiments = [Experiment("L2"), Experiment("L3", loss="l3")]
+    experiments += [Experiment(f"weighted L2 a={a:g}", weighting="kde", alpha=a) for a in alphas]
+    experiments += [
+        Experiment(f"resampling a={a:g}", weighting="kde", alpha=a, resample=True) for a in alphas
+    ]
+    experiments += [
+        Experiment("LDS", weighting="lds", alpha=0.5, weight_kwargs={"bins": 50, "sigma": 2.0}),
+        Experiment("focal-R", loss="focal_l1"),
+        Experiment("BMC", loss="bmc", loss_kwargs={"init_noise_sigma": 0.5}),
+        Experiment("BNI", loss="bni", loss_kwargs={"init_noise_sigma": 0.5, "bins": 50}),
+        Experiment("DenseLoss", loss="dense", loss_kwargs={"alpha": 1.0}),
+    ]
+    return experiments
+
+
+def select_experiments(
+    experiments: Sequence[Experiment], names: Sequence[str] | None
+) -> list[Experiment]:
+    """The experiments called ``names`` (all when None), in the given order.
+
+    Raises:
+        ValueError: for a name not in ``experiments`` (listing the valid ones).
+    """
+    if names is None:
+        return list(experiments)
+    by_name = {e.name: e for e in experiments}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"unknown experiment(s) {unknown}; valid: {list(by_name)}")
+    return [by_name[n] for n in names]
+
+
+def data_fingerprint(train: ShardDataset) -> str:
+    """Hash of the training labels, shard files and band statistics (the data identity)."""
+    digest = hashlib.sha256(np.ascontiguousarray(train.labels).tobytes())
+    digest.update(json.dumps([p.name for p in train.files]).encode())
+    stats = train.shards_dir / "stats.json"
+    if stats.is_file():
+        digest.update(stats.read_bytes())
+    return digest.hexdigest()
+
+
+def experiment_key(experiment: Experiment, cfg: TrainConfig, data: str) -> str:
+    """Cache key: a hash of the experiment, the result-relevant config and the data."""
+    config = {k: v for k, v in cfg.to_dict().items() if k not in NON_RESULT_FIELDS}
+    payload = {"experiment": asdict(experiment), "train": config, "data": data}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _build_model(experiment: Experiment, cfg: TrainConfig, train: ShardDataset) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)  # the same initial weights for every experiment
+    model = build_model(
+        cfg.model,
+        train.num_channels,
+        pretrained_path=cfg.pretrained_path,
+        dropout=cfg.dropout,
+        band_names=train.band_names,
+    )
+    if not experiment.fds:
+        return model
+    labels = train.labels
+    value_range = (float(labels.min()), float(labels.max()))
+    return FDSModel(model, FDS(model.feature_dim, value_range, **experiment.fds_kwargs))
+
+
+def run_experiment(
+    experiment: Experiment,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    datasets: dict[str, ShardDataset],
+) -> dict[str, Any]:
+    """Train one experiment, evaluate its best checkpoint on test, write ``result.json``.
+
+    Returns:
+        The result dict (``name``, ``key``, the test report, ``best_epoch``,
+        ``train_seconds``, ``experiment``).
+    """
+    out = Path(out_dir)
+    train = datasets["train"]
+    labels = train.labels
+    weights = None
+    if experiment.weighting != "none":
+        weights = sample_weights(
+            labels,
+            experiment.weighting,
+            alpha=experiment.alpha,
+            **experiment.weight_kwargs,  # type: ignore[arg-type]
+        )
+    loss = get_loss(experiment.loss, train_labels=labels, **experiment.loss_kwargs)
+    model = _build_model(experiment, cfg, train)
+    run_cfg = replace(
+        cfg,
+        experiment=experiment.slug,
+        loss=experiment.loss,
+        loss_kwargs=dict(experiment.loss_kwargs),
+        resume=True,
+    )
+    start = time.perf_counter()
+    fitted = fit(
+        run_cfg,
+        loss=loss,
+        model=model,
+        datasets=datasets,
+        out_dir=out,
+        sample_weights=None if experiment.resample else weights,
+        sampler_weights=weights if experiment.resample else None,
+    )
+    seconds = time.perf_counter() - start
+    device = resolve_device(cfg.device)
+    model.load_state_dict(load_checkpoint(fitted.best_checkpoint, device)["model"])
+    test_loader = make_loader(datasets["test"], batch_size=cfg.batch_size, seed=cfg.seed)
+    report, pred, target = evaluate(
+        model.to(device),
+        test_loader,
+        device=device,
+        train_labels=labels,
+        bins=cfg.bins,
+        label_range=cfg.label_range,
+        quantile_bins=cfg.quantile_bins,
+    )
+    with atomic_open(out / "predictions_test.csv") as handle:
+        handle.write(pd.DataFrame({"label": target, "prediction": pred}).to_csv(index=False))
+    result = {
+        "name": experiment.name,
+        "experiment": asdict(experiment),
+        "best_epoch": int(fitted.best.get("epoch", 0)),
+        "epochs": len(fitted.history),
+        "train_seconds": seconds,
+        "weights_max": float(weights.max()) if weights is not None else 1.0,
+        "test": _json_ready(report),
+    }
+    with atomic_open(out / RESULT_FILE) as handle:
+        json.dump(result, handle, indent=1)
+    return result
+
+
+def run_study(
+    experiments: Sequence[Experiment],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    datasets: dict[str, ShardDataset] | None = None,
+    force: bool = False,
+) -> pd.DataFrame:
+    """Run (or reuse) every experiment; one row per experiment, in the given order.
+
+    Args:
+        experiments: the methods (unique names).
+        cfg: the shared training config (seed, budget, model, data); each experiment
+            replaces only its loss and output folder.
+        out_dir: study folder; each run in ``<slug>-<hash12>/``.
+        datasets: ``train``/``val``/``test`` datasets (default: built from ``cfg``).
+        force: re-run experiments whose result is cached.
+
+    Returns:
+        A DataFrame with ``name``, the :data:`TABLE_METRICS`, ``per_bin_mae``,
+        ``bin_edges``, ``bin_counts``, ``best_epoch``, ``train_seconds``, ``cached``, ``dir``.
+    """
+    names = [e.name for e in experiments]
+    if len(set(names)) != len(names):
+        raise ValueError(f"experiment names must be unique, got {names}")
+    datasets = datasets or build_datasets(cfg, ("train", "val", "test"))
+    data = data_fingerprint(datasets["train"])
+    rows = []
+    for i, experiment in enumerate(experiments, 1):
+        key = experiment_key(experiment, cfg, data)
+        run_dir = Path(out_dir) / f"{experiment.slug}-{key[:12]}"
+        cached = (run_dir / RESULT_FILE).is_file() and not force
+        if cached:
+            result = json.loads((run_dir / RESULT_FILE).read_text())
+            print(f"[{i}/{len(experiments)}] {experiment.name}: cached ({run_dir.name})")
+        else:
+            print(f"[{i}/{len(experiments)}] {experiment.name}: training", flush=True)
+            result = run_experiment(experiment, cfg, run_dir, datasets)
+            print(
+                f"    test b-MAE {result['test']['bmae']:.4f}, MAE {result['test']['mae']:.4f}"
+                f" ({result['train_seconds']:.0f} s)",
+                flush=True,
+            )
+        test = result["test"]
+        rows.append(
+            {
+                "name": experiment.name,
+                **{m: test.get(m, float("nan")) for m in TABLE_METRICS},
+                "per_bin_mae": test["per_bin_mae"],
+                "bin_edges": test["bin_edges"],
+                "bin_counts": test["bin_counts"],
+                "best_epoch": result["best_epoch"],
+                "train_seconds": result["train_seconds"],
+                "cached": cached,
+                "dir": str(run_dir),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def results_table(
+    results: pd.DataFrame, out_dir: str | Path | None = None, *, baseline: str = "L2"
+) -> pd.DataFrame:
+    """The study's table: metrics per method and the change against ``baseline``.
+
+    Writes ``results.csv`` and ``results.md`` under ``out_dir`` when given.
+
+    Returns:
+        Columns ``method``, b-MAE, MAE, RMSE, R^2, many/medium/few-shot MAE, and
+        ``b-MAE vs L2`` / ``MAE vs L2`` (relative change, %), ``best epoch``.
+    """
+    table = pd.DataFrame({"method": results["name"]})
+    labels = {
+        "bmae": "b-MAE",
+        "mae": "MAE",
+        "rmse": "RMSE",
+        "r2": "R2",
+        "many_mae": "many MAE",
+        "medium_mae": "medium MAE",
+        "few_mae": "few MAE",
+    }
+    for key, label in labels.items():
+        table[label] = results[key].astype(float)
+    if baseline in set(results["name"]):
+        base = results.set_index("name").loc[baseline]
+        table[f"b-MAE vs {baseline} %"] = 100 * (table["b-MAE"] / float(base["bmae"]) - 1)
+        table[f"MAE vs {baseline} %"] = 100 * (table["MAE"] / float(base["mae"]) - 1)
+    table["best epoch"] = results["best_epoch"].astype(int)
+    if out_dir is not None:
+        out = Path(out_dir)
+        with atomic_open(out / "results.csv") as handle:
+            handle.write(table.to_csv(index=False, float_format="%.4f"))
+        with atomic_open(out / "results.md") as handle:
+            handle.write(to_markdown(table))
+    return table
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub Markdown table (numbers rounded to ``digits``, NaN as a dash)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float | np.floating):
+            return "–" if not np.isfinite(value) else f"{value:.{digits}f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |"]
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(table.shape[1])) + "|")
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(False)]
+    return "\n".join(lines) + "\n"
+
+
+def per_bin_plot(results: pd.DataFrame, path: str | Path | None = None):
+    """Grouped bars: test MAE of each label bin (x) for every method (colour).
+
+    The x labels give each bin's range and test count; empty bins are left blank.
+    Returns the matplotlib figure (saved as PNG at ``path`` when given).
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy; only for figures)
+
+    edges = np.asarray(results["bin_edges"].iloc[0], dtype=float)
+    counts = results["bin_counts"].iloc[0]
+    n_bins, n_methods = len(edges) - 1, len(results)
+    width = 0.85 / n_methods
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * n_bins + 0.25 * n_methods), 4.2))
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(n_methods, 2)))
+    for j, row in enumerate(results.itertuples()):
+        values = np.array([np.nan if v is None else v for v in row.per_bin_mae], dtype=float)
+        x = np.arange(n_bins) - 0.425 + width * (j + 0.5)
+        ax.bar(x, values, width, label=row.name, color=colours[j])
+    ax.set_xticks(np.arange(n_bins))
+    ax.set_xticklabels([f"{edges[b]:.2f}–{edges[b + 1]:.2f}\nn={counts[b]}" for b in range(n_bins)])
+    ax.set(xlabel="label bin (test count)", ylabel="test MAE", title="per-bin MAE by method")
+    ax.legend(ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+@dataclass
+class StudyConfig:
+    """Every knob of a study run (the notebook's and ``bench/study.py``'s).
+
+    Attributes:
+        run_dir: run folder; shards from ``<run_dir>/shards`` (or ``train.shards_dir``),
+            results under ``<run_dir>/train/<out_name>``.
+        experiments: names from :func:`default_experiments` to run (None: all).
+        alphas: weighting strengths of the weighted-L2 and resampling experiments.
+        baseline: the experiment the others are compared with.
+        out_name: the study's folder under ``<run_dir>/train``.
+        force: re-run cached experiments.
+        train: the shared training config (model, epochs, seed, device, ...).
+    """
+
+    run_dir: str = "runs/demo"
+    experiments: list[str] | None = None
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    baseline: str = "L2"
+    out_name: str = "study"
+    force: bool = False
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def out_dir(self) -> Path:
+        """``<run_dir>/train/<out_name>``."""
+        return RunPaths.of(self.run_dir).train / self.out_name
+
+    def selected(self) -> list[Experiment]:
+        """The experiments of this study, in order."""
+        return select_experiments(default_experiments(self.alphas), self.experiments)
+
+
+@dataclass
+class StudyOutputs:
+    """What :func:`study` returns: the per-run results, the table and the files."""
+
+    results: pd.DataFrame
+    table: pd.DataFrame
+    table_csv: Path
+    table_md: Path
+    per_bin_png: Path
+
+
+def study(cfg: StudyConfig) -> StudyOutputs:
+    """Run the study of ``cfg`` (cached runs reused), write the table and the plot."""
+    out = cfg.out_dir()
+    train_cfg = replace(cfg.train, run_dir=cfg.run_dir)
+    results = run_study(cfg.selected(), train_cfg, out, force=cfg.force)
+    table = results_table(results, out, baseline=cfg.baseline)
+    per_bin_plot(results, out / "per_bin_mae.png")
+    return StudyOutputs(
+        results, table, out / "results.csv", out / "results.md", out / "per_bin_mae.png"
+    )
+
+
+def _json_ready(report: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(
+        json.dumps(report, default=lambda v: v.tolist() if hasattr(v, "tolist") else float(v))
+    )
