@@ -1,0 +1,32 @@
+"""main.ipynb runs every experiment of the study at a tiny budget and writes the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from shards_factory import write_tiny_shards
+
+from utils.paths import RunPaths
+from utils.study import default_experiments
+
+
+@pytest.mark.notebook
+def test_main_notebook_runs_every_study_experiment(run_notebook, tmp_path: Path) -> None:
+    paths = RunPaths.of(tmp_path / "run")
+    write_tiny_shards(paths.shards, size=10)
+    run_notebook(
+        "main.ipynb", run_dir=str(paths.root), model="tiny_cnn", epochs=1, crop=8, batch_size=16
+    )
+    study = paths.train / "study"
+    table = pd.read_csv(study / "results.csv")
+    assert list(table["method"]) == [e.name for e in default_experiments()]
+    assert np.isfinite(table[["b-MAE", "MAE", "RMSE", "R2"]].to_numpy()).all()
+    assert table.loc[table["method"] == "L2", "b-MAE vs L2 %"].item() == 0
+    md = (study / "results.md").read_text()
+    assert md.count("\n") == len(table) + 2 and "| BMC |" in md
+    assert (study / "per_bin_mae.png").stat().st_size > 0
+    assert len(list(study.glob("*/result.json"))) == len(table)
+    assert (paths.train / "l2_baseline" / "best.pt").is_file()  # the baseline still there
