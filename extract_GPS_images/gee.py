@@ -71,6 +71,9 @@ class GeeConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
+        if not self.labels:
+            raise ValueError("the Earth Engine backend needs a labels.csv (--labels FILE; "
+                             "notebook: labels_csv = 'path/to/labels.csv')")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
 
@@ -87,7 +90,7 @@ class GeeConfig:
         groups = {
             "top": {f.name for f in fields(cls)} - {"recipe", "download", "export"},
             "recipe": {f.name for f in fields(RecipeConfig)},
-            "download": {"concurrency", "manifest_every_s"},
+            "download": {"concurrency", "writers", "write_backlog", "manifest_every_s"},
             "export": {f.name for f in fields(ExportConfig)} - {"max_attempts", "progress"},
             "shared": {"max_attempts", "backoff_base_s", "backoff_max_s", "progress"},
         }

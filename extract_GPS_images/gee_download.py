@@ -17,6 +17,7 @@ import re
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -115,19 +116,25 @@ class DownloadConfig:
 
     Attributes:
         concurrency: requests in flight (threads).
+        writers: threads writing fetched patches as TFRecords.
+        write_backlog: most fetched patches waiting to be written (bounds memory);
+            while it is full no new request starts.
         retry: backoff policy for retryable errors.
         manifest_every_s: at most this often the manifest is rewritten during a run.
         progress: show a tqdm progress bar.
     """
 
     concurrency: int = 16
+    writers: int = 2
+    write_backlog: int = 32
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     manifest_every_s: float = 2.0
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if min(self.concurrency, self.writers, self.write_backlog) < 1:
+            raise ValueError(f"concurrency, writers and write_backlog must be >= 1, got "
+                             f"{self.concurrency}, {self.writers}, {self.write_backlog}")
 
 
 @dataclass
@@ -204,29 +211,40 @@ class _Outcome:
     attempts: int
     error: str = ""
     fallback: str = ""
+    channels: np.ndarray | None = None  # fetched, not yet written
 
 
 def _fetch_one(
-    location: Location, *, out_dir: Path, recipe: RecipeConfig, compute: ComputePixels,
+    location: Location, *, recipe: RecipeConfig, compute: ComputePixels,
     retry: RetryPolicy, rng: random.Random, sleep: Callable[[float], None],
     stop: threading.Event,
 ) -> _Outcome:
-    names = recipe.channel_names
+    """Request one patch, retrying transient errors; the pixels are not written here."""
+    names = [*recipe.channel_names, FALLBACK_BAND]
     attempt = 0
     while True:
         attempt += 1
         try:
-            pixels = compute(pixels_request(location, recipe))
-            channels = to_channels(pixels, [*names, FALLBACK_BAND], recipe.size)
-            write_location(out_dir / location.file_name, location, channels[:-1], names)
+            channels = to_channels(compute(pixels_request(location, recipe)), names, recipe.size)
             code = float(channels[-1].flat[0])
-            return _Outcome(location, True, attempt,
+            return _Outcome(location, True, attempt, channels=channels[:-1],
                             fallback=fallback_summary(code, recipe.period_names))
         except Exception as error:  # noqa: BLE001 (classified, recorded, never lost)
             message = f"{type(error).__name__}: {error}"
             if not is_retryable(error) or attempt >= retry.max_attempts or stop.is_set():
                 return _Outcome(location, False, attempt, error=message)
             sleep(retry.delay(attempt, rng))
+
+
+def _write_one(outcome: _Outcome, *, out_dir: Path, names: list[str]) -> _Outcome:
+    """Write a fetched patch (atomically); a write error fails the location."""
+    try:
+        write_location(out_dir / outcome.location.file_name, outcome.location,
+                       outcome.channels, names)
+    except Exception as error:  # noqa: BLE001 (recorded in the manifest)
+        outcome.ok, outcome.error = False, f"write failed: {type(error).__name__}: {error}"
+    outcome.channels = None
+    return outcome
 
 
 def download_locations(
@@ -240,6 +258,9 @@ def download_locations(
     seed: int | None = None,
 ) -> DownloadReport:
     """Fetch every location-year whose file is missing; write files and the manifest.
+
+    ``config.concurrency`` requests stay in flight; fetched patches are written by
+    ``config.writers`` other threads, so writing never holds a request slot.
 
     Args:
         locations: the location-years to extract.
@@ -264,7 +285,7 @@ def download_locations(
     wait_fn = sleep or stop.wait
     rng = random.Random(seed)
 
-    todo = []
+    queue: deque[Location] = deque()
     for loc in locations:
         row = manifest.ensure(ManifestRow(loc.cell_key, loc.year, loc.cell_id, loc.imagery_year))
         row.output = loc.file_name
@@ -272,37 +293,50 @@ def download_locations(
             row.status = DONE
             report.skipped += 1
         else:
-            todo.append(loc)
+            queue.append(loc)
     manifest.save()
 
     start = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="computePixels", unit="patch", disable=not config.progress)
-    executor = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="ee-pixels")
-    pending: set[Future] = set()
+    bar = tqdm(total=len(queue), desc="computePixels", unit="patch", disable=not config.progress)
+    fetchers = ThreadPoolExecutor(config.concurrency, thread_name_prefix="ee-pixels")
+    writers = ThreadPoolExecutor(config.writers, thread_name_prefix="tfrecord-writer")
+    fetching: set[Future] = set()
+    writing: set[Future] = set()
+    names = recipe.channel_names
     try:
-        for loc in todo:
-            manifest.get(loc.cell_key, loc.year).status = RUNNING
-            pending.add(executor.submit(
-                _fetch_one, loc, out_dir=out, recipe=recipe, compute=compute,
-                retry=config.retry, rng=random.Random(rng.random()), sleep=wait_fn, stop=stop,
-            ))
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        while queue or fetching or writing:
+            # Keep `concurrency` requests in flight unless writing falls behind.
+            while queue and len(fetching) < config.concurrency and (
+                len(writing) < config.write_backlog
+            ):
+                loc = queue.popleft()
+                manifest.get(loc.cell_key, loc.year).status = RUNNING
+                fetching.add(fetchers.submit(
+                    _fetch_one, loc, recipe=recipe, compute=compute, retry=config.retry,
+                    rng=random.Random(rng.random()), sleep=wait_fn, stop=stop,
+                ))
+            done, _ = wait(fetching | writing, return_when=FIRST_COMPLETED)
             for future in done:
                 outcome: _Outcome = future.result()
+                if future in fetching:
+                    fetching.discard(future)
+                    if outcome.ok:
+                        writing.add(writers.submit(_write_one, outcome, out_dir=out, names=names))
+                        continue
+                else:
+                    writing.discard(future)
                 _record(manifest, report, outcome)
                 bar.update(1)
                 bar.set_postfix(failed=report.failed, retries=report.retries, refresh=False)
             manifest.maybe_save()
     except BaseException:
         stop.set()
-        for future in pending:
-            future.cancel()
         raise
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        for future in pending:
-            if future.done() and not future.cancelled() and future.exception() is None:
+        fetchers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True)  # finish the writes of fetched patches
+        for future in writing:
+            if future.done() and future.exception() is None:
                 _record(manifest, report, future.result())
         for row in manifest:
             if row.status == RUNNING:  # interrupted before it finished: fetched next run

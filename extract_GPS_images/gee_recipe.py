@@ -185,7 +185,8 @@ def scored_scenes(
     *, point: ee.Geometry, year: int, config: RecipeConfig
 ) -> ee.ImageCollection:
     """Sentinel-2 scenes of ``year`` over ``point``: the bands scaled to reflectance,
-    with ``cloud_score`` (cloudy-or-uncovered fraction of the buffer + tie-breaker)."""
+    with ``cloud_score`` (cloudy-or-uncovered fraction of the buffer + tie-breaker), the
+    same value as ``rank`` and ``s2_source`` = :data:`SOURCE_PERIOD`."""
     buffer = point.buffer(config.buffer_m)
     scenes = (
         ee.ImageCollection(config.collection)
@@ -219,26 +220,17 @@ def scored_scenes(
         return ee.Image(
             reflectance.rename(list(config.bands)).toFloat()
             .copyProperties(scene, ["system:index", "system:time_start"])
-        ).set("cloud_score", cloud)
+        ).set("cloud_score", cloud, "rank", cloud, "s2_source", SOURCE_PERIOD)
 
     return scenes.map(score)
 
 
-def least_cloudy(
-    *, scenes: ee.ImageCollection, start: str, end: str, config: RecipeConfig
-) -> ee.Image:
-    """The least-cloudy scene of ``[start, end)``, else of the year, else an empty image.
-
-    One merged, ranked collection decides on the server; the chosen image carries
-    ``s2_source`` (:data:`SOURCE_PERIOD`, :data:`SOURCE_YEAR` or :data:`SOURCE_NONE`).
-    """
-    in_period = scenes.filterDate(start, end).map(
-        lambda im: im.set("rank", im.get("cloud_score"), "s2_source", SOURCE_PERIOD)
-    )
-    year_best = scenes.sort("cloud_score").limit(1).map(
+def year_fallbacks(*, scenes: ee.ImageCollection, config: RecipeConfig) -> ee.ImageCollection:
+    """The candidates every period falls back to: the least-cloudy scene of the year
+    (ranked after any in-period scene) and an empty image (ranked last)."""
+    year_best = scenes.sort("rank").limit(1).map(
         lambda im: im.set(
-            "rank", ee.Number(im.get("cloud_score")).add(_YEAR_RANK_OFFSET),
-            "s2_source", SOURCE_YEAR,
+            "rank", ee.Number(im.get("rank")).add(_YEAR_RANK_OFFSET), "s2_source", SOURCE_YEAR
         )
     )
     empty = (
@@ -246,8 +238,18 @@ def least_cloudy(
         .rename(list(config.bands)).toFloat().updateMask(0)
         .set("rank", _NONE_RANK, "s2_source", SOURCE_NONE, "system:index", "none")
     )
-    ranked = in_period.merge(year_best).merge(ee.ImageCollection([empty])).sort("rank")
-    return ee.Image(ranked.first())
+    return year_best.merge(ee.ImageCollection([empty]))
+
+
+def least_cloudy(
+    *, scenes: ee.ImageCollection, fallbacks: ee.ImageCollection, start: str, end: str
+) -> ee.Image:
+    """The least-cloudy scene of ``[start, end)``, else of the year, else an empty image.
+
+    One merged, ranked collection decides on the server; the chosen image carries
+    ``s2_source`` (:data:`SOURCE_PERIOD`, :data:`SOURCE_YEAR` or :data:`SOURCE_NONE`).
+    """
+    return ee.Image(scenes.filterDate(start, end).merge(fallbacks).sort("rank").first())
 
 
 def s2_composites(
@@ -256,9 +258,10 @@ def s2_composites(
     """The Sentinel-2 channels (``{band}_{period}``, period-major) and the
     :data:`FALLBACK_BAND` image coding each period's source (2 bits per period)."""
     scenes = scored_scenes(point=point, year=year, config=config)
+    fallbacks = year_fallbacks(scenes=scenes, config=config)
     channels, code = [], ee.Number(0)
     for i, (name, start, end) in enumerate(period_ranges(year=year, periods=config.periods)):
-        chosen = least_cloudy(scenes=scenes, start=start, end=end, config=config)
+        chosen = least_cloudy(scenes=scenes, fallbacks=fallbacks, start=start, end=end)
         channels.append(chosen.select(list(config.bands), [f"{b}_{name}" for b in config.bands]))
         code = code.add(ee.Number(chosen.get("s2_source")).multiply(_CODE_BASE**i))
     fallback = ee.Image.constant(code).toFloat().rename(FALLBACK_BAND)
