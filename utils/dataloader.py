@@ -129,7 +129,9 @@ class ShardDataset(Dataset):
             with h5py.File(path, "r") as f:
                 lengths.append(int(f[hs.LABELS].shape[0]))
                 shapes.add(tuple(f[hs.DATA].shape[1:]))
-                file_bands = [str(b) for b in f.attrs[hs.ATTR_BANDS]]
+                file_bands = [
+                    b.decode() if isinstance(b, bytes) else str(b) for b in f.attrs[hs.ATTR_BANDS]
+                ]
         if len(shapes) != 1:
             raise ValueError(f"shards of {split!r} differ in sample shape: {sorted(shapes)}")
         (self.source_channels, height, width) = shapes.pop()
