@@ -24,6 +24,7 @@ For each location and year:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -293,6 +294,28 @@ def metadata_bands(
     ).toFloat()
 
 
+@functools.lru_cache(maxsize=64)
+def recipe_function(config: RecipeConfig, imagery_year: int) -> ee.Function:
+    """The recipe of one imagery year as an Earth Engine function of ``(point, meta)``.
+
+    Built once per (config, year) and called per location, so building a location's
+    graph costs one invocation instead of the whole recipe (the download path builds
+    thousands); the server sees the same function definition every time.
+    """
+    signature = {
+        "name": "",
+        "returns": "Image",
+        "args": [{"name": "point", "type": "Geometry"}, {"name": "meta", "type": "Image"}],
+    }
+
+    def body(point: ee.Geometry, meta: ee.Image) -> ee.Image:
+        s2, fallback = s2_composites(point=point, year=imagery_year, config=config)
+        dw = dynamic_world(point=point, year=imagery_year, config=config)
+        return ee.Image.cat([s2, dw, meta, fallback]).toFloat().unmask(config.nodata, False)
+
+    return ee.CustomFunction(signature, body)
+
+
 def location_image(
     *, lat: float, lon: float, label: float, year: int, imagery_year: int, config: RecipeConfig
 ) -> ee.Image:
@@ -302,15 +325,9 @@ def location_image(
     Imagery comes from ``imagery_year`` (the label year, or the configured year for
     label years before Sentinel-2); ``year`` is the label year, kept as metadata.
     """
-    point = ee.Geometry.Point([lon, lat])
-    s2, fallback = s2_composites(point=point, year=imagery_year, config=config)
-    dw = dynamic_world(point=point, year=imagery_year, config=config)
     meta = metadata_bands(label=label, lat=lat, lon=lon, year=year, imagery_year=imagery_year)
-    return (
-        ee.Image.cat([s2, dw, meta, fallback])
-        .toFloat()
-        .unmask(config.nodata, False)
-    )
+    point = ee.Geometry.Point([lon, lat])
+    return ee.Image(recipe_function(config, int(imagery_year)).call(point, meta))
 
 
 def decode_fallback(code: float, periods: Sequence[str]) -> dict[str, str]:

@@ -35,7 +35,7 @@ def calls(node: Any, name: str) -> Iterator[dict]:
     """Arguments of every invocation of ``name`` anywhere in ``node``."""
     if isinstance(node, dict):
         inv = node.get("functionInvocationValue")
-        if inv and inv["functionName"] == name:
+        if inv and inv.get("functionName") == name:
             yield inv["arguments"]
         for value in node.values():
             yield from calls(value, name)
@@ -187,3 +187,27 @@ def test_period_ranges_and_fallback_codes():
         "q1": "period", "q2": "year", "q3": "period", "q4": "none"}
     assert recipe.fallback_summary(code, recipe.PERIODS["quarter"]) == "q2:year;q4:none"
     assert recipe.fallback_summary(0, recipe.PERIODS["quarter"]) == ""
+
+
+def definitions(node: Any) -> Iterator[dict]:
+    if isinstance(node, dict):
+        if "functionDefinitionValue" in node and "point" in node[
+                "functionDefinitionValue"]["argumentNames"]:
+            yield node["functionDefinitionValue"]
+        for value in node.values():
+            yield from definitions(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from definitions(value)
+
+
+def test_recipe_is_one_function_per_imagery_year_called_per_location():
+    config = recipe.RecipeConfig()
+    assert recipe.recipe_function(config, 2019) is recipe.recipe_function(config, 2019)
+    one, two = (graph(recipe.location_image(lat=lat, lon=lon, label=1.0, year=2019,
+                                            imagery_year=2019, config=config))
+                for lat, lon in ((10.0, 100.0), (-5.5, 30.25)))
+    assert list(definitions(one)) == list(definitions(two)) and len(list(definitions(one))) == 1
+    points = [const(a["coordinates"]) for g in (one, two)
+              for a in calls(g, "GeometryConstructors.Point")]
+    assert points == [[100.0, 10.0], [30.25, -5.5]]
