@@ -152,6 +152,8 @@ class BandStats:
     percentile is the centre of the bin where the cumulative share reaches it.
     """
 
+    FLUSH = 64  # samples whose bins are counted together
+
     def __init__(
         self,
         bands: Sequence[str],
@@ -181,21 +183,35 @@ class BandStats:
         self.max = np.full(n, -np.inf)
         self.count = 0
         self.n_samples = 0
+        self._low32 = self.low[:, None].astype(np.float32)
+        self._step32 = self.step[:, None].astype(np.float32)
+        self._top = (self.nbins[:, None] - 1).astype(np.int32)
+        self._offset32 = self.offset[:, None].astype(np.int32)
+        self._pending: list[np.ndarray] = []
 
     def update(self, image: np.ndarray) -> None:
         """Add one (C, H, W) sample."""
-        flat = image.reshape(len(self.bands), -1).astype(np.float64)
-        self.total += flat.sum(axis=1)
-        self.total_sq += np.square(flat).sum(axis=1)
+        flat = image.reshape(len(self.bands), -1).astype(np.float32, copy=False)
+        self.total += flat.sum(axis=1, dtype=np.float64)
+        self.total_sq += np.einsum("ij,ij->i", flat, flat, dtype=np.float64)
         self.min = np.minimum(self.min, flat.min(axis=1))
         self.max = np.maximum(self.max, flat.max(axis=1))
         self.count += flat.shape[1]
         self.n_samples += 1
-        index = np.round((flat - self.low[:, None]) / self.step[:, None]).astype(np.int64)
-        index = np.clip(index, 0, self.nbins[:, None] - 1) + self.offset[:, None]
-        self.hist += np.bincount(index.ravel(), minlength=self.hist.size)
+        index = np.rint((flat - self._low32) / self._step32).astype(np.int32)
+        np.clip(index, 0, self._top, out=index)
+        self._pending.append((index + self._offset32).ravel())
+        if len(self._pending) >= self.FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Add the pending samples' bins to the histogram (one bincount per batch)."""
+        if self._pending:
+            self.hist += np.bincount(np.concatenate(self._pending), minlength=self.hist.size)
+            self._pending = []
 
     def _percentile(self, q: float) -> list[float]:
+        self._flush()
         values = []
         for i in range(len(self.bands)):
             counts = self.hist[self.offset[i] : self.offset[i] + self.nbins[i]]

@@ -289,17 +289,20 @@ def _write_part(
         create_sample_datasets(handle, worker.codec, None)
         data = handle[hs.DATA]
         rows: list[dict] = []
-        n = 0
+        ok_rows: list[dict] = []
         for _, chunks, file_rows in _ordered_map(worker, items, workers):
-            ok_rows = [r for r in file_rows if r["status"] == "ok"]
-            data.resize(n + len(chunks), axis=0)
-            for i, chunk in enumerate(chunks):
-                write_chunk(data, n + i, chunk)
-                ok_rows[i]["staged"] = n + i
-            append_metadata(handle, n, ok_rows)
-            n += len(chunks)
+            if len(ok_rows) + len(chunks) > data.shape[0]:
+                data.resize(max(2 * data.shape[0], len(ok_rows) + len(chunks), 64), axis=0)
+            for chunk, row in zip(
+                chunks, (r for r in file_rows if r["status"] == "ok"), strict=True
+            ):
+                row["staged"] = len(ok_rows)
+                write_chunk(data, len(ok_rows), chunk)
+                ok_rows.append(row)
             rows.extend(file_rows)
             bar.update(1)
+        data.resize(len(ok_rows), axis=0)
+        append_metadata(handle, 0, ok_rows)
         handle.create_dataset("rows", data=[json.dumps(r) for r in rows], dtype=TEXT)
 
 
