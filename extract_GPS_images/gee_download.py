@@ -195,7 +195,8 @@ def to_channels(pixels: Any, names: Sequence[str], size: int) -> np.ndarray:
 
 
 def write_location(path: Path, location: Location, image: np.ndarray, names: list[str]) -> Path:
-    """Write one record (channels + constant metadata bands + ``cell_id``) atomically."""
+    """Write one record atomically: the channels ``names`` of ``image`` (C, H, W), the
+    constant metadata bands and ``cell_id``."""
     meta = {
         "label": location.label, "latitude": location.lat, "longitude": location.lon,
         "year": location.year, "imagery_year": location.imagery_year,
@@ -227,7 +228,7 @@ def _fetch_one(
         try:
             channels = to_channels(compute(pixels_request(location, recipe)), names, recipe.size)
             code = float(channels[-1].flat[0])
-            return _Outcome(location, True, attempt, channels=channels[:-1],
+            return _Outcome(location, True, attempt, channels=channels,
                             fallback=fallback_summary(code, recipe.period_names))
         except Exception as error:  # noqa: BLE001 (classified, recorded, never lost)
             message = f"{type(error).__name__}: {error}"
@@ -302,7 +303,7 @@ def download_locations(
     writers = ThreadPoolExecutor(config.writers, thread_name_prefix="tfrecord-writer")
     fetching: set[Future] = set()
     writing: set[Future] = set()
-    names = recipe.channel_names
+    names = [*recipe.channel_names, FALLBACK_BAND]  # the fallback record travels too
     try:
         while queue or fetching or writing:
             # Keep `concurrency` requests in flight unless writing falls behind.

@@ -69,7 +69,7 @@ def parse(path: Path) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     (raw,) = list(iter_serialized(path))
-    spec = parse_spec(all_band_names(), SIZE, SIZE)
+    spec = parse_spec([*all_band_names(), FALLBACK_BAND], SIZE, SIZE)
     spec["cell_id"] = tf.io.FixedLenFeature([], tf.string)
     return {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}
 
@@ -100,7 +100,7 @@ def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locat
         expected = fake_pixels(NAMES, SIZE, key(loc))
         np.testing.assert_array_equal(record["B2_q1"], expected["B2_q1"])
         np.testing.assert_array_equal(record["DW"], expected["DW"])
-        assert FALLBACK_BAND not in record  # the schema's bands only; fallback in manifest
+        assert np.all(record[FALLBACK_BAND] == 1 + 2 * 64)  # as in the export's records
         assert np.all(record["label"] == np.float32(loc.label))
         assert np.all(record["latitude"] == np.float32(loc.lat))
         assert record["year"][0, 0] == loc.year and record["imagery_year"][0, 0] == (
