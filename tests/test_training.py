@@ -218,3 +218,40 @@ def test_torchrun_two_processes(shards: Path, tmp_path: Path) -> None:
     history = pd.read_csv(tmp_path / "train" / "l2_baseline" / "history.csv")
     assert len(history) == 2 and np.isfinite(history["val_bmae"]).all()
     assert "best epoch" in done.stdout
+
+
+DDP_WEIGHTED_SCRIPT = """
+import sys
+import numpy as np
+import utils.samplers as samplers
+from utils.dataloader import ShardDataset
+from utils.train import TrainConfig, fit
+
+made = []
+class Recording(samplers.DistributedWeightedSampler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        made.append((self.num_replicas, self.rank, len(self)))
+samplers.DistributedWeightedSampler = Recording
+run_dir, shards = sys.argv[1], sys.argv[2]
+n = len(ShardDataset(shards, "train").labels)
+w = np.linspace(0.2, 2.0, n)
+cfg = TrainConfig(run_dir=run_dir, shards_dir=shards, model="tiny_cnn", crop=10, epochs=1,
+                  batch_size=8, progress=False, tensorboard=False)
+result = fit(cfg, sample_weights=w, sampler_weights=w)
+assert made and made[0][0] == 2 and made[0][2] == n // 2, made
+print("rank", made[0][1], "ok", len(result.history))
+"""
+
+
+def test_torchrun_weighted_sampler(shards: Path, tmp_path: Path) -> None:
+    script = tmp_path / "ddp_weighted.py"
+    script.write_text(DDP_WEIGHTED_SCRIPT)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", "29518", str(script),
+           str(tmp_path), str(shards)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(project_root())}
+    done = subprocess.run(cmd, cwd=project_root(), env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 ok 1" in done.stdout and "rank 1 ok 1" in done.stdout
