@@ -31,7 +31,14 @@ from typing import Any, Literal
 
 import ee
 
-from extract_GPS_images.schema import DW_BAND, META_BANDS, QUARTERS, S2_BANDS, s2_channel_names
+from extract_GPS_images.schema import (
+    DW_BAND,
+    FALLBACK_BAND,
+    META_BANDS,
+    QUARTERS,
+    S2_BANDS,
+    s2_channel_names,
+)
 
 S2_L1C = "COPERNICUS/S2_HARMONIZED"
 S2_SR = "COPERNICUS/S2_SR_HARMONIZED"
@@ -44,8 +51,6 @@ QA60_CLOUD_MASK = (1 << 10) | (1 << 11)
 #: Scene-level cloud percentage property of both Sentinel-2 collections (tie-breaker).
 SCENE_CLOUD_PROPERTY = "CLOUDY_PIXEL_PERCENTAGE"
 
-#: Extra constant band recording, per period, where its scene came from.
-FALLBACK_BAND = "s2_fallback"
 #: Codes of :data:`FALLBACK_BAND`, 2 bits per period (period i in bits 2i, 2i+1;
 #: 12 months need 24 bits, still exact in float32).
 SOURCE_PERIOD, SOURCE_YEAR, SOURCE_NONE = 0, 1, 2

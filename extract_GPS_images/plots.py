@@ -100,5 +100,7 @@ def pick_examples(labels: pd.DataFrame, out_dir: str | Path, k: int = 6) -> list
     frame = labels.assign(file=files)
     frame = frame[~frame["file"].isin(damaged) & frame["file"].map(lambda f: (out / f).is_file())]
     frame = frame.sort_values("label")
+    if frame.empty:
+        return []
     picks = np.unique(np.linspace(0, len(frame) - 1, k).round().astype(int))
     return [out / frame["file"].iloc[i] for i in picks]

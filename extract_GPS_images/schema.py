@@ -25,6 +25,9 @@ DW_BAND = "DW"
 LABEL_BAND = "label"
 META_BANDS: tuple[str, ...] = ("label", "latitude", "longitude", "year", "imagery_year")
 CELL_ID_FEATURE = "cell_id"
+#: Optional constant band of Earth Engine records: per period, whether its scene came
+#: from the period itself, the fallback to the year, or nowhere (see gee_recipe).
+FALLBACK_BAND = "s2_fallback"
 SCHEMA_VERSION = 1
 
 #: Dynamic World V1 class codes, in code order.

@@ -222,3 +222,12 @@ def test_cli_reports_bad_labels(tmp_path: Path) -> None:
     )
     assert done.returncode != 0
     assert "line 2, column 'centroid latitude'" in done.stderr
+
+
+def test_pick_examples_without_local_files(tmp_path: Path, world) -> None:
+    from extract_GPS_images.plots import pick_examples
+
+    assert pick_examples(world.labels, tmp_path) == []  # export mode: nothing local
+    picks = pick_examples(world.labels, world.out_dir, k=4)
+    assert len(picks) == 4 and all(p.is_file() for p in picks)
+    assert not set(p.name for p in picks) & set(world.corruptions["file"])
