@@ -14,9 +14,12 @@ import pytest
 import torch
 from shards_factory import write_tiny_shards
 
+from utils.dataloader import ShardDataset
 from utils.paths import project_root
 from utils.study import (
     Experiment,
+    MemoryCachedDataset,
+    cached_datasets,
     default_experiments,
     per_bin_plot,
     results_table,
@@ -141,3 +144,34 @@ def test_cli_twin_runs_the_study(tiny_run: tuple[Path, TrainConfig]) -> None:
     table = pd.read_csv(root / "train" / "cli" / "results.csv")
     assert list(table["method"]) == ["L2", "L3"]
     assert (root / "train" / "cli" / "per_bin_mae.png").is_file()
+
+
+def test_memory_cache_returns_what_the_shards_hold(tiny_run: tuple[Path, TrainConfig]) -> None:
+    root, cfg = tiny_run
+    fresh = ShardDataset(root / "shards", "val", crop=None)
+    cached = MemoryCachedDataset(ShardDataset(root / "shards", "val", crop=None))
+    for i in (0, 5, 0):
+        torch.testing.assert_close(cached[i]["image"], fresh[i]["image"])
+        assert cached[i]["label"] == fresh[i]["label"] and cached[i]["index"] == i
+    assert cached.labels is cached.dataset.labels and len(cached) == 16
+    flipped = MemoryCachedDataset(ShardDataset(root / "shards", "train"), augment=True)
+    torch.manual_seed(3)
+    views = [flipped[0]["image"] for _ in range(8)]
+    assert any(not torch.equal(v, views[0]) for v in views)  # flips/rot90 drawn per read
+    assert all(torch.equal(v.flatten().sort()[0], views[0].flatten().sort()[0]) for v in views)
+    with pytest.raises(ValueError, match="random"):
+        MemoryCachedDataset(ShardDataset(root / "shards", "train", train=True, crop=8))
+    assert cached_datasets(replace(cfg, crop=8)) is None
+    assert cached_datasets(cfg, max_bytes=10) is None
+
+
+def test_cached_and_uncached_study_runs_agree(tiny_run: tuple[Path, TrainConfig]) -> None:
+    root, cfg = tiny_run
+    cfg = replace(cfg, augment=True)
+    experiments = select_experiments(default_experiments(), ["weighted L2 a=0.5"])
+    plain = run_study(experiments, cfg, root / "train" / "plain", cache_data=False)
+    cached = run_study(experiments, cfg, root / "train" / "cached", cache_data=True)
+    assert cached["bmae"][0] == pytest.approx(plain["bmae"][0], rel=1e-5)
+    assert cached["mae"][0] == pytest.approx(plain["mae"][0], rel=1e-5)
+    with pytest.raises(ValueError, match="crop=None"):
+        run_study(experiments, replace(cfg, crop=8), root / "train" / "x", cache_data=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -27,13 +28,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import Dataset
 
 from loss import get_loss
 from loss.fds import FDS, FDSModel
 from loss.weights import sample_weights
 from utils.atomic import atomic_open
 from utils.checkpoint import load_checkpoint
-from utils.dataloader import ShardDataset, build_datasets, make_loader
+from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
 from utils.models import build_model
 from utils.paths import RunPaths
 from utils.train import TrainConfig, evaluate, fit, resolve_device
@@ -47,6 +49,8 @@ NON_RESULT_FIELDS: frozenset[str] = frozenset(
 )
 #: The weighting strengths of the original study's weighted-loss and resampling runs.
 DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+#: Largest decoded data (all splits) that ``cache_data="auto"`` keeps in memory.
+CACHE_LIMIT_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,72 @@ def select_experiments(
     if unknown:
         raise ValueError(f"unknown experiment(s) {unknown}; valid: {list(by_name)}")
     return [by_name[n] for n in names]
+
+
+class MemoryCachedDataset(Dataset):
+    """A :class:`ShardDataset` whose items are kept in memory after their first read.
+
+    For studies that train many models on one small split: every run after the first
+    skips HDF5 reads and decompression. The wrapped dataset must return deterministic
+    items (no random crop, no augmentation of its own); the random flips/rot90 of
+    training are applied here on the cached item (:func:`utils.dataloader.augment`,
+    the dataset's own function and RNG) when ``augment`` is set. Memory: about
+    ``len(dataset) * C * h * w * 4`` bytes. Other attributes (``labels``, ``band_names``,
+    ``patch``, ...) are the wrapped dataset's.
+
+    Raises:
+        ValueError: for a dataset whose items are random.
+    """
+
+    def __init__(self, dataset: ShardDataset, *, augment: bool = False) -> None:
+        if dataset.train and (dataset.augment or dataset.crop < dataset.patch):
+            raise ValueError(
+                f"cannot cache {dataset!r}: its items are random (crop {dataset.crop} of "
+                f"{dataset.patch} px, augment={dataset.augment}); build it with "
+                "augment=False and crop=None, and pass augment= here"
+            )
+        self.dataset = dataset
+        self.augment = augment
+        self._items: dict[int, dict[str, Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        if index not in self._items:
+            self._items[index] = self.dataset[index]
+        item = self._items[index]
+        if not self.augment:
+            return item
+        image = np.ascontiguousarray(augment(item["image"].numpy()))
+        return {**item, "image": torch.from_numpy(image)}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":  # not yet set (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def cached_datasets(
+    cfg: TrainConfig,
+    splits: Sequence[str] = ("train", "val", "test"),
+    *,
+    max_bytes: int = CACHE_LIMIT_BYTES,
+) -> dict[str, MemoryCachedDataset] | None:
+    """In-memory datasets of ``splits`` for ``cfg``, or None when they cannot be cached
+    (random crops, i.e. ``cfg.crop`` smaller than the patch) or would take more than
+    ``max_bytes``."""
+    built = build_datasets(replace(cfg, augment=False), splits)
+    if any(ds.crop < ds.patch for ds in built.values()):
+        return None
+    size = sum(len(ds) * ds.num_channels * ds.crop**2 * 4 for ds in built.values())
+    if size > max_bytes:
+        return None
+    return {
+        split: MemoryCachedDataset(ds, augment=bool(cfg.augment) and split == "train")
+        for split, ds in built.items()
+    }
 
 
 def data_fingerprint(train: ShardDataset) -> str:
@@ -235,6 +305,7 @@ def run_study(
     *,
     datasets: dict[str, ShardDataset] | None = None,
     force: bool = False,
+    cache_data: bool | str = "auto",
 ) -> pd.DataFrame:
     """Run (or reuse) every experiment; one row per experiment, in the given order.
 
@@ -245,6 +316,8 @@ def run_study(
         out_dir: study folder; each run in ``<slug>-<hash12>/``.
         datasets: ``train``/``val``/``test`` datasets (default: built from ``cfg``).
         force: re-run experiments whose result is cached.
+        cache_data: keep the decoded samples in memory across the runs
+            (:func:`cached_datasets`): True, False, or ``"auto"`` (when possible).
 
     Returns:
         A DataFrame with ``name``, the :data:`TABLE_METRICS`, ``per_bin_mae``,
@@ -253,6 +326,13 @@ def run_study(
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):
         raise ValueError(f"experiment names must be unique, got {names}")
+    if datasets is None and cache_data:
+        datasets = cached_datasets(cfg)
+        if datasets is None and cache_data is True:
+            raise ValueError(
+                "cache_data=True needs whole patches (crop=None) and data under "
+                f"{CACHE_LIMIT_BYTES / 1024**3:.0f} GiB; use cache_data='auto' or False"
+            )
     datasets = datasets or build_datasets(cfg, ("train", "val", "test"))
     data = data_fingerprint(datasets["train"])
     rows = []
@@ -264,6 +344,8 @@ def run_study(
             result = json.loads((run_dir / RESULT_FILE).read_text())
             print(f"[{i}/{len(experiments)}] {experiment.name}: cached ({run_dir.name})")
         else:
+            if force and run_dir.exists():  # a fresh run, not a resume of the old one
+                shutil.rmtree(run_dir)
             print(f"[{i}/{len(experiments)}] {experiment.name}: training", flush=True)
             result = run_experiment(experiment, cfg, run_dir, datasets)
             print(
@@ -380,6 +462,8 @@ class StudyConfig:
         baseline: the experiment the others are compared with.
         out_name: the study's folder under ``<run_dir>/train``.
         force: re-run cached experiments.
+        cache_data: keep decoded samples in memory across the runs: True, False or
+            ``"auto"`` (when ``train.crop`` is the whole patch and the data is small).
         train: the shared training config (model, epochs, seed, device, ...).
     """
 
@@ -389,6 +473,7 @@ class StudyConfig:
     baseline: str = "L2"
     out_name: str = "study"
     force: bool = False
+    cache_data: bool | str = "auto"
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def out_dir(self) -> Path:
@@ -415,7 +500,7 @@ def study(cfg: StudyConfig) -> StudyOutputs:
     """Run the study of ``cfg`` (cached runs reused), write the table and the plot."""
     out = cfg.out_dir()
     train_cfg = replace(cfg.train, run_dir=cfg.run_dir)
-    results = run_study(cfg.selected(), train_cfg, out, force=cfg.force)
+    results = run_study(cfg.selected(), train_cfg, out, force=cfg.force, cache_data=cfg.cache_data)
     table = results_table(results, out, baseline=cfg.baseline)
     per_bin_plot(results, out / "per_bin_mae.png")
     return StudyOutputs(
