@@ -240,3 +240,14 @@ def test_cli_twin(exports: Path, tmp_path: Path, capsys) -> None:
     assert report.balanced and report.ok == 18
     assert "counts add up" in capsys.readouterr().out
     assert len(list((tmp_path / "cli" / "train").glob("train_*.h5"))) == report.shards["train"]
+
+
+def test_a_folder_of_damaged_files_only_is_all_quarantined(tmp_path: Path) -> None:
+    src = tmp_path / "exports"
+    src.mkdir()
+    (src / "a.tfrecord.gz").write_bytes(b"")
+    (src / "b.tfrecord.gz").write_bytes(gzip.compress(b"garbage" * 5))
+    report = run_split_and_batch(src, tmp_path / "out", SplitConfig(progress=False))
+    assert (report.inputs, report.ok, report.quarantined) == (2, 0, 2)
+    assert report.per_reason == {"unreadable": 1, "empty_file": 1}
+    assert report.shards == {"train": 0, "val": 0, "test": 0}

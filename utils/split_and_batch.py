@@ -44,6 +44,8 @@ from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
 from utils.paths import resolve
 from utils.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.shard_writer import (
+    COMPRESSIONS,
+    DTYPES,
     TEXT,
     BandStats,
     ChunkCodec,
@@ -53,12 +55,11 @@ from utils.shard_writer import (
     write_chunk,
     write_shard_attrs,
 )
-from utils.spatial_split import assign_splits, check_ratios
-from utils.unzip import extract_archives
+from utils.spatial_split import MODES, assign_splits, check_ratios
+from utils.unzip import ARCHIVE_SUFFIX, extract_archives
 from utils.validate_records import FileResult, RecordError, RecordRules, infer_size, read_file
 
 RECORD_SUFFIXES: tuple[str, ...] = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
-ARCHIVE_SUFFIX = ".zip"
 EXTRACTED_DIR = "extracted"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = ".staging"
@@ -378,8 +379,8 @@ def run_split_and_batch(
 
     Raises:
         FileNotFoundError: ``src`` is not a folder.
-        ValueError: ``out`` inside ``src``, a bad config, or no readable record to
-            infer the patch size from.
+        ValueError: ``out`` inside ``src``, a bad config, or bands that are not square
+            patches (give ``cfg.size``).
     """
     cfg = cfg or SplitConfig()
     start = time.perf_counter()
@@ -436,7 +437,7 @@ def run_split_and_batch(
     items = sorted(set(items), key=lambda item: item.name)
 
     # 2. read, validate, stage
-    size = cfg.size or (infer_size([i.path for i in items]) if items else 1)
+    size = cfg.size or infer_size([i.path for i in items]) or 1  # 1: nothing is readable
     codec = ChunkCodec(
         (len(schema.image_band_names()), size, size),
         cfg.dtype,
@@ -552,7 +553,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", help="folder of exported TFRecords / .zip downloads")
     parser.add_argument("out", help="output folder of the shards")
-    parser.add_argument("--split", choices=("spatial", "random"), default=d.split)
+    parser.add_argument("--split", choices=MODES, default=d.split)
     parser.add_argument("--block-km", type=float, default=d.block_km)
     parser.add_argument(
         "--ratios", type=float, nargs=3, default=list(d.ratios), metavar=("TRAIN", "VAL", "TEST")
@@ -560,8 +561,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--n-bins", type=int, default=d.n_bins)
     parser.add_argument("--shard-size", type=int, default=d.shard_size)
-    parser.add_argument("--dtype", choices=("float32", "float16"), default=d.dtype)
-    parser.add_argument("--compression", choices=("gzip", "lzf", "none"), default=d.compression)
+    parser.add_argument("--dtype", choices=DTYPES, default=d.dtype)
+    parser.add_argument("--compression", choices=COMPRESSIONS, default=d.compression)
     parser.add_argument("--compression-level", type=int, default=d.compression_level)
     parser.add_argument("--size", type=int, default=None, help="patch side (default: inferred)")
     parser.add_argument(

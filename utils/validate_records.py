@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from extract_GPS_images import schema
+from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from extract_GPS_images.labels import cell_key as make_cell_key
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -77,7 +78,9 @@ class RecordRules:
     size: int  # patch side H = W in pixels
     label_range: tuple[float, float] = (-1000.0, 1000.0)
     reflectance_range: tuple[float, float] = schema.REFLECTANCE_RANGE
-    imagery_year_floor: int = 2016  # label years before it use this imagery year (original files)
+    imagery_year_floor: int = (
+        FIRST_IMAGERY_YEAR  # label years before it use this imagery year (original files)
+    )
 
 
 @dataclass
@@ -350,12 +353,13 @@ def _check_image(image: np.ndarray, rules: RecordRules) -> None:
         )
 
 
-def infer_size(paths: list[Path], limit: int = 32) -> int:
+def infer_size(paths: list[Path], limit: int = 32) -> int | None:
     """Patch side H (= W) from the first readable records of ``paths``: the most common
-    length of the first Sentinel-2 band, which must be a perfect square.
+    length of the first Sentinel-2 band, which must be a perfect square. ``None`` when
+    no file holds a readable record (then every input is quarantined anyway).
 
     Raises:
-        ValueError: no record could be read, or its length is not a square.
+        ValueError: the band length is not a square.
     """
     lengths: list[int] = []
     for path in paths:
@@ -371,10 +375,7 @@ def infer_size(paths: list[Path], limit: int = 32) -> int:
                 lengths.append(floats[key].size)
                 break
     if not lengths:
-        raise ValueError(
-            f"cannot infer the patch size: none of the first {len(paths)} files holds a "
-            "readable record with band B2_q1 (or B2_1); pass size= explicitly"
-        )
+        return None
     values, counts = np.unique(lengths, return_counts=True)
     length = int(values[np.argmax(counts)])
     side = math.isqrt(length)
