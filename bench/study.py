@@ -41,6 +41,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out-name", default="study", help="folder under <run-dir>/train")
     p.add_argument("--force", action="store_true", help="re-run cached experiments")
+    p.add_argument(
+        "--cache",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="keep decoded samples in memory across runs (auto: if under 2 GiB)",
+    )
     return p
 
 
@@ -65,6 +71,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         alphas=tuple(args.alphas),
         out_name=args.out_name,
         force=args.force,
+        cache_data={"auto": "auto", "on": True, "off": False}[args.cache],
         train=train,
     )
 

@@ -187,12 +187,12 @@ def cached_datasets(
 ) -> dict[str, MemoryCachedDataset] | None:
     """In-memory datasets of ``splits`` for ``cfg``, or None when they cannot be cached
     (random crops, i.e. ``cfg.crop`` smaller than the patch) or would take more than
-    ``max_bytes``."""
+    ``max_bytes`` (None: no limit)."""
     built = build_datasets(replace(cfg, augment=False), splits)
     if any(ds.crop < ds.patch for ds in built.values()):
         return None
     size = sum(len(ds) * ds.num_channels * ds.crop**2 * 4 for ds in built.values())
-    if size > max_bytes:
+    if max_bytes is not None and size > max_bytes:
         return None
     return {
         split: MemoryCachedDataset(ds, augment=bool(cfg.augment) and split == "train")
@@ -323,7 +323,8 @@ def run_study(
         datasets: ``train``/``val``/``test`` datasets (default: built from ``cfg``).
         force: re-run experiments whose result is cached.
         cache_data: keep the decoded samples in memory across the runs
-            (:func:`cached_datasets`): True, False, or ``"auto"`` (when possible).
+            (:func:`cached_datasets`): True (any size), False, or ``"auto"`` (when
+            the patches are whole and the data under :data:`CACHE_LIMIT_BYTES`).
 
     Returns:
         A DataFrame with ``name``, the :data:`TABLE_METRICS`, ``per_bin_mae``,
@@ -333,12 +334,9 @@ def run_study(
     if len(set(names)) != len(names):
         raise ValueError(f"experiment names must be unique, got {names}")
     if datasets is None and cache_data:
-        datasets = cached_datasets(cfg)
+        datasets = cached_datasets(cfg, max_bytes=None if cache_data is True else CACHE_LIMIT_BYTES)
         if datasets is None and cache_data is True:
-            raise ValueError(
-                "cache_data=True needs whole patches (crop=None) and data under "
-                f"{CACHE_LIMIT_BYTES / 1024**3:.0f} GiB; use cache_data='auto' or False"
-            )
+            raise ValueError("cache_data=True needs whole patches (crop=None); use 'auto' or False")
     datasets = datasets or build_datasets(cfg, ("train", "val", "test"))
     data = data_fingerprint(datasets["train"])
     rows = []
