@@ -57,7 +57,7 @@ from utils.shard_writer import (
 )
 from utils.spatial_split import MODES, assign_splits, check_ratios
 from utils.unzip import ARCHIVE_SUFFIX, extract_archives
-from utils.validate_records import FileResult, RecordError, RecordRules, infer_size, read_file
+from utils.validate_records import RecordError, RecordRules, infer_size, read_file
 
 RECORD_SUFFIXES: tuple[str, ...] = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
 EXTRACTED_DIR = "extracted"
@@ -241,13 +241,13 @@ class _PartWorker:
     def __init__(self, rules: RecordRules, codec: ChunkCodec, quarantine: Path) -> None:
         self.rules, self.codec, self.quarantine = rules, codec, quarantine
 
-    def __call__(self, item: InputFile) -> tuple[FileResult, list, list[dict]]:
+    def __call__(self, item: InputFile) -> tuple[list, list[dict]]:
+        """Encoded chunks of the valid samples and the manifest rows of every record."""
         result = read_file(item.path, self.rules)
-        bad = [r for r in result.records if r.sample is None]
-        whole_file = result.file_error is not None or len(result.records) == 1
+        single_bad = len(result.records) == 1 and result.records[0].sample is None
         kept_file = (
             keep_file(self.quarantine, item.name, item.path)
-            if (result.file_error is not None or (bad and whole_file))
+            if result.file_error is not None or single_bad
             else ""
         )
         rows: list[dict] = []
@@ -279,7 +279,7 @@ class _PartWorker:
             rows.append(
                 _quarantine_row(item.name, len(result.records), result.file_error, kept_file)
             )
-        return result, chunks, rows
+        return chunks, rows
 
 
 def _write_part(
@@ -291,7 +291,7 @@ def _write_part(
         data = handle[hs.DATA]
         rows: list[dict] = []
         ok_rows: list[dict] = []
-        for _, chunks, file_rows in _ordered_map(worker, items, workers):
+        for chunks, file_rows in _ordered_map(worker, items, workers):
             if len(ok_rows) + len(chunks) > data.shape[0]:
                 data.resize(max(2 * data.shape[0], len(ok_rows) + len(chunks), 64), axis=0)
             for chunk, row in zip(
