@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -135,6 +136,7 @@ def test_cli_twin_runs_the_study(tiny_run: tuple[Path, TrainConfig]) -> None:
             "cli",
         ],
         cwd=project_root(),
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=300,

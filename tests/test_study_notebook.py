@@ -14,7 +14,12 @@ from utils.study import default_experiments
 
 
 @pytest.mark.notebook
-def test_main_notebook_runs_every_study_experiment(run_notebook, tmp_path: Path) -> None:
+def test_main_notebook_runs_every_study_experiment(
+    run_notebook, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one torch thread in the kernel: on a busy 2-core machine two threads spin-wait
+    # on each other and run several times slower
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     paths = RunPaths.of(tmp_path / "run")
     write_tiny_shards(paths.shards, size=10)
     run_notebook(
