@@ -183,7 +183,7 @@ def cached_datasets(
     cfg: TrainConfig,
     splits: Sequence[str] = ("train", "val", "test"),
     *,
-    max_bytes: int = CACHE_LIMIT_BYTES,
+    max_bytes: int | None = CACHE_LIMIT_BYTES,
 ) -> dict[str, MemoryCachedDataset] | None:
     """In-memory datasets of ``splits`` for ``cfg``, or None when they cannot be cached
     (random crops, i.e. ``cfg.crop`` smaller than the patch) or would take more than
@@ -242,8 +242,8 @@ def run_experiment(
     """Train one experiment, evaluate its best checkpoint on test, write ``result.json``.
 
     Returns:
-        The result dict (``name``, ``key``, the test report, ``best_epoch``,
-        ``train_seconds``, ``experiment``).
+        The result dict (``name``, ``experiment``, ``best_epoch``, ``epochs``,
+        ``train_seconds``, ``weights_max`` and ``test``: the test report).
     """
     out = Path(out_dir)
     train = datasets["train"]
