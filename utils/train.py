@@ -60,6 +60,7 @@ class TrainConfig:
     Attributes:
         run_dir: run folder; shards are read from ``RunPaths.of(run_dir).shards`` unless
             ``shards_dir`` is set, outputs go to ``RunPaths.of(run_dir).train/experiment``.
+        shards_dir: another shards folder (None: the run's).
         experiment: name of this run's output folder.
         model: a name of :data:`utils.models.MODEL_NAMES`.
         channels: Sentinel-2 preset (``"s2"``, ``"rgb"``) or band names.
@@ -137,7 +138,10 @@ class FitResult:
 
     Attributes:
         history: one dict per epoch (``epoch``, ``lr``, ``train_loss``, ``val_loss``,
-            ``train_*`` / ``val_*`` metrics, timings).
+            ``train_*`` / ``val_*`` metrics, timings ``data_s``/``compute_s``/``epoch_s``).
+            ``train_*`` metrics score the predictions made while training (train mode,
+            augmented inputs; under torchrun those of rank 0's share); ``train_loss`` is
+            averaged over all ranks.
         best: the history row of the best epoch (lowest val b-MAE).
         best_checkpoint, last_checkpoint, history_csv, out_dir: files written.
         stopped_early: whether early stopping ended the run.
