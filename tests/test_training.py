@@ -90,7 +90,7 @@ def test_models_widen_and_regress(name: str) -> None:
     assert torch.allclose(model(x), model.head(feats).squeeze(-1))
 
 
-def test_pretrained_rgb_initialisation(tmp_path: Path) -> None:
+def test_pretrained_rgb_initialisation(tmp_path: Path, monkeypatch) -> None:
     rgb = torchvision.models.resnet18(weights=None)
     torch.save(rgb.state_dict(), tmp_path / "r18.pt")
     names = ["B2_q1", "B8_q1", "B4_q2", "B3_q2", "DW"]
@@ -104,6 +104,14 @@ def test_pretrained_rgb_initialisation(tmp_path: Path) -> None:
     assert torch.equal(model.features.layer1[0].conv1.weight, rgb.layer1[0].conv1.weight)
     with pytest.raises(ValueError, match="unknown model 'resnet19'"):
         build_model("resnet19", 3)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "cache"))  # the torch hub cache, offline
+    with pytest.raises(FileNotFoundError, match="not in the torch cache"):
+        build_model("resnet18", 5, pretrained_path="torch-cache")
+    cached = tmp_path / "cache" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    torch.save(rgb.state_dict(), cached)
+    from_cache = build_model("resnet18", 5, pretrained_path="torch-cache", band_names=names)
+    assert torch.equal(from_cache.features.conv1.weight, w)
 
 
 # --- fit -----------------------------------------------------------------------------------

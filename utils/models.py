@@ -78,6 +78,26 @@ BACKBONES: dict[str, Callable[[], tuple[nn.Module, nn.Module, str]]] = {
     "convnext_tiny": _convnext,
 }
 MODEL_NAMES: tuple[str, ...] = ("tiny_cnn", *BACKBONES)
+#: ``pretrained_path`` value that takes torchvision's default ImageNet weights from the
+#: torch hub cache (``torch.hub.get_dir()/checkpoints``), never downloading them.
+TORCH_CACHE = "torch-cache"
+
+
+def cached_weights_path(name: str) -> Path:
+    """Where torchvision keeps the default ImageNet weights of ``name`` in the torch hub
+    cache (the file a ``weights=...DEFAULT`` download writes).
+
+    Raises:
+        FileNotFoundError: when the file is not in the cache (nothing is downloaded).
+    """
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not in the torch cache; copy the {name} ImageNet weights there "
+            f"(from {weights.url}) or pass pretrained_path=<local file>"
+        )
+    return path
 
 
 class RegressionModel(nn.Module):
@@ -158,8 +178,9 @@ def build_model(
     Args:
         name: one of :data:`MODEL_NAMES`.
         in_channels: number of input channels C.
-        pretrained_path: a local torchvision ``state_dict`` of the RGB ImageNet model
-            (e.g. from the torch hub cache); loaded with ``weights_only=True``.
+        pretrained_path: a local torchvision ``state_dict`` of the RGB ImageNet model, or
+            ``"torch-cache"`` for torchvision's default weights already in the torch hub
+            cache; loaded with ``weights_only=True``, never downloaded.
         dropout: dropout probability before the head.
         band_names: channel names (to place the RGB filters), see :func:`widen_conv`.
 
@@ -177,7 +198,8 @@ def build_model(
         return RegressionModel(body, body.out_features, dropout=dropout, spec=spec)
     net, features, first = BACKBONES[name]()
     if pretrained_path is not None:
-        path = Path(pretrained_path)
+        use_cache = str(pretrained_path) == TORCH_CACHE
+        path = cached_weights_path(name) if use_cache else Path(pretrained_path)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights {path} not found (a local file)")
         state = torch.load(path, map_location="cpu", weights_only=True)
