@@ -42,7 +42,11 @@ STAGES: tuple[Stage, ...] = (
         # the study trains 16 models: a small CNN on whole 48 px patches (cached in memory)
         {"model": "tiny_cnn", "crop": None, "epochs": 5, "batch_size": 64, "lr": 0.003},
     ),
-    Stage("visualization.ipynb", {}),
+    Stage(
+        "visualization.ipynb",
+        # 2 examples from each of the 6 label bins, pushed 0.5 poorer and richer
+        {"examples_per_bin": 2, "iterations": 100, "push": 0.5, "faithfulness_steps": 16},
+    ),
 )
 
 

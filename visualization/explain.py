@@ -56,9 +56,13 @@ class ExplainConfig:
             over its ``label_range`` or the training labels' range (DESIGN 5).
         iterations: LOTS iteration cap.
         step: LOTS step as a fraction of each band's typical (1-99 %) data range.
-        layer: LOTS layer: ``"features"``, ``"output"`` or a sub-module name.
+        layer: LOTS layer for the pushes: ``"output"`` (the prediction itself; the
+            default, as a push through ``"features"`` targets the nearest feature vector
+            with the wanted head output, which a trained ResNet often cannot reach: on the
+            demo it stalls at a third of the push) or ``"features"``.
         push: how far each prediction is pushed down and up, in label units.
         rtol: LOTS stop: within this share of the starting distance / planned change.
+        anneal: a sample's step shrinks by this factor each time it overshoots.
         quarter: quarter whose B4/B3/B2 make the true-colour image.
         sigma: Gaussian blur of the heatmaps, in pixels.
         clip_percentile: heatmaps are clipped at this per-map percentile.
@@ -79,9 +83,10 @@ class ExplainConfig:
     n_bins: int | None = None
     iterations: int = 100
     step: float = 1 / 255
-    layer: str = "features"
+    layer: str = "output"
     push: float = 0.5
     rtol: float = 0.01
+    anneal: float = 0.5
     quarter: str = "q2"
     sigma: float = 1.0
     clip_percentile: float | None = 99.0
@@ -285,7 +290,9 @@ def push_examples(session: Session, examples: Examples) -> dict[str, LotsResult]
             step=cfg.step,
             iterations=cfg.iterations,
             rtol=cfg.rtol,
+            anneal=cfg.anneal,
             mutable=session.mutable,
+            step_range=session.step_range,
             batch_size=cfg.batch_size,
         )
     return out

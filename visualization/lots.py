@@ -369,6 +369,7 @@ def lots(
     atol: float = 0.0,
     mutable: Tensor | Sequence[bool] | None = None,
     step_range: Tensor | Sequence[float] | None = None,
+    anneal: float = 0.5,
     batch_size: int = 32,
 ) -> LotsResult:
     """Run LOTS on a batch (Rozsa, Günther, Boult 2017).
@@ -389,6 +390,9 @@ def lots(
             ``rtol`` of the planned change of ``target.prediction`` in the push direction.
         mutable: (C,) booleans; channels marked False are never changed (e.g. a
             categorical land-cover channel).
+        step_range: see ``step``.
+        anneal: a sample's step is multiplied by this factor whenever its distance
+            grew (it overshot); 1.0 keeps the fixed step of the original LOTS.
         batch_size: samples per forward/backward pass.
 
     Returns:
@@ -398,8 +402,11 @@ def lots(
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
     if not isinstance(target, LotsTarget):
         target = LotsTarget(features=target)
-    if iterations < 0 or step <= 0:
-        raise ValueError(f"need iterations >= 0 and step > 0, got {iterations}, {step}")
+    if iterations < 0 or step <= 0 or not 0 < anneal <= 1:
+        raise ValueError(
+            "need iterations >= 0, step > 0 and 0 < anneal <= 1; "
+            f"got {iterations}, {step}, {anneal}"
+        )
     n, c = x.shape[:2]
     device = x.device
     lo = _per_channel(lower, c, "lower").to(device)
@@ -450,6 +457,7 @@ def lots(
                 iterations,
                 rtol,
                 atol,
+                anneal,
             )
             x_adv[sl], distances[sl], predictions[sl], converged[sl], steps[sl] = res
     finally:
@@ -470,6 +478,7 @@ def _lots_batch(
     iterations: int,
     rtol: float,
     atol: float,
+    anneal: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One batch of LOTS; each sample is frozen once it has converged."""
     n = x.shape[0]
@@ -480,6 +489,8 @@ def _lots_batch(
     steps = torch.zeros(n, dtype=torch.long)
     active = torch.arange(n, device=x.device)
     d0 = p0 = torch.zeros(n, device=x.device)
+    prev = torch.full((n,), float("inf"), device=x.device)
+    gain = torch.ones(n, device=x.device)  # per-sample step factor, shrunk on overshoot
     for it in range(iterations + 1):
         xa = x[active].requires_grad_(True)
         feats, p = run(xa)
@@ -490,6 +501,8 @@ def _lots_batch(
         if it == 0:
             d0 = d.detach().clone()
             p0 = p.detach().clone()
+        gain[active[d.detach() > prev[active]]] *= anneal
+        prev[active] = d.detach()
         done = d.detach() <= atol + rtol * d0[active]
         if goal is not None and direction is not None:
             moved = (p.detach() - goal[active]) * direction[active]
@@ -504,7 +517,8 @@ def _lots_batch(
         grad = grad[keep]
         scale = grad.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
         active = active[keep]
-        x[active] = torch.minimum(torch.maximum(x[active] - step_c * grad / scale, lo), hi)
+        move = step_c * gain[active].view(-1, 1, 1, 1) * grad / scale
+        x[active] = torch.minimum(torch.maximum(x[active] - move, lo), hi)
         steps[active.cpu()] += 1
     # a sample that stopped keeps its last distance/prediction in the remaining columns
     later = torch.arange(iterations + 1)[None] > steps[:, None]
