@@ -234,3 +234,14 @@ def test_clear_errors(model, data) -> None:
         lots(model, x[0], t, lower=lower, upper=upper)
     with pytest.raises(ValueError, match="push target needs layer"):
         push_target(model, x, 1.0, layer="body.0")
+
+
+def test_anneal_shrinks_the_step_after_an_overshoot(model, data) -> None:
+    x, lower, upper = data
+    target = push_target(model, x, 0.01, "output")  # a tiny push: a big step overshoots it
+    kw = dict(layer="output", lower=lower, upper=upper, step=0.2, iterations=20, rtol=0.0)
+    fixed = lots(model, x, LotsTarget(target.features), anneal=1.0, **kw)
+    annealed = lots(model, x, LotsTarget(target.features), anneal=0.5, **kw)
+    assert annealed.distances[:, -1].mean() < 0.5 * fixed.distances[:, -1].mean()
+    with pytest.raises(ValueError, match="anneal"):
+        lots(model, x, target, lower=lower, upper=upper, anneal=0.0)

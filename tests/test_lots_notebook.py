@@ -74,6 +74,8 @@ def check_outputs(explain: Path) -> pd.DataFrame:
 def test_visualization_notebook(run: Path, run_notebook) -> None:
     executed = run_notebook("visualization.ipynb", run_dir=str(run), **TINY)
     check_outputs(RunPaths.of(run).explain)
+    pushes = pd.read_csv(RunPaths.of(run).explain / "pushes.csv")
+    assert (pushes["pred_richer"] > pushes["prediction"]).all()
     nb = json.loads(executed.read_text())
     text = json.dumps([c.get("outputs", []) for c in nb["cells"]])
     assert "image/png" in text  # the figures are shown in the notebook

@@ -298,15 +298,20 @@ def push_examples(session: Session, examples: Examples) -> dict[str, LotsResult]
     return out
 
 
-def push_table(examples: Examples, pushes: dict[str, LotsResult]) -> pd.DataFrame:
+def push_table(
+    examples: Examples, pushes: dict[str, LotsResult], out: str | Path | None = None
+) -> pd.DataFrame:
     """Per example: label, prediction, and for each push the prediction reached,
-    whether LOTS converged and how many steps it took."""
+    whether LOTS converged and how many steps it took (written to ``out`` as CSV)."""
     table = examples.table()
     for name, res in pushes.items():
         final = res.predictions[torch.arange(len(res.x_adv)), res.iterations]
         table[f"pred_{name}"] = final.numpy()
         table[f"converged_{name}"] = res.converged.numpy()
         table[f"steps_{name}"] = res.iterations.numpy()
+    if out is not None:
+        with atomic_open(out) as handle:
+            table.to_csv(handle, index=False)
     return table
 
 
@@ -446,14 +451,12 @@ def explain_run(cfg: ExplainConfig, **session_kwargs: Any) -> dict[str, Any]:
     session = load_session(cfg, **session_kwargs)
     examples = pick_examples(session)
     pushes = push_examples(session, examples)
-    table = push_table(examples, pushes)
+    table = push_table(examples, pushes, cfg.paths.explain / "pushes.csv")
     maps = lots_heatmaps(session, examples, pushes)
     base = baseline_heatmaps(session, examples)
     faith = faithfulness(session, examples, {**maps, **base})
     figures = save_figures(session, examples, pushes, maps, base)
     explain = cfg.paths.explain
-    with atomic_open(explain / "pushes.csv") as handle:
-        table.to_csv(handle, index=False)
     with atomic_open(explain / "config.json") as handle:
         json.dump({**asdict(cfg), "checkpoint_used": str(session.checkpoint)}, handle, indent=2)
     return {"pushes": table, "faithfulness": faith, "figures": figures}
