@@ -13,9 +13,12 @@ TensorFlow is imported lazily, only here, only when a record is written or read.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
 from extract_GPS_images.schema import CELL_ID_FEATURE, META_BANDS, image_band_names
@@ -72,14 +75,38 @@ def sample_bands(
     return bands
 
 
-def write_tfrecord(path: str | Path, records: Iterable[bytes]) -> Path:
-    """Write serialised records to a gzip TFRecord file, atomically."""
-    tf = _tf()
-    options = tf.io.TFRecordOptions(compression_type="GZIP")
-    with atomic_path(path) as tmp:
-        with tf.io.TFRecordWriter(str(tmp), options) as writer:
-            for record in records:
-                writer.write(record)
+def _masked_crc(data: bytes) -> int:
+    """TFRecord's masked CRC-32C of ``data``."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def frame_record(record: bytes) -> bytes:
+    """One record in TFRecord framing: length, its masked CRC-32C, data, data's CRC."""
+    length = struct.pack("<Q", len(record))
+    return b"".join(
+        [
+            length,
+            struct.pack("<I", _masked_crc(length)),
+            record,
+            struct.pack("<I", _masked_crc(record)),
+        ]
+    )
+
+
+def write_tfrecord(path: str | Path, records: Iterable[bytes], level: int = 6) -> Path:
+    """Write serialised records to a gzip TFRecord file, atomically.
+
+    Framing and gzip are done here (zlib releases the GIL, so writer threads run in
+    parallel; TensorFlow's writer holds it); the result is the format
+    ``tf.data.TFRecordDataset(path, compression_type="GZIP")`` reads, with a fixed gzip
+    header (no timestamp), so the same records give the same bytes.
+    """
+    compressor = zlib.compressobj(level, zlib.DEFLATED, 31)  # 31: gzip container
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        for record in records:
+            handle.write(compressor.compress(frame_record(record)))
+        handle.write(compressor.flush())
     return Path(path)
 
 
