@@ -106,7 +106,7 @@ class WorldConfig:
     years: tuple[int, ...] = (2019,)
     bbox: tuple[float, float, float, float] = VIETNAM_BBOX
     n_settlements: int = 60
-    scene_noise: float = 0.18  # std of the wealth the scene shows around the label
+    scene_noise: float = 0.3  # std of the wealth the scene shows around the label
     cloud_probability: float = 0.12  # per quarter
     missing_probability: float = 0.02  # per quarter
 
