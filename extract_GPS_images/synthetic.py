@@ -82,6 +82,11 @@ CLASS_REFLECTANCE = np.array(
     ],
     dtype=np.float32,
 )
+# Cleared, burnt ground of slash-and-burn farming (B2, B3, B4, B8, B11, B12): darker in
+# the near infrared and brighter in B12 than the shrub Dynamic World calls it.
+CLEARED_REFLECTANCE = np.array([0.060, 0.065, 0.085, 0.140, 0.260, 0.230], np.float32)
+#: Unit wealth (0 poorest, 1 richest) below which only clearings tell places apart.
+TAIL_WEALTH = 0.33
 # Land-cover classes outside towns and water, in the order of their shares below.
 REMAINDER_CLASSES: tuple[str, ...] = (
     "trees",
@@ -227,15 +232,24 @@ def _threshold(score: np.ndarray, share: float) -> np.ndarray:
     return score >= np.quantile(score, 1.0 - min(share, 1.0))
 
 
+def _unit_wealth(wealth: float) -> float:
+    return float(np.clip((wealth - WEALTH_RANGE[0]) / (WEALTH_RANGE[1] - WEALTH_RANGE[0]), 0, 1))
+
+
 def land_cover(
     wealth: float, landscape: np.random.Generator, year_rng: np.random.Generator, size: int
-) -> np.ndarray:
-    """Dynamic World class map (size x size, codes 0-8) for a place of ``wealth``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dynamic World class map (size x size, codes 0-8) for a place of ``wealth``, and the
+    mask of freshly cleared (slash-and-burn) ground.
 
     ``landscape`` draws what stays put for one cell over the years (terrain, water,
-    vegetation pattern, town centre); ``year_rng`` what changes (roads, huts).
+    vegetation pattern, town centre); ``year_rng`` what changes (roads, huts, clearings).
+    Below :data:`TAIL_WEALTH` the town/farm/forest shares stop changing: the poorest
+    places differ from poor ones only by small clearings that Dynamic World calls shrub
+    but whose spectrum differs (a rare, subtle, learnable signature of the tail).
     """
-    u = float(np.clip((wealth - WEALTH_RANGE[0]) / (WEALTH_RANGE[1] - WEALTH_RANGE[0]), 0, 1))
+    poverty = max(0.0, (TAIL_WEALTH - _unit_wealth(wealth)) / TAIL_WEALTH)  # 0 above the tail
+    u = max(_unit_wealth(wealth), TAIL_WEALTH)
     water_score = _field(landscape, size, 0.12)
     town_score = _field(landscape, size, 0.06)
     cover_scores = np.stack([_field(landscape, size, 0.07) for _ in REMAINDER_CLASSES])
@@ -269,13 +283,17 @@ def land_cover(
     )
     winner = np.argmax(cover_scores + 1.5 * np.log(shares / shares.sum())[:, None, None], axis=0)
     classes = np.array([DW[c] for c in REMAINDER_CLASSES], np.uint8)[winner]
+    cleared = _threshold(_field(year_rng, size, 0.03), 0.3 * poverty) & ~built
+    classes[cleared] = DW["shrub_and_scrub"]
     classes[built] = DW["built"]
-    classes[_threshold(water_score, water_share)] = DW["water"]
-    return classes
+    water = _threshold(water_score, water_share)
+    classes[water] = DW["water"]
+    return classes, cleared & ~water
 
 
 def reflectance(
     classes: np.ndarray,
+    cleared: np.ndarray,
     wealth: float,
     rng: np.random.Generator,
     *,
@@ -284,8 +302,9 @@ def reflectance(
 ) -> np.ndarray:
     """24 Sentinel-2 channels (quarter-major) for a class map, as reflectance (/10000)."""
     size = classes.shape[0]
-    u = float(np.clip((wealth - WEALTH_RANGE[0]) / (WEALTH_RANGE[1] - WEALTH_RANGE[0]), 0, 1))
+    u = max(_unit_wealth(wealth), TAIL_WEALTH)
     base = CLASS_REFLECTANCE[classes]  # (H, W, 6)
+    base[cleared] = CLEARED_REFLECTANCE
     built = classes == DW["built"]
     # rich roofs are brighter and more varied (concrete, metal); poor ones dull
     roof = 1.0 + (0.15 + 0.5 * u) * rng.normal(0, 1, (size, size)).clip(-2, 2) * built
@@ -294,7 +313,7 @@ def reflectance(
     quarters = []
     for q in range(len(schema.QUARTERS)):
         season = np.sin(2 * np.pi * (q - 0.5) / 4)  # greenest in q2-q3
-        amp = SEASONAL_AMPLITUDE[classes] * season
+        amp = SEASONAL_AMPLITUDE[classes] * season * ~cleared
         img = base.copy()
         img[..., 3] *= 1.0 + amp  # NIR follows the season
         img[..., 2] *= 1.0 - 0.4 * amp  # red dips when green
@@ -319,9 +338,10 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
     landscape = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), 7])
     year_rng = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), int(row.year)])
     shown = row.label + cfg.scene_noise * year_rng.normal()  # the scene shows a noisy wealth
-    classes = land_cover(shown, landscape, year_rng, cfg.size)
+    classes, cleared = land_cover(shown, landscape, year_rng, cfg.size)
     s2 = reflectance(
         classes,
+        cleared,
         shown,
         year_rng,
         cloud_probability=cfg.cloud_probability,
