@@ -110,10 +110,7 @@ def focal_l1_loss(
     activate: Activation = "sigmoid",
 ) -> Tensor:
     """Focal-R L1, ``mean(w * sigma(beta |e|)^gamma * |e|)`` (Yang et al. 2021, DIR, Focal-R)."""
-    pred, target = flatten_pair(pred, target)
-    abs_error = (pred - target).abs()
-    factor = focal_factor(abs_error, beta=beta, gamma=gamma, activate=activate)
-    return weighted_mean(factor * abs_error, weights)
+    return _focal_loss(pred, target, weights, 1, beta=beta, gamma=gamma, activate=activate)
 
 
 def focal_mse_loss(
@@ -126,7 +123,21 @@ def focal_mse_loss(
     activate: Activation = "sigmoid",
 ) -> Tensor:
     """Focal-R MSE, ``mean(w * sigma(beta |e|)^gamma * e^2)`` (Yang et al. 2021, DIR, Focal-R)."""
+    return _focal_loss(pred, target, weights, 2, beta=beta, gamma=gamma, activate=activate)
+
+
+def _focal_loss(
+    pred: Tensor,
+    target: Tensor,
+    weights: Tensor | None,
+    power: int,
+    *,
+    beta: float,
+    gamma: float,
+    activate: Activation,
+) -> Tensor:
+    """``mean(w * sigma(beta |e|)^gamma * |e|^power)``: the two Focal-R variants."""
     pred, target = flatten_pair(pred, target)
-    error = pred - target
-    factor = focal_factor(error.abs(), beta=beta, gamma=gamma, activate=activate)
-    return weighted_mean(factor * error**2, weights)
+    abs_error = (pred - target).abs()
+    factor = focal_factor(abs_error, beta=beta, gamma=gamma, activate=activate)
+    return weighted_mean(factor * abs_error**power, weights)

@@ -220,9 +220,9 @@ def balanced_mae(
     reference: ArrayLike | None = None,
 ) -> float:
     """One-shot balanced MAE (see :class:`BalancedMAE`)."""
-    metric = BalancedMAE(bins, value_range, quantile, reference=reference, warn_empty=False)
-    metric.update(pred, target)
-    return metric.compute().value
+    return per_bin_mae(
+        pred, target, bins, value_range, quantile=quantile, reference=reference
+    ).value
 
 
 def mae(pred: ArrayLike, target: ArrayLike) -> float:
