@@ -7,7 +7,7 @@ thread pool, retries bookkeeping, TFRecord writing, manifest) with a fake that s
 at least 0.9 at ``k = 16``. Earth Engine is never called (the client library is set up
 offline with its own test support).
 
-    python bench/bench_gee_download.py [--latency 0.2] [--k 1 4 16] [--waves 10] [--size 32]
+    python bench/bench_gee_download.py [--latency 0.2] [--k 1 4 16] [--waves 50] [--size 32]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.2, help="fake latency, seconds")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16], help="concurrency")
-    parser.add_argument("--waves", type=int, default=10, help="downloads = waves * k")
+    parser.add_argument("--waves", type=int, default=50, help="downloads = waves * k")
     parser.add_argument("--size", type=int, default=32, help="patch side of the fake replies")
     parser.add_argument("--goal", type=float, default=0.9, help="goal ratio at the largest k")
     return parser
