@@ -174,28 +174,16 @@ def test_own_labels_in_original_format(tmp_path: Path) -> None:
     assert np.mean(first == second) > 0.5
 
 
+def run_synthetic_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m extract_GPS_images synthetic ARGS`` in a subprocess."""
+    command = [sys.executable, "-m", "extract_GPS_images", "synthetic", *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False)
+
+
 def test_cli_twin(tmp_path: Path) -> None:
     out = tmp_path / "cli"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "extract_GPS_images",
-            "synthetic",
-            "--out",
-            str(out),
-            "--n",
-            "12",
-            "--size",
-            "8",
-            "--seed",
-            "1",
-            "--corrupt-fraction",
-            "0.25",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
+    done = run_synthetic_cli(
+        "--out", str(out), "--n", "12", "--size", "8", "--seed", "1", "--corrupt-fraction", "0.25"
     )
     assert done.returncode == 0, done.stderr
     assert "12 records" in done.stdout and "damaged on purpose: 3" in done.stdout
@@ -205,21 +193,7 @@ def test_cli_twin(tmp_path: Path) -> None:
 def test_cli_reports_bad_labels(tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("year,cell id,centroid latitude,centroid longitude,label\n2019,A,95,105,1\n")
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "extract_GPS_images",
-            "synthetic",
-            "--out",
-            str(tmp_path / "o"),
-            "--labels",
-            str(bad),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_synthetic_cli("--out", str(tmp_path / "o"), "--labels", str(bad))
     assert done.returncode != 0
     assert "line 2, column 'centroid latitude'" in done.stderr
 
