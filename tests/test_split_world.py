@@ -138,6 +138,23 @@ def test_hdf5_shards_follow_the_contract(world: Path, reference) -> None:
     )
 
 
+def test_stats_describe_the_train_shards(reference) -> None:
+    out, _ = reference
+    train = np.concatenate([h5py.File(p)[hs.DATA][:] for p in hs.split_files(out, "train")]).astype(
+        np.float64
+    )
+    bands = np.moveaxis(train, 1, 0).reshape(train.shape[1], -1)
+    stats = hs.read_stats(out)
+    assert np.allclose(stats["mean"], bands.mean(axis=1), atol=1e-6)
+    assert np.allclose(stats["std"], bands.std(axis=1), atol=1e-5)
+    assert np.allclose(stats["min"], bands.min(axis=1)) and np.allclose(
+        stats["max"], bands.max(axis=1)
+    )
+    for key, q in (("p01", 1), ("p99", 99)):  # 8x8 patches: every pixel is on the grid
+        expected = np.percentile(bands, q, axis=1, method="inverted_cdf")
+        assert np.allclose(stats[key], expected, atol=1.5e-4), key
+
+
 def test_second_run_writes_nothing(world: Path, reference) -> None:
     out, _ = reference
     before = _snapshot(out)

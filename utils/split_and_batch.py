@@ -46,12 +46,15 @@ from utils.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.shard_writer import (
     COMPRESSIONS,
     DTYPES,
+    STAT_GRID_PIXELS,
     TEXT,
     BandStats,
     ChunkCodec,
+    SampleSummary,
     append_metadata,
     copy_chunk,
     create_sample_datasets,
+    stat_stride,
     write_chunk,
     write_shard_attrs,
 )
@@ -63,6 +66,10 @@ RECORD_SUFFIXES: tuple[str, ...] = (".tfrecord", ".tfrecord.gz", ".tfrecords", "
 EXTRACTED_DIR = "extracted"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = ".staging"
+#: Staging datasets of the per-sample summaries behind ``stats.json``.
+STAT_MOMENTS, STAT_GRID = "stat_moments", "stat_grid"
+#: Version of the staging files' layout (part of the run fingerprint).
+STAGING_VERSION = 2
 REPORT_FILE = "report.json"
 DONE_FILE = ".split_and_batch.done"
 ATTR_FINGERPRINT = "run_fingerprint"
@@ -194,7 +201,8 @@ def list_inputs(src: Path) -> tuple[list[Path], list[Path]]:
 
 def input_fingerprint(src: Path, files: Iterable[Path], cfg: SplitConfig) -> str:
     """Hash of the config and each input's relative path, size and modification time."""
-    digest = hashlib.sha256(json.dumps(cfg.identity(), sort_keys=True).encode())
+    identity = {**cfg.identity(), "staging_version": STAGING_VERSION}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
     for path in files:
         stat = path.stat()
         digest.update(
@@ -236,13 +244,16 @@ def _quarantine_row(file: str, record: int | str, err: RecordError, kept: str) -
 
 
 class _PartWorker:
-    """Reads, validates and encodes one file in a worker thread; quarantines what fails."""
+    """Reads, validates, encodes and summarises (for ``stats.json``) one file in a worker
+    thread; quarantines what fails."""
 
     def __init__(self, rules: RecordRules, codec: ChunkCodec, quarantine: Path) -> None:
         self.rules, self.codec, self.quarantine = rules, codec, quarantine
+        self.stride = stat_stride(rules.size * rules.size, STAT_GRID_PIXELS)
+        self.grid_shape = (codec.shape[0], len(range(0, rules.size * rules.size, self.stride)))
 
-    def __call__(self, item: InputFile) -> tuple[list, list[dict]]:
-        """Encoded chunks of the valid samples and the manifest rows of every record."""
+    def __call__(self, item: InputFile) -> tuple[list, list[SampleSummary], list[dict]]:
+        """Encoded chunks and summaries of the valid samples, manifest rows of every record."""
         result = read_file(item.path, self.rules)
         single_bad = len(result.records) == 1 and result.records[0].sample is None
         kept_file = (
@@ -251,7 +262,7 @@ class _PartWorker:
             else ""
         )
         rows: list[dict] = []
-        chunks = []
+        chunks, summaries = [], []
         for rec in result.records:
             if rec.sample is None:
                 kept = kept_file or keep_bytes(self.quarantine, item.name, rec.payload, rec.index)
@@ -261,6 +272,8 @@ class _PartWorker:
                 continue
             s = rec.sample
             chunks.append(self.codec.encode(s.image))
+            stored = s.image.astype(self.codec.dtype, copy=False)  # stats of what is stored
+            summaries.append(SampleSummary.of(stored, self.stride))
             rows.append(
                 _row(
                     item.name,
@@ -279,31 +292,41 @@ class _PartWorker:
             rows.append(
                 _quarantine_row(item.name, len(result.records), result.file_error, kept_file)
             )
-        return chunks, rows
+        return chunks, summaries, rows
 
 
 def _write_part(
     path: Path, items: list[InputFile], worker: _PartWorker, workers: int, bar: tqdm
 ) -> None:
-    """Process ``items`` into one staging file (atomic): chunks, metadata and manifest rows."""
+    """Process ``items`` into one staging file (atomic): chunks, metadata, the samples'
+    summaries for ``stats.json`` and the manifest rows."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         create_sample_datasets(handle, worker.codec, None)
         data = handle[hs.DATA]
+        capacity = 0
         rows: list[dict] = []
         ok_rows: list[dict] = []
-        for chunks, file_rows in _ordered_map(worker, items, workers):
-            if len(ok_rows) + len(chunks) > data.shape[0]:
-                data.resize(max(2 * data.shape[0], len(ok_rows) + len(chunks), 64), axis=0)
+        summaries: list[SampleSummary] = []
+        for chunks, file_summaries, file_rows in _ordered_map(worker, items, workers):
+            if len(ok_rows) + len(chunks) > capacity:
+                capacity = max(2 * capacity, len(ok_rows) + len(chunks), 64)
+                data.resize(capacity, axis=0)
             for chunk, row in zip(
                 chunks, (r for r in file_rows if r["status"] == "ok"), strict=True
             ):
                 row["staged"] = len(ok_rows)
                 write_chunk(data, len(ok_rows), chunk)
                 ok_rows.append(row)
+            summaries += file_summaries
             rows.extend(file_rows)
             bar.update(1)
         data.resize(len(ok_rows), axis=0)
         append_metadata(handle, 0, ok_rows)
+        bands = worker.grid_shape[0]
+        moments = np.array([s.moments for s in summaries], np.float64).reshape(-1, bands, 4)
+        grid = np.array([s.grid for s in summaries], np.float32)
+        handle.create_dataset(STAT_MOMENTS, data=moments)
+        handle.create_dataset(STAT_GRID, data=grid.reshape(-1, *worker.grid_shape))
         handle.create_dataset("rows", data=[json.dumps(r) for r in rows], dtype=TEXT)
 
 
@@ -330,16 +353,15 @@ def _write_shard(
         append_metadata(handle, 0, members.to_dict("records"))
 
 
-def _staged_images(
-    members: pd.DataFrame, parts: dict[int, h5py.File], codec: ChunkCodec, workers: int
-) -> Iterator[np.ndarray]:
-    """The staged samples of ``members`` as float32 arrays, in order. HDF5 reads stay in
-    this thread (h5py is not thread-safe for chunk reads); decoding runs in the pool."""
-    where = zip(members["part"], members["staged"].astype(int), strict=True)
-    if not codec.direct:
-        return (parts[p][hs.DATA][s].astype(np.float32) for p, s in where)
-    raw = (parts[p][hs.DATA].id.read_direct_chunk((s, 0, 0, 0))[1] for p, s in where)
-    return _ordered_map(codec.decode, raw, workers)
+def _train_stats(
+    manifest: pd.DataFrame, parts: dict[int, h5py.File], stats: BandStats, pixels: int
+) -> None:
+    """Add the staged summaries of the train samples to ``stats``, one part at a time."""
+    train = manifest[manifest["split"] == "train"]
+    for k, members in train.groupby("part"):
+        index = np.sort(members["staged"].astype(int).to_numpy())
+        handle = parts[int(k)]
+        stats.add(handle[STAT_MOMENTS][index], handle[STAT_GRID][index], pixels)
 
 
 def _shard_done(path: Path, fingerprint: str) -> bool:
@@ -502,9 +524,7 @@ def run_split_and_batch(
                         config=cfg.identity(),
                         fingerprint=fingerprint,
                     )
-                if split == "train":
-                    for image in _staged_images(chunk, handles, codec, cfg.workers):
-                        stats.update(image)
+        _train_stats(manifest, handles, stats, size * size)
     finally:
         for handle in handles.values():
             handle.close()

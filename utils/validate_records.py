@@ -24,12 +24,12 @@ from __future__ import annotations
 import math
 import re
 import struct
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from isal import isal_zlib
 
 from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
@@ -121,15 +121,16 @@ class FileResult:
 
 
 def _gzip_blocks(handle) -> Iterator[bytes]:
-    """Inflate a (possibly multi-member) gzip stream block by block."""
-    inflater = zlib.decompressobj(31)
+    """Inflate a (possibly multi-member) gzip stream block by block (ISA-L: the same
+    deflate format as zlib at about twice its speed)."""
+    inflater = isal_zlib.decompressobj(31)
     while block := handle.read(READ_BLOCK):
         while block:
             yield inflater.decompress(block)
             block = b""
             if inflater.eof and inflater.unused_data:  # another gzip member follows
                 block = inflater.unused_data
-                inflater = zlib.decompressobj(31)
+                inflater = isal_zlib.decompressobj(31)
     if not inflater.eof:
         raise RecordError("truncated", "the gzip stream ends before its end marker")
 
@@ -165,7 +166,7 @@ def iter_records(path: str | Path) -> Iterator[bytes]:
                         break
                     yield bytes(buffer[12 : 12 + length])
                     del buffer[:end]
-        except zlib.error as err:
+        except isal_zlib.error as err:
             raise RecordError("unreadable", f"corrupt gzip data ({err})") from None
         if buffer:
             raise RecordError(
