@@ -72,11 +72,12 @@ class ChunkCodec:
         if not self.direct:
             return array
         raw = array.view(np.uint8)
-        if self.compression == "gzip" and self.shuffle:
-            raw = raw.reshape(-1, array.itemsize).T
-        raw = raw.tobytes()
+        if self.compression == "gzip" and self.shuffle:  # bytes of each value apart
+            shuffled = np.empty((array.itemsize, array.size), np.uint8)
+            np.copyto(shuffled, raw.reshape(-1, array.itemsize).T)
+            raw = shuffled
         if self.compression != "gzip":
-            return raw
+            return raw.tobytes()
         if self.level <= ISAL_MAX_LEVEL:
             return isal_zlib.compress(raw, self.level)
         return zlib.compress(raw, self.level)

@@ -348,8 +348,9 @@ def _write_shard(
         create_sample_datasets(handle, codec, len(members))
         write_shard_attrs(handle, split=split, source=source, config=config)
         handle.attrs[ATTR_FINGERPRINT] = fingerprint
+        target, sources = handle[hs.DATA], {k: parts[k][hs.DATA] for k in set(members["part"])}
         for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
-            copy_chunk(parts[part][hs.DATA], int(staged), handle[hs.DATA], i)
+            copy_chunk(sources[part], int(staged), target, i)
         append_metadata(handle, 0, members.to_dict("records"))
 
 

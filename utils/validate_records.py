@@ -34,6 +34,7 @@ from isal import isal_zlib
 from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from extract_GPS_images.labels import cell_key as make_cell_key
+from utils.example_wire import ExampleDecodeError, decode_example
 
 GZIP_MAGIC = b"\x1f\x8b"
 READ_BLOCK = 1 << 20
@@ -135,8 +136,23 @@ def _gzip_blocks(handle) -> Iterator[bytes]:
         raise RecordError("truncated", "the gzip stream ends before its end marker")
 
 
-def iter_records(path: str | Path) -> Iterator[bytes]:
+def _frame(data: bytes | bytearray, start: int) -> tuple[int, int, int] | None:
+    """``(payload start, payload end, record end)`` of the record at ``start``, or
+    ``None`` when ``data`` ends before it does."""
+    if len(data) - start < 12:
+        return None
+    (length,) = struct.unpack_from("<Q", data, start)
+    if length > (1 << 34):
+        raise RecordError("unreadable", f"implausible record length {length}")
+    end = start + 12 + length + 4
+    return (start + 12, start + 12 + length, end) if end <= len(data) else None
+
+
+def iter_records(path: str | Path) -> Iterator[bytes | memoryview]:
     """Yield the serialised records of a TFRecord file (gzip or uncompressed), streaming.
+
+    Records that lie inside one inflated block come as zero-copy ``memoryview`` slices of
+    it, the rare one cut by a block boundary as ``bytes``.
 
     Raises:
         RecordError: ``empty_file``, ``truncated`` (gzip stream or record cut short) or
@@ -153,50 +169,45 @@ def iter_records(path: str | Path) -> Iterator[bytes]:
             if head == GZIP_MAGIC
             else iter(lambda: handle.read(READ_BLOCK), b"")
         )
-        buffer = bytearray()
+        pending = bytearray()  # the start of a record cut by a block boundary
         try:
             for block in blocks:
-                buffer += block
-                while len(buffer) >= 12:
-                    (length,) = struct.unpack_from("<Q", buffer)
-                    end = 12 + length + 4
-                    if length > (1 << 34):
-                        raise RecordError("unreadable", f"implausible record length {length}")
-                    if len(buffer) < end:
-                        break
-                    yield bytes(buffer[12 : 12 + length])
-                    del buffer[:end]
+                pos = 0
+                if pending:
+                    pending += block
+                    while (where := _frame(pending, pos)) is not None:
+                        yield bytes(pending[where[0] : where[1]])
+                        pos = where[2]
+                    del pending[:pos]
+                    continue
+                view = memoryview(block)
+                while (where := _frame(block, pos)) is not None:
+                    yield view[where[0] : where[1]]
+                    pos = where[2]
+                pending += view[pos:]
         except isal_zlib.error as err:
             raise RecordError("unreadable", f"corrupt gzip data ({err})") from None
-        if buffer:
+        if pending:
             raise RecordError(
-                "truncated", f"the last record is cut short ({len(buffer)} bytes left)"
+                "truncated", f"the last record is cut short ({len(pending)} bytes left)"
             )
 
 
 # ---------------------------------------------------------------------------- parsing
 
 
-def _example_class():
-    from tensorflow.core.example.example_pb2 import Example  # noqa: PLC0415 (TF is heavy)
-
-    return Example
-
-
-def _float_features(serialized: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _float_features(serialized: bytes | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     try:
-        example = _example_class().FromString(serialized)
-    except Exception as err:  # noqa: BLE001 (protobuf raises its own DecodeError)
+        features = decode_example(serialized)
+    except ExampleDecodeError as err:
         raise RecordError("unreadable", f"not a tf.train.Example ({err})") from None
     floats, texts = {}, {}
-    for name, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        if kind == "float_list":
-            floats[name] = np.asarray(feature.float_list.value, np.float32)
-        elif kind == "int64_list":
-            floats[name] = np.asarray(feature.int64_list.value, np.float32)
-        elif kind == "bytes_list" and feature.bytes_list.value:
-            texts[name] = feature.bytes_list.value[0].decode("utf-8", "replace")
+    for name, value in features.items():
+        if isinstance(value, list):
+            if value:
+                texts[name] = value[0].decode("utf-8", "replace")
+        else:
+            floats[name] = value.astype(np.float32, copy=False)
     return floats, texts
 
 
@@ -242,7 +253,7 @@ def _constant(name: str, values: np.ndarray, reason: str) -> float:
     return first
 
 
-def decode_record(serialized: bytes, rules: RecordRules, file_name: str) -> Sample:
+def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name: str) -> Sample:
     """Parse and validate one serialised record.
 
     Args:
@@ -280,9 +291,10 @@ def decode_record(serialized: bytes, rules: RecordRules, file_name: str) -> Samp
             "wrong_size",
             f"expected {pixels} values ({rules.size}x{rules.size}): {', '.join(wrong)}",
         )
-    image = np.stack([floats[k] for k in IMAGE_BANDS]).reshape(
-        len(IMAGE_BANDS), rules.size, rules.size
-    )
+    image = np.empty((len(IMAGE_BANDS), pixels), np.float32)
+    for row, k in zip(image.view(np.uint8), IMAGE_BANDS, strict=True):
+        row[:] = floats[k].view(np.uint8)  # byte copy: wire floats are often unaligned
+    image = image.reshape(len(IMAGE_BANDS), rules.size, rules.size)
     _check_image(image, rules)
 
     label = _constant("label", floats["label"], "bad_label")
@@ -398,7 +410,7 @@ def read_file(path: Path, rules: RecordRules) -> FileResult:
                 result.records.append(RecordResult(index, sample))
             except RecordError as err:
                 result.records.append(
-                    RecordResult(index, None, err.reason, err.detail, payload=serialized)
+                    RecordResult(index, None, err.reason, err.detail, payload=bytes(serialized))
                 )
     except RecordError as err:
         result.file_error = err
