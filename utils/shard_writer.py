@@ -162,15 +162,21 @@ class SampleSummary:
     grid: np.ndarray
 
     @classmethod
-    def of(cls, image: np.ndarray, stride: int) -> SampleSummary:
-        """Summarise one sample."""
+    def of(
+        cls,
+        image: np.ndarray,
+        stride: int,
+        band_min: np.ndarray | None = None,
+        band_max: np.ndarray | None = None,
+    ) -> SampleSummary:
+        """Summarise one sample (per-band minima/maxima are taken when not given)."""
         flat = image.reshape(image.shape[0], -1)
         moments = np.stack(
             [
                 flat.sum(axis=1, dtype=np.float64),
                 np.einsum("ij,ij->i", flat, flat, dtype=np.float64),
-                flat.min(axis=1),
-                flat.max(axis=1),
+                flat.min(axis=1) if band_min is None else band_min,
+                flat.max(axis=1) if band_max is None else band_max,
             ],
             axis=1,
         )

@@ -272,8 +272,10 @@ class _PartWorker:
                 continue
             s = rec.sample
             chunks.append(self.codec.encode(s.image))
-            stored = s.image.astype(self.codec.dtype, copy=False)  # stats of what is stored
-            summaries.append(SampleSummary.of(stored, self.stride))
+            if self.codec.dtype == "float32":
+                summaries.append(SampleSummary.of(s.image, self.stride, s.band_min, s.band_max))
+            else:  # the statistics describe what is stored
+                summaries.append(SampleSummary.of(s.image.astype(self.codec.dtype), self.stride))
             rows.append(
                 _row(
                     item.name,

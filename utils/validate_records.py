@@ -97,6 +97,8 @@ class Sample:
     cell_id: str
     cell_key: str
     schema_name: str
+    band_min: np.ndarray | None = None  # per band, as found by the checks
+    band_max: np.ndarray | None = None
 
 
 @dataclass
@@ -295,7 +297,7 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
     for row, k in zip(image.view(np.uint8), IMAGE_BANDS, strict=True):
         row[:] = floats[k].view(np.uint8)  # byte copy: wire floats are often unaligned
     image = image.reshape(len(IMAGE_BANDS), rules.size, rules.size)
-    _check_image(image, rules)
+    band_min, band_max = _check_image(image, rules)
 
     label = _constant("label", floats["label"], "bad_label")
     low, high = rules.label_range
@@ -330,7 +332,9 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
                 "missing_band", f"no cell_id feature and no cell key in {file_name!r}"
             )
         cell_id = cell_id or key
-    return Sample(image, label, lat, lon, year, imagery_year, cell_id, key, schema_name)
+    return Sample(
+        image, label, lat, lon, year, imagery_year, cell_id, key, schema_name, band_min, band_max
+    )
 
 
 def _year(name: str, values: np.ndarray) -> int:
@@ -340,16 +344,18 @@ def _year(name: str, values: np.ndarray) -> int:
     return int(value)
 
 
-def _check_image(image: np.ndarray, rules: RecordRules) -> None:
-    finite = np.isfinite(image).all(axis=(1, 2))
-    if not finite.all():
+def _check_image(image: np.ndarray, rules: RecordRules) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band minima and maxima of a valid image (NaN/inf show up in them, so the
+    whole image is scanned twice, not once per check)."""
+    flat = image.reshape(len(image), -1)
+    mins, maxs = flat.min(axis=1), flat.max(axis=1)
+    if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
+        finite = np.isfinite(flat).all(axis=1)
         bad = [IMAGE_BANDS[i] for i in np.flatnonzero(~finite)]
-        count = int((~np.isfinite(image)).sum())
+        count = int((~np.isfinite(flat)).sum())
         raise RecordError("nan_or_inf", f"{count} non-finite value(s) in {_short(bad)}")
-    s2 = image[:N_S2]
     low, high = rules.reflectance_range
-    mins, maxs = s2.min(axis=(1, 2)), s2.max(axis=(1, 2))
-    bad = np.flatnonzero((mins < low) | (maxs > high))
+    bad = np.flatnonzero((mins[:N_S2] < low) | (maxs[:N_S2] > high))
     if bad.size:
         i = int(bad[0])
         raise RecordError(
@@ -357,13 +363,14 @@ def _check_image(image: np.ndarray, rules: RecordRules) -> None:
             f"reflectance of {IMAGE_BANDS[i]} spans {mins[i]:.4g}..{maxs[i]:.4g}, "
             f"valid [{low}, {high}] ({bad.size} band(s))",
         )
-    dw = image[N_S2]
-    if dw.min() < DW_CODES[0] or dw.max() > DW_CODES[1] or not np.array_equal(dw, np.round(dw)):
+    dw = flat[N_S2]
+    if mins[N_S2] < DW_CODES[0] or maxs[N_S2] > DW_CODES[1] or not np.array_equal(dw, np.round(dw)):
         raise RecordError(
             "out_of_range",
-            f"DW holds {dw.min():.4g}..{dw.max():.4g}; valid: integer codes "
+            f"DW holds {mins[N_S2]:.4g}..{maxs[N_S2]:.4g}; valid: integer codes "
             f"{DW_CODES[0]}-{DW_CODES[1]}",
         )
+    return mins, maxs
 
 
 def infer_size(paths: list[Path], limit: int = 32) -> int | None:
