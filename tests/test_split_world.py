@@ -215,12 +215,12 @@ def test_killed_run_recovers_to_the_same_result(world: Path, reference, tmp_path
     ref, ref_report = reference
     out = tmp_path / "shards"
     # killed inside the third staging part, while its temporary file is open
-    _killed_run(world, out, "write_chunk", after=20)
+    _killed_run(world, out, "_PartWorker.__call__", after=20)  # reading file 21
     assert not (out / "manifest.csv").exists()
     assert 0 < len(list((out / ".staging").glob("part_*.h5"))) < 90 // 8
     assert list((out / ".staging").glob(".tmp-*"))  # the half-written part
     # killed again while writing the shards
-    _killed_run(world, out, "copy_chunk", after=20)
+    _killed_run(world, out, "write_chunk", after=20)
     assert len(list((out / "train").glob("train_*.h5"))) == 1
     report = run_split_and_batch(world, out, SplitConfig(**CFG))
     assert not (out / ".staging").exists() and not list(out.rglob(".tmp-*"))

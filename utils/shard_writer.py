@@ -5,8 +5,8 @@ the chunks are encoded here (byte shuffle + deflate, exactly HDF5's own filters)
 that worker threads compress in parallel, and written with ``write_direct_chunk``.
 Deflate levels 0-3 run on ISA-L (``isal``: about 10x faster than zlib level 1 at the
 same ratio on these samples, and any HDF5 reader inflates them), 4-9 on zlib;
-``lzf`` chunks are compressed by h5py. A staging file and a final shard share the
-same filters, so moving a sample between them copies its compressed chunk as it is.
+``lzf`` chunks are compressed by h5py when written. Encoded chunks can wait in a plain
+staging file and be written into their shard later as they are.
 
 :class:`BandStats` accumulates per-band mean/std/min/max (exact) and percentiles (from
 fixed-width histograms, 1e-4 reflectance resolution, of a regular pixel grid of every
@@ -66,11 +66,10 @@ class ChunkCodec:
             options.update(compression="lzf", shuffle=self.shuffle)
         return options
 
-    def encode(self, image: np.ndarray) -> bytes | np.ndarray:
-        """One sample as stored: compressed chunk bytes, or the cast array for lzf."""
+    def encode(self, image: np.ndarray) -> bytes:
+        """One sample as stored: the compressed chunk (gzip, none), or for lzf the raw
+        array bytes that h5py compresses when :func:`write_chunk` stores them."""
         array = np.ascontiguousarray(image, dtype=self.dtype)
-        if not self.direct:
-            return array
         raw = array.view(np.uint8)
         if self.compression == "gzip" and self.shuffle:  # bytes of each value apart
             shuffled = np.empty((array.itemsize, array.size), np.uint8)
@@ -106,19 +105,12 @@ def create_sample_datasets(handle: h5py.File, codec: ChunkCodec, n: int | None) 
         handle.create_dataset(name, shape=(rows,), dtype=np.int32, **grow)
 
 
-def write_chunk(dataset: h5py.Dataset, index: int, chunk: bytes | np.ndarray) -> None:
-    """Store one encoded sample at ``index``."""
-    if isinstance(chunk, np.ndarray):
-        dataset[index] = chunk
-    else:
+def write_chunk(dataset: h5py.Dataset, index: int, chunk: bytes, codec: ChunkCodec) -> None:
+    """Store one sample encoded by ``codec.encode`` at ``index``."""
+    if codec.direct:
         dataset.id.write_direct_chunk((index, 0, 0, 0), chunk)
-
-
-def copy_chunk(source: h5py.Dataset, index: int, target: h5py.Dataset, to: int) -> None:
-    """Copy sample ``index`` of ``source`` to ``to`` in ``target`` as stored (no re-encoding;
-    both datasets must share shape, dtype and filters)."""
-    mask, chunk = source.id.read_direct_chunk((index, 0, 0, 0))
-    target.id.write_direct_chunk((to, 0, 0, 0), chunk, mask)
+    else:
+        dataset[index] = np.frombuffer(chunk, codec.dtype).reshape(codec.shape)
 
 
 def append_metadata(handle: h5py.File, start: int, meta: Sequence[dict]) -> None:

@@ -5,11 +5,11 @@
 
 1. unzips the archives under ``src`` into ``out/extracted/`` (unsafe entries refused);
 2. reads and validates every record, in parallel, streaming: valid samples are
-   encoded once into staging files (``out/.staging/part_*.h5``, one per
-   ``part_files`` inputs, each written atomically), damaged ones are copied to
+   encoded once into staging parts (``out/.staging/part_*.chunks`` + ``part_*.h5``,
+   one per ``part_files`` inputs, each written atomically), damaged ones are copied to
    ``out/quarantine/`` with their reason;
 3. assigns the samples to train/val/test by location (:mod:`utils.spatial_split`);
-4. moves each sample's compressed chunk into ``out/<split>/<split>_00000.h5`` shards
+4. writes each sample's encoded chunk into ``out/<split>/<split>_00000.h5`` shards
    (written atomically, no re-encoding), computes ``stats.json`` on train and writes
    ``manifest.csv`` (one row per input record) and ``report.json``.
 
@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import h5py
 import numpy as np
@@ -52,7 +54,6 @@ from utils.shard_writer import (
     ChunkCodec,
     SampleSummary,
     append_metadata,
-    copy_chunk,
     create_sample_datasets,
     stat_stride,
     write_chunk,
@@ -68,8 +69,10 @@ QUARANTINE_DIR = "quarantine"
 STAGING_DIR = ".staging"
 #: Staging datasets of the per-sample summaries behind ``stats.json``.
 STAT_MOMENTS, STAT_GRID = "stat_moments", "stat_grid"
+#: Staging dataset of each staged chunk's (offset, size) in the part's ``.chunks`` file.
+CHUNK_SPANS = "chunk_spans"
 #: Version of the staging files' layout (part of the run fingerprint).
-STAGING_VERSION = 2
+STAGING_VERSION = 3
 REPORT_FILE = "report.json"
 DONE_FILE = ".split_and_batch.done"
 ATTR_FINGERPRINT = "run_fingerprint"
@@ -297,36 +300,38 @@ class _PartWorker:
         return chunks, summaries, rows
 
 
+def _chunks_path(part: Path) -> Path:
+    """The plain file beside staging part ``part`` that holds its encoded chunks."""
+    return part.with_suffix(".chunks")
+
+
 def _write_part(
     path: Path, items: list[InputFile], worker: _PartWorker, workers: int, bar: tqdm
 ) -> None:
-    """Process ``items`` into one staging file (atomic): chunks, metadata, the samples'
-    summaries for ``stats.json`` and the manifest rows."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        create_sample_datasets(handle, worker.codec, None)
-        data = handle[hs.DATA]
-        capacity = 0
-        rows: list[dict] = []
-        ok_rows: list[dict] = []
-        summaries: list[SampleSummary] = []
+    """Process ``items`` into one staging part: the encoded chunks appended to a plain
+    file (a write that releases the GIL, unlike h5py's), then an HDF5 file with each
+    chunk's offset and size, the samples' summaries for ``stats.json`` and the manifest
+    rows. Both are written atomically, the HDF5 file last: it marks the part done."""
+    rows: list[dict] = []
+    spans: list[tuple[int, int]] = []
+    summaries: list[SampleSummary] = []
+    with atomic_open(_chunks_path(path), "wb") as blob:
+        offset = 0
         for chunks, file_summaries, file_rows in _ordered_map(worker, items, workers):
-            if len(ok_rows) + len(chunks) > capacity:
-                capacity = max(2 * capacity, len(ok_rows) + len(chunks), 64)
-                data.resize(capacity, axis=0)
-            for chunk, row in zip(
-                chunks, (r for r in file_rows if r["status"] == "ok"), strict=True
-            ):
-                row["staged"] = len(ok_rows)
-                write_chunk(data, len(ok_rows), chunk)
-                ok_rows.append(row)
+            ok = (r for r in file_rows if r["status"] == "ok")
+            for chunk, row in zip(chunks, ok, strict=True):
+                row["staged"] = len(spans)
+                spans.append((offset, len(chunk)))
+                blob.write(chunk)
+                offset += len(chunk)
             summaries += file_summaries
             rows.extend(file_rows)
             bar.update(1)
-        data.resize(len(ok_rows), axis=0)
-        append_metadata(handle, 0, ok_rows)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         bands = worker.grid_shape[0]
         moments = np.array([s.moments for s in summaries], np.float64).reshape(-1, bands, 4)
         grid = np.array([s.grid for s in summaries], np.float32)
+        handle.create_dataset(CHUNK_SPANS, data=np.array(spans, np.int64).reshape(-1, 2))
         handle.create_dataset(STAT_MOMENTS, data=moments)
         handle.create_dataset(STAT_GRID, data=grid.reshape(-1, *worker.grid_shape))
         handle.create_dataset("rows", data=[json.dumps(r) for r in rows], dtype=TEXT)
@@ -335,10 +340,32 @@ def _write_part(
 # ----------------------------------------------------------------------------- pass 2
 
 
+@dataclass
+class _StagedPart:
+    """An open staging part: chunk spans and summaries (HDF5) and the chunk file."""
+
+    meta: h5py.File
+    spans: np.ndarray
+    blob: BinaryIO
+
+    @classmethod
+    def open(cls, path: Path) -> _StagedPart:
+        meta = h5py.File(path, "r")
+        return cls(meta, meta[CHUNK_SPANS][:], open(_chunks_path(path), "rb"))  # noqa: SIM115
+
+    def chunk(self, index: int) -> bytes:
+        offset, size = self.spans[index]
+        return os.pread(self.blob.fileno(), int(size), int(offset))
+
+    def close(self) -> None:
+        self.meta.close()
+        self.blob.close()
+
+
 def _write_shard(
     path: Path,
     members: pd.DataFrame,
-    parts: dict[int, h5py.File],
+    parts: dict[int, _StagedPart],
     codec: ChunkCodec,
     *,
     split: str,
@@ -350,21 +377,21 @@ def _write_shard(
         create_sample_datasets(handle, codec, len(members))
         write_shard_attrs(handle, split=split, source=source, config=config)
         handle.attrs[ATTR_FINGERPRINT] = fingerprint
-        target, sources = handle[hs.DATA], {k: parts[k][hs.DATA] for k in set(members["part"])}
+        target = handle[hs.DATA]
         for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
-            copy_chunk(sources[part], int(staged), target, i)
+            write_chunk(target, i, parts[part].chunk(int(staged)), codec)
         append_metadata(handle, 0, members.to_dict("records"))
 
 
 def _train_stats(
-    manifest: pd.DataFrame, parts: dict[int, h5py.File], stats: BandStats, pixels: int
+    manifest: pd.DataFrame, parts: dict[int, _StagedPart], stats: BandStats, pixels: int
 ) -> None:
     """Add the staged summaries of the train samples to ``stats``, one part at a time."""
     train = manifest[manifest["split"] == "train"]
     for k, members in train.groupby("part"):
         index = np.sort(members["staged"].astype(int).to_numpy())
-        handle = parts[int(k)]
-        stats.add(handle[STAT_MOMENTS][index], handle[STAT_GRID][index], pixels)
+        meta = parts[int(k)].meta
+        stats.add(meta[STAT_MOMENTS][index], meta[STAT_GRID][index], pixels)
 
 
 def _shard_done(path: Path, fingerprint: str) -> bool:
@@ -502,7 +529,7 @@ def run_split_and_batch(
 
     # 4. shards + train statistics
     stats = BandStats(schema.image_band_names(), rules.reflectance_range)
-    handles = {k: h5py.File(p, "r") for k, p in enumerate(part_paths)}
+    handles = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
     shard_counts = {}
     try:
         for split in hs.SPLITS:
