@@ -15,7 +15,12 @@ import pandas as pd
 import pytest
 
 from extract_GPS_images import schema
-from extract_GPS_images.tfrecord import encode_example, sample_bands, write_tfrecord
+from extract_GPS_images.tfrecord import (
+    encode_example,
+    frame_record,
+    sample_bands,
+    write_tfrecord,
+)
 from utils import hdf5_schema as hs
 from utils.split_and_batch import SplitConfig, run_split_and_batch
 from utils.unzip import extract_archives
@@ -251,3 +256,19 @@ def test_a_folder_of_damaged_files_only_is_all_quarantined(tmp_path: Path) -> No
     assert (report.inputs, report.ok, report.quarantined) == (2, 0, 2)
     assert report.per_reason == {"unreadable": 1, "empty_file": 1}
     assert report.shards == {"train": 0, "val": 0, "test": 0}
+
+
+@pytest.mark.parametrize("block", [1, 7, 1000, 1 << 24])
+def test_records_read_alike_at_any_block_size(tmp_path: Path, monkeypatch, block: int) -> None:
+    """Records cut by read blocks, several gzip members and plain TFRecords all come
+    back byte for byte (a small block size forces every path)."""
+    records = [record(seed) for seed in range(3)]
+    plain = tmp_path / "plain.tfrecord"
+    plain.write_bytes(b"".join(frame_record(r) for r in records))
+    gz = write_tfrecord(tmp_path / "one.tfrecord.gz", records)
+    members = tmp_path / "two.tfrecord.gz"  # two gzip members back to back
+    members.write_bytes(gz.read_bytes() + gzip.compress(plain.read_bytes()))
+    monkeypatch.setattr("utils.validate_records.READ_BLOCK", block)
+    assert [bytes(r) for r in iter_records(gz)] == records
+    assert [bytes(r) for r in iter_records(members)] == records * 2
+    assert [bytes(r) for r in iter_records(plain)] == records
