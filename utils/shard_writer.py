@@ -82,27 +82,15 @@ class ChunkCodec:
         return zlib.compress(raw, self.level)
 
 
-def create_sample_datasets(handle: h5py.File, codec: ChunkCodec, n: int | None) -> None:
-    """Create ``data`` and the per-sample datasets; ``n=None`` makes them growable."""
-    rows = 0 if n is None else n
-    grow = {"maxshape": (None,)} if n is None else {}
-    handle.create_dataset(
-        hs.DATA,
-        shape=(rows, *codec.shape),
-        maxshape=(None, *codec.shape) if n is None else None,
-        **codec.dataset_options(),
-    )
-    handle.create_dataset(hs.LABELS, shape=(rows,), dtype=np.float32, **grow)
-    handle.create_dataset(
-        hs.LOCATIONS,
-        shape=(rows, 2),
-        dtype=np.float64,
-        maxshape=(None, 2) if n is None else None,
-    )
+def create_sample_datasets(handle: h5py.File, codec: ChunkCodec, n: int) -> None:
+    """Create ``data`` and the per-sample datasets of a shard of ``n`` samples."""
+    handle.create_dataset(hs.DATA, shape=(n, *codec.shape), **codec.dataset_options())
+    handle.create_dataset(hs.LABELS, shape=(n,), dtype=np.float32)
+    handle.create_dataset(hs.LOCATIONS, shape=(n, 2), dtype=np.float64)
     for name in (hs.CELL_ID, hs.CELL_KEY):
-        handle.create_dataset(name, shape=(rows,), dtype=TEXT, **grow)
+        handle.create_dataset(name, shape=(n,), dtype=TEXT)
     for name in (hs.YEAR, hs.IMAGERY_YEAR):
-        handle.create_dataset(name, shape=(rows,), dtype=np.int32, **grow)
+        handle.create_dataset(name, shape=(n,), dtype=np.int32)
 
 
 def write_chunk(dataset: h5py.Dataset, index: int, chunk: bytes, codec: ChunkCodec) -> None:
@@ -113,20 +101,16 @@ def write_chunk(dataset: h5py.Dataset, index: int, chunk: bytes, codec: ChunkCod
         dataset[index] = np.frombuffer(chunk, codec.dtype).reshape(codec.shape)
 
 
-def append_metadata(handle: h5py.File, start: int, meta: Sequence[dict]) -> None:
-    """Write per-sample metadata rows ``start ... start+len(meta)`` (datasets resized)."""
-    end = start + len(meta)
-    for name in (hs.LABELS, hs.LOCATIONS, hs.CELL_ID, hs.CELL_KEY, hs.YEAR, hs.IMAGERY_YEAR):
-        if handle[name].shape[0] < end:
-            handle[name].resize(end, axis=0)
+def write_metadata(handle: h5py.File, meta: Sequence[dict]) -> None:
+    """Write the per-sample metadata of every sample (one dict per sample, in order)."""
     if not meta:
         return
-    handle[hs.LABELS][start:end] = [m["label"] for m in meta]
-    handle[hs.LOCATIONS][start:end] = [(m["latitude"], m["longitude"]) for m in meta]
-    handle[hs.CELL_ID][start:end] = [m["cell_id"] for m in meta]
-    handle[hs.CELL_KEY][start:end] = [m["cell_key"] for m in meta]
-    handle[hs.YEAR][start:end] = [m["year"] for m in meta]
-    handle[hs.IMAGERY_YEAR][start:end] = [m["imagery_year"] for m in meta]
+    handle[hs.LABELS][:] = [m["label"] for m in meta]
+    handle[hs.LOCATIONS][:] = [(m["latitude"], m["longitude"]) for m in meta]
+    handle[hs.CELL_ID][:] = [m["cell_id"] for m in meta]
+    handle[hs.CELL_KEY][:] = [m["cell_key"] for m in meta]
+    handle[hs.YEAR][:] = [m["year"] for m in meta]
+    handle[hs.IMAGERY_YEAR][:] = [m["imagery_year"] for m in meta]
 
 
 def write_shard_attrs(handle: h5py.File, *, split: str, source: str, config: dict) -> None:

@@ -53,10 +53,10 @@ from utils.shard_writer import (
     BandStats,
     ChunkCodec,
     SampleSummary,
-    append_metadata,
     create_sample_datasets,
     stat_stride,
     write_chunk,
+    write_metadata,
     write_shard_attrs,
 )
 from utils.spatial_split import MODES, assign_splits, check_ratios
@@ -380,7 +380,7 @@ def _write_shard(
         target = handle[hs.DATA]
         for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
             write_chunk(target, i, parts[part].chunk(int(staged)), codec)
-        append_metadata(handle, 0, members.to_dict("records"))
+        write_metadata(handle, members.to_dict("records"))
 
 
 def _train_stats(
