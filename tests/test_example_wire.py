@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tensorflow.core.example import example_pb2 as pb
 
 from extract_GPS_images.tfrecord import encode_example
 from utils.example_wire import ExampleDecodeError, decode_example
 
 
+def _example_class():
+    """TensorFlow's Example message, imported when a test runs: TensorFlow imported while
+    pytest collects (before torch and triton) crashes the later triton import."""
+    from tensorflow.core.example.example_pb2 import Example  # noqa: PLC0415
+
+    return Example
+
+
 def _reference(serialized: bytes) -> dict:
     """Feature name -> value, by protobuf's parser."""
     out = {}
-    for name, feature in pb.Example.FromString(serialized).features.feature.items():
+    for name, feature in _example_class().FromString(serialized).features.feature.items():
         kind = feature.WhichOneof("kind")
         if kind == "float_list":
             out[name] = np.array(feature.float_list.value, np.float32)
@@ -74,7 +81,7 @@ def test_records_as_writers_make_them() -> None:
 
 
 def test_int64_and_bytes_lists() -> None:
-    example = pb.Example()
+    example = _example_class()()
     feature = example.features.feature
     feature["ints"].int64_list.value.extend([0, 1, -1, 127, 128, 2**40, -(2**63), 2**63 - 1])
     feature["texts"].bytes_list.value.extend([b"", b"a", bytes(range(256))])
