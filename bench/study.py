@@ -38,6 +38,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=float, default=None, help="crop share of the patch (None: all)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seeds", nargs="+", type=int, default=None, help="several seeds: means and spread"
+    )
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out-name", default="study", help="folder under <run-dir>/train")
     p.add_argument("--force", action="store_true", help="re-run cached experiments")
@@ -72,6 +75,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         out_name=args.out_name,
         force=args.force,
         cache_data={"auto": "auto", "on": True, "off": False}[args.cache],
+        seeds=tuple(args.seeds or ()),
         train=train,
     )
 

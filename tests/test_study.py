@@ -20,12 +20,14 @@ from utils.paths import project_root
 from utils.study import (
     Experiment,
     MemoryCachedDataset,
+    StudyConfig,
     cached_datasets,
     default_experiments,
     per_bin_plot,
     results_table,
     run_study,
     select_experiments,
+    study,
     to_markdown,
 )
 from utils.train import TrainConfig
@@ -73,6 +75,30 @@ def test_results_table_changes_against_the_baseline_and_markdown(tmp_path: Path)
     assert to_markdown(table.iloc[:0]).count("\n") == 2
 
 
+def test_results_table_over_seeds_pairs_each_seed_with_its_baseline() -> None:
+    base = {"rmse": 0.3, "r2": 0.5, "many_mae": 0.1, "medium_mae": 0.2, "few_mae": 0.9}
+    results = pd.DataFrame(
+        [
+            {"name": "L2", "seed": 0, "bmae": 0.5, "mae": 0.2, "best_epoch": 3, **base},
+            {"name": "BMC", "seed": 0, "bmae": 0.4, "mae": 0.2, "best_epoch": 4, **base},
+            {"name": "L2", "seed": 1, "bmae": 0.4, "mae": 0.25, "best_epoch": 5, **base},
+            {"name": "BMC", "seed": 1, "bmae": 0.44, "mae": 0.2, "best_epoch": 2, **base},
+        ]
+    )
+    table = results_table(results).set_index("method")
+    assert list(table.index) == ["L2", "BMC"] and (table["seeds"] == 2).all()
+    assert table.loc["BMC", "b-MAE"] == pytest.approx(0.42)
+    # -20 % against seed 0's L2, +10 % against seed 1's: mean -5 %, sd of the two
+    assert table.loc["BMC", "b-MAE vs L2 %"] == pytest.approx(-5.0)
+    assert table.loc["BMC", "b-MAE vs L2 % sd"] == pytest.approx(np.std([-20, 10], ddof=1))
+    assert table.loc["BMC", "MAE vs L2 %"] == pytest.approx((0 - 20) / 2)
+    assert table.loc["L2", "b-MAE vs L2 % sd"] == 0
+    assert (
+        list(table.columns).index("b-MAE vs L2 % sd")
+        == list(table.columns).index("b-MAE vs L2 %") + 1
+    )
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, TrainConfig]:
     root = tmp_path_factory.mktemp("study")
@@ -112,6 +138,25 @@ def test_run_study_trains_caches_and_plots(tiny_run: tuple[Path, TrainConfig]) -
     fig = per_bin_plot(results, out / "per_bin.png")
     assert (out / "per_bin.png").stat().st_size > 0
     assert len(fig.axes[0].patches) == len(experiments) * 6
+
+
+def test_study_over_two_seeds(tiny_run: tuple[Path, TrainConfig]) -> None:
+    root, cfg = tiny_run
+    outputs = study(
+        StudyConfig(
+            run_dir=str(root),
+            experiments=["L2", "L3"],
+            out_name="seeds",
+            seeds=(0, 1),
+            train=replace(cfg, epochs=1),
+        )
+    )
+    assert list(outputs.results["seed"]) == [0, 0, 1, 1]
+    assert outputs.results["dir"].nunique() == 4  # each seed is its own cached run
+    assert list(outputs.table["method"]) == ["L2", "L3"] and (outputs.table["seeds"] == 2).all()
+    mean_l3 = outputs.results.query("name == 'L3'")["bmae"].mean()
+    assert outputs.table.set_index("method").loc["L3", "b-MAE"] == pytest.approx(mean_l3)
+    assert outputs.per_bin_png.stat().st_size > 0
 
 
 def test_cli_twin_runs_the_study(tiny_run: tuple[Path, TrainConfig]) -> None:

@@ -379,13 +379,42 @@ def results_table(
 ) -> pd.DataFrame:
     """The study's table: metrics per method and the change against ``baseline``.
 
-    Writes ``results.csv`` and ``results.md`` under ``out_dir`` when given.
+    With runs of several training seeds (a ``seed`` column), each seed's changes are taken
+    against the same seed's baseline, then every column is averaged over the seeds and
+    ``b-MAE vs <baseline> % sd`` gives the spread of the change. Writes ``results.csv``
+    and ``results.md`` under ``out_dir`` when given.
 
     Returns:
         Columns ``method``, b-MAE, MAE, RMSE, R^2, many/medium/few-shot MAE, and
-        ``b-MAE vs L2`` / ``MAE vs L2`` (relative change, %), ``best epoch``.
+        ``b-MAE vs L2`` / ``MAE vs L2`` (relative change, %), ``best epoch``
+        (and ``b-MAE vs L2 % sd``, ``seeds`` for several seeds).
     """
-    table = pd.DataFrame({"method": results["name"]})
+    seeds = results["seed"].nunique() if "seed" in results else 1
+    if seeds > 1:
+        stacked = pd.concat(
+            [_seed_table(group, baseline) for _, group in results.groupby("seed", sort=True)]
+        )
+        by_method = stacked.groupby("method", sort=False)
+        table = by_method.mean(numeric_only=True).reset_index()
+        change = f"b-MAE vs {baseline} %"
+        if change in table:
+            spread = by_method[change].std().to_numpy()
+            table.insert(table.columns.get_loc(change) + 1, f"{change} sd", spread)
+        table["seeds"] = seeds
+    else:
+        table = _seed_table(results, baseline)
+    if out_dir is not None:
+        out = Path(out_dir)
+        with atomic_open(out / "results.csv") as handle:
+            handle.write(table.to_csv(index=False, float_format="%.4f"))
+        with atomic_open(out / "results.md") as handle:
+            handle.write(to_markdown(table))
+    return table
+
+
+def _seed_table(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """:func:`results_table` of runs that share one training seed."""
+    table = pd.DataFrame({"method": results["name"].to_numpy()})
     labels = {
         "bmae": "b-MAE",
         "mae": "MAE",
@@ -396,18 +425,12 @@ def results_table(
         "few_mae": "few MAE",
     }
     for key, label in labels.items():
-        table[label] = results[key].astype(float)
+        table[label] = results[key].astype(float).to_numpy()
     if baseline in set(results["name"]):
         base = results.set_index("name").loc[baseline]
         table[f"b-MAE vs {baseline} %"] = 100 * (table["b-MAE"] / float(base["bmae"]) - 1)
         table[f"MAE vs {baseline} %"] = 100 * (table["MAE"] / float(base["mae"]) - 1)
-    table["best epoch"] = results["best_epoch"].astype(int)
-    if out_dir is not None:
-        out = Path(out_dir)
-        with atomic_open(out / "results.csv") as handle:
-            handle.write(table.to_csv(index=False, float_format="%.4f"))
-        with atomic_open(out / "results.md") as handle:
-            handle.write(to_markdown(table))
+    table["best epoch"] = results["best_epoch"].astype(int).to_numpy()
     return table
 
 
@@ -426,13 +449,16 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
 
 
 def per_bin_plot(results: pd.DataFrame, path: str | Path | None = None):
-    """Grouped bars: test MAE of each label bin (x) for every method (colour).
+    """Grouped bars: test MAE of each label bin (x) for every method (colour); with runs
+    of several seeds, each method's mean over them.
 
     The x labels give each bin's range and test count; empty bins are left blank.
     Returns the matplotlib figure (saved as PNG at ``path`` when given).
     """
     import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy; only for figures)
 
+    if "seed" in results and results["seed"].nunique() > 1:
+        results = _mean_per_bin(results)
     edges = np.asarray(results["bin_edges"].iloc[0], dtype=float)
     counts = results["bin_counts"].iloc[0]
     n_bins, n_methods = len(edges) - 1, len(results)
@@ -454,6 +480,20 @@ def per_bin_plot(results: pd.DataFrame, path: str | Path | None = None):
     return fig
 
 
+def _mean_per_bin(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per method with its per-bin MAE averaged over the seeds' runs."""
+    rows = []
+    for _, group in results.groupby("name", sort=False):
+        values = np.array(
+            [[np.nan if v is None else v for v in row] for row in group["per_bin_mae"]], float
+        )
+        seen = np.isfinite(values)
+        total = np.where(seen, values, 0.0).sum(axis=0)
+        mean = np.where(seen.any(axis=0), total / np.maximum(seen.sum(axis=0), 1), np.nan)
+        rows.append({**group.iloc[0].to_dict(), "per_bin_mae": mean.tolist()})
+    return pd.DataFrame(rows)
+
+
 @dataclass
 class StudyConfig:
     """Every knob of a study run (the notebook's and ``bench/study.py``'s).
@@ -468,6 +508,8 @@ class StudyConfig:
         force: re-run cached experiments.
         cache_data: keep decoded samples in memory across the runs: True, False or
             ``"auto"`` (when ``train.crop`` is the whole patch and the data is small).
+        seeds: training seeds; every experiment runs once per seed and the table shows
+            means and the spread (empty: ``train.seed`` only).
         train: the shared training config (model, epochs, seed, device, ...).
     """
 
@@ -478,6 +520,7 @@ class StudyConfig:
     out_name: str = "study"
     force: bool = False
     cache_data: bool | str = "auto"
+    seeds: tuple[int, ...] = ()
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def out_dir(self) -> Path:
@@ -504,7 +547,17 @@ def study(cfg: StudyConfig) -> StudyOutputs:
     """Run the study of ``cfg`` (cached runs reused), write the table and the plot."""
     out = cfg.out_dir()
     train_cfg = replace(cfg.train, run_dir=cfg.run_dir)
-    results = run_study(cfg.selected(), train_cfg, out, force=cfg.force, cache_data=cfg.cache_data)
+    runs = [
+        run_study(
+            cfg.selected(),
+            replace(train_cfg, seed=seed),
+            out,
+            force=cfg.force,
+            cache_data=cfg.cache_data,
+        ).assign(seed=seed)
+        for seed in cfg.seeds or (train_cfg.seed,)
+    ]
+    results = pd.concat(runs, ignore_index=True)
     table = results_table(results, out, baseline=cfg.baseline)
     per_bin_plot(results, out / "per_bin_mae.png")
     return StudyOutputs(
