@@ -123,16 +123,6 @@ def parse_spec(names: Iterable[str], height: int, width: int) -> dict:
     return {name: tf.io.FixedLenFeature([height, width], tf.float32) for name in names}
 
 
-def feature_lengths(serialized: bytes) -> dict[str, int]:
-    """Band name -> number of float values in a record (bytes features get -1)."""
-    tf = _tf()
-    example = tf.train.Example.FromString(serialized)
-    return {
-        name: len(feat.float_list.value) if feat.HasField("float_list") else -1
-        for name, feat in example.features.feature.items()
-    }
-
-
 def read_bands(path: str | Path, index: int = 0) -> tuple[dict[str, np.ndarray], str | None]:
     """Read record ``index`` of a canonical-schema file as band name -> (H, W) arrays
     (square patches; H inferred from the band length) and its cell id, if stored."""
