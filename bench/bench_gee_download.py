@@ -29,7 +29,6 @@ from extract_GPS_images.gee_download import (  # noqa: E402
     download_locations,
 )
 from extract_GPS_images.gee_recipe import FALLBACK_BAND, RecipeConfig  # noqa: E402
-from extract_GPS_images.tfrecord import encode_example  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -60,7 +59,6 @@ def measure(k: int, *, latency: float, waves: int, size: int) -> tuple[float, fl
 
 def main(args: argparse.Namespace) -> float:
     """Print achieved / ideal per concurrency; return the ratio at the largest ``k``."""
-    encode_example({"warm": [0.0]})  # import TensorFlow before timing
     ratio = 0.0
     with offline_ee():
         print(f"fake computePixels latency {args.latency * 1000:.0f} ms, {args.size}x{args.size} "

@@ -36,8 +36,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -401,6 +404,7 @@ def generate_world(
     labels: str | Path | pd.DataFrame | None = None,
     on_error: str = "raise",
     progress: bool = True,
+    workers: int = 1,
     **options,
 ) -> WorldReport:
     """Write a synthetic world: ``labels.csv``, one TFRecord per record, ``corruptions.csv``.
@@ -416,6 +420,8 @@ def generate_world(
             every valid row instead of inventing places.
         on_error: what the labels reader does with bad rows (``"raise"``/``"skip"``).
         progress: show a progress bar.
+        workers: processes rendering records in parallel (the files are the same for
+            any number).
         **options: other :class:`WorldConfig` fields (bbox, scene_noise, ...).
 
     Returns:
@@ -442,24 +448,19 @@ def generate_world(
     ]
     damaged = pick_damaged(len(table), cfg.corrupt_fraction, cfg.seed)
 
-    written = skipped = 0
-    for i, row in tqdm(
-        table.iterrows(), total=len(table), desc="synthetic world", disable=not progress
-    ):
-        path = out / row.file
-        if path.exists():
-            skipped += 1
-            continue
-        kind = damaged.get(i)
-        bands = render_record(row, cfg)
-        if kind:
-            bands = damage(bands, kind, np.random.default_rng([cfg.seed, 3, i]))
-        record = encode_example(bands, cell_id=row.cell_id)
-        if kind == "truncated_gzip":
-            _write_truncated(path, record)
-        else:
-            write_tfrecord(path, [record])
-        written += 1
+    todo = [i for i in range(len(table)) if not (out / table.file[i]).exists()]
+    rows = [table.iloc[i] for i in todo]
+    jobs = (repeat(out), rows, repeat(cfg), todo, [damaged.get(i) for i in todo])
+    bar = dict(total=len(todo), desc="synthetic world", disable=not progress)
+    if workers > 1 and len(todo) > 1:
+        context = multiprocessing.get_context("spawn")  # no fork of a threaded parent
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=context) as pool:
+            for _ in tqdm(pool.map(write_record, *jobs, chunksize=4), **bar):
+                pass
+    else:
+        for _ in tqdm(map(write_record, *jobs), **bar):
+            pass
+    written, skipped = len(todo), len(table) - len(todo)
     write_labels(table, out / "labels.csv")
     corruptions = pd.DataFrame(
         [(table.file[i], table.cell_id[i], int(table.year[i]), k) for i, k in damaged.items()],
@@ -468,6 +469,23 @@ def generate_world(
     with atomic_open(out / "corruptions.csv") as handle:
         corruptions.to_csv(handle, index=False, lineterminator="\n")
     return WorldReport(out, table, written, skipped, corruptions, dataclasses.asdict(cfg))
+
+
+def write_record(
+    out: Path, row: pd.Series, cfg: WorldConfig, index: int, kind: str | None
+) -> Path:
+    """Render the record of one labels row, damage it when ``kind`` names a damage, and
+    write it to ``out / row.file`` (atomically). The bytes depend only on the arguments."""
+    path = out / row.file
+    bands = render_record(row, cfg)
+    if kind:
+        bands = damage(bands, kind, np.random.default_rng([cfg.seed, 3, index]))
+    record = encode_example(bands, cell_id=row.cell_id)
+    if kind == "truncated_gzip":
+        _write_truncated(path, record)
+    else:
+        write_tfrecord(path, [record])
+    return path
 
 
 def _write_truncated(path: Path, record: bytes) -> None:
@@ -509,6 +527,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--corrupt-fraction", type=float, default=0.02)
     parser.add_argument("--years", type=int, nargs="+", default=[2019])
     parser.add_argument("--labels", help="your labels.csv: synthesise imagery for its rows")
+    parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     parser.add_argument(
         "--skip-bad-rows", action="store_true", help="skip bad labels.csv rows instead of failing"
     )
@@ -526,6 +545,7 @@ def main(args: argparse.Namespace) -> None:
             years=args.years,
             labels=args.labels,
             on_error="skip" if args.skip_bad_rows else "raise",
+            workers=args.workers,
         )
     except LabelsError as err:
         raise SystemExit(f"error: {err}") from None

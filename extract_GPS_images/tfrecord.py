@@ -22,6 +22,7 @@ import google_crc32c
 import numpy as np
 
 from extract_GPS_images.schema import CELL_ID_FEATURE, META_BANDS, image_band_names
+from utils import example_wire
 from utils.atomic import atomic_path
 
 
@@ -33,25 +34,15 @@ def _tf():
 
 
 def encode_example(bands: Mapping[str, np.ndarray], cell_id: str | None = None) -> bytes:
-    """Serialise one record deterministically (same arrays, same bytes).
+    """Serialise one record deterministically (same arrays, same bytes; the bytes of
+    TensorFlow's deterministic serialisation, written without TensorFlow).
 
     Args:
         bands: band name -> array of any shape (flattened row-major as float32).
         cell_id: original cell id, stored as a bytes feature when given.
     """
-    tf = _tf()
-    feature = {
-        name: tf.train.Feature(
-            float_list=tf.train.FloatList(value=np.asarray(arr, np.float32).ravel().tolist())
-        )
-        for name, arr in bands.items()
-    }
-    if cell_id is not None:
-        feature[CELL_ID_FEATURE] = tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[str(cell_id).encode("utf-8")])
-        )
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString(deterministic=True)
+    extra = None if cell_id is None else {CELL_ID_FEATURE: str(cell_id).encode("utf-8")}
+    return example_wire.encode_example(bands, extra)
 
 
 def sample_bands(

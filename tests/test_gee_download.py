@@ -156,9 +156,6 @@ from extract_GPS_images import gee_download as dl
 from extract_GPS_images.gee_recipe import FALLBACK_BAND, RecipeConfig
 from extract_GPS_images.labels import read_labels
 
-from extract_GPS_images.tfrecord import encode_example
-
-encode_example({{"warm": [0.0]}})  # TensorFlow imported before the first write
 recipe = RecipeConfig(size={size})
 names = [*recipe.channel_names, FALLBACK_BAND]
 with offline_ee():

@@ -103,11 +103,12 @@ def test_scene_tells_the_label(world) -> None:
     assert 0.4 < r_built < 0.98 and r_natural < -0.3
 
 
-def test_same_seed_same_bytes(world, tmp_path: Path) -> None:
-    generate_world(
-        tmp_path, n=400, size=SIZE, seed=3, corrupt_fraction=0.05, progress=False
+def test_same_seed_same_bytes_with_any_number_of_workers(world, tmp_path: Path) -> None:
+    again = generate_world(
+        tmp_path, n=400, size=SIZE, seed=3, corrupt_fraction=0.05, progress=False, workers=2
     )
-    for name in ["labels.csv", "corruptions.csv", *world.labels["file"][:60]]:
+    assert again.written == 400 and len(world.corruptions) > 0
+    for name in ["labels.csv", "corruptions.csv", *world.labels["file"]]:
         assert (tmp_path / name).read_bytes() == (world.out_dir / name).read_bytes(), name
     other = generate_world(tmp_path / "other", n=20, size=SIZE, seed=4, progress=False)
     assert (other.files[0]).read_bytes() != world.files[0].read_bytes()

@@ -1,4 +1,4 @@
-"""Decode a serialised ``tf.train.Example`` straight from the protobuf wire format.
+"""Encode and decode a serialised ``tf.train.Example`` straight in the protobuf wire format.
 
 ``split_and_batch`` reads every record of an export in reader threads. Parsing with the
 protobuf classes holds the GIL for the whole record (the message, then one Python float
@@ -19,11 +19,13 @@ The messages (``tensorflow/core/example/{example,feature}.proto``)::
 
 Both packed and unpacked encodings of the repeated fields are accepted, unknown fields
 are skipped, and a later map entry or ``kind`` replaces an earlier one, as protobuf does.
+:func:`encode_example` writes the bytes of protobuf's deterministic serialisation (map
+entries sorted by key), so writers need no TensorFlow either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -213,3 +215,41 @@ def decode_example(serialized: Buffer) -> dict[str, FeatureValue]:
             else:
                 features[key] = value
     return features
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _length_field(tag: int, payload: bytes) -> bytes:
+    """A length-delimited field: tag byte, size varint, payload."""
+    return bytes([tag]) + _varint_bytes(len(payload)) + payload
+
+
+def encode_example(
+    floats: Mapping[str, np.ndarray], byte_features: Mapping[str, bytes] | None = None
+) -> bytes:
+    """Serialise a ``tf.train.Example``: the same bytes as TensorFlow's
+    ``Example.SerializeToString(deterministic=True)``.
+
+    Args:
+        floats: feature name -> array of any shape (stored row-major as a packed float32
+            ``FloatList``).
+        byte_features: feature name -> one byte string (a one-value ``BytesList``).
+    """
+    features = {}
+    for name, array in floats.items():
+        packed = np.asarray(array, "<f4").tobytes()  # an empty list writes no field
+        features[name] = _length_field(0x12, _length_field(0x0A, packed) if packed else b"")
+    for name, value in (byte_features or {}).items():
+        features[name] = _length_field(0x0A, _length_field(0x0A, value))
+    entries = [
+        _length_field(0x0A, _length_field(0x0A, key) + _length_field(0x12, value))
+        for key, value in sorted((n.encode("utf-8"), v) for n, v in features.items())
+    ]
+    return _length_field(0x0A, b"".join(entries))
