@@ -46,9 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="re-run cached experiments")
     p.add_argument(
         "--cache",
-        choices=("auto", "on", "off"),
+        choices=("auto", "on", "off", "device"),
         default="auto",
-        help="keep decoded samples in memory across runs (auto: if under 2 GiB)",
+        help="keep decoded samples in memory across runs (auto: if under 2 GiB; "
+        "device: in GPU memory)",
     )
     return p
 
@@ -74,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         alphas=tuple(args.alphas),
         out_name=args.out_name,
         force=args.force,
-        cache_data={"auto": "auto", "on": True, "off": False}[args.cache],
+        cache_data={"auto": "auto", "on": True, "off": False, "device": "device"}[args.cache],
         seeds=tuple(args.seeds or ()),
         train=train,
     )

@@ -212,6 +212,28 @@ def test_memory_cache_returns_what_the_shards_hold(tiny_run: tuple[Path, TrainCo
     assert cached_datasets(cfg, max_bytes=10) is None
 
 
+def test_device_cache_filled_by_workers_holds_tensors_there(
+    tiny_run: tuple[Path, TrainConfig],
+) -> None:
+    root, cfg = tiny_run
+    fresh = ShardDataset(root / "shards", "val", crop=None)
+    datasets = cached_datasets(replace(cfg, num_workers=2), device="cpu")
+    assert datasets is not None
+    val = datasets["val"]
+    assert len(val._items) == len(val) == 16  # read up front by the loader workers
+    for i in (0, 7):
+        assert val[i]["image"].device == torch.device("cpu")
+        torch.testing.assert_close(val[i]["image"], fresh[i]["image"])
+    # flips/rot90 of a stored tensor draw the same as those of the NumPy path
+    host = MemoryCachedDataset(ShardDataset(root / "shards", "train"), augment=True)
+    kept = MemoryCachedDataset(ShardDataset(root / "shards", "train"), augment=True, device="cpu")
+    for seed in range(12):
+        torch.manual_seed(seed)
+        a = host[1]["image"]
+        torch.manual_seed(seed)
+        torch.testing.assert_close(kept[1]["image"], a)
+
+
 def test_cached_and_uncached_study_runs_agree(tiny_run: tuple[Path, TrainConfig]) -> None:
     root, cfg = tiny_run
     cfg = replace(cfg, augment=True)
@@ -220,5 +242,9 @@ def test_cached_and_uncached_study_runs_agree(tiny_run: tuple[Path, TrainConfig]
     cached = run_study(experiments, cfg, root / "train" / "cached", cache_data=True)
     assert cached["bmae"][0] == pytest.approx(plain["bmae"][0], rel=1e-5)
     assert cached["mae"][0] == pytest.approx(plain["mae"][0], rel=1e-5)
+    kept = run_study(experiments, cfg, root / "train" / "device", cache_data="device")
+    assert kept["bmae"][0] == pytest.approx(plain["bmae"][0], rel=1e-5)
+    with pytest.raises(ValueError, match="cache_data"):
+        run_study(experiments, cfg, root / "train" / "x", cache_data="gpu")
     with pytest.raises(ValueError, match="crop=None"):
         run_study(experiments, replace(cfg, crop=8), root / "train" / "x", cache_data=True)

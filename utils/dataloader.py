@@ -270,18 +270,21 @@ class ShardDataset(Dataset):
         )
 
 
-def augment(image: np.ndarray) -> np.ndarray:
+def augment(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Random horizontal and vertical flips and a random multiple of 90 degrees (the
-    last only for square images) of a (C, H, W) array, drawn from torch's RNG (seeded
-    per DataLoader worker). Returns a view; NumPy views are far cheaper than torch's
-    flip on small CPU tensors."""
+    last only for square images) of a (C, H, W) array or tensor, drawn from torch's RNG
+    (seeded per DataLoader worker). NumPy arrays come back as views (far cheaper than
+    torch's flip on small CPU tensors); tensors (e.g. kept on the GPU) stay on their
+    device. The same draws give the same result for both."""
     flip_h, flip_v, turns = torch.randint(0, 4, (3,)).tolist()
+    is_tensor = isinstance(image, torch.Tensor)
     if flip_h % 2:
-        image = image[..., ::-1]
+        image = torch.flip(image, (-1,)) if is_tensor else image[..., ::-1]
     if flip_v % 2:
-        image = image[..., ::-1, :]
+        image = torch.flip(image, (-2,)) if is_tensor else image[..., ::-1, :]
     if image.shape[-1] == image.shape[-2] and turns:
-        image = np.rot90(image, turns, axes=(-2, -1))
+        rot90 = torch.rot90 if is_tensor else np.rot90
+        image = rot90(image, turns, (-2, -1))
     return image
 
 

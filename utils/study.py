@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 from loss import get_loss
 from loss.fds import FDS, FDSModel
@@ -142,14 +143,22 @@ class MemoryCachedDataset(Dataset):
     items (no random crop, no augmentation of its own); the random flips/rot90 of
     training are applied here on the cached item (:func:`utils.dataloader.augment`,
     the dataset's own function and RNG) when ``augment`` is set. Memory: about
-    ``len(dataset) * C * h * w * 4`` bytes. Other attributes (``labels``, ``band_names``,
-    ``patch``, ...) are the wrapped dataset's.
+    ``len(dataset) * C * h * w * 4`` bytes, on ``device`` when given (e.g. the GPU, so
+    that batches need no host-to-device copy; its loaders then run without workers and
+    without pinned memory), else in host memory. Other attributes (``labels``,
+    ``band_names``, ``patch``, ...) are the wrapped dataset's.
 
     Raises:
         ValueError: for a dataset whose items are random.
     """
 
-    def __init__(self, dataset: ShardDataset, *, augment: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        *,
+        augment: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
         if dataset.train and (dataset.augment or dataset.crop < dataset.patch):
             raise ValueError(
                 f"cannot cache {dataset!r}: its items are random (crop {dataset.crop} of "
@@ -158,20 +167,41 @@ class MemoryCachedDataset(Dataset):
             )
         self.dataset = dataset
         self.augment = augment
+        self.device = None if device is None else torch.device(device)
         self._items: dict[int, dict[str, Any]] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def _store(self, index: int, item: dict[str, Any]) -> dict[str, Any]:
+        if self.device is not None:
+            item = {**item, "image": item["image"].to(self.device)}
+        self._items[index] = item
+        return item
+
+    def fill(self, num_workers: int = 0, progress: bool = False) -> None:
+        """Read every item not cached yet, with ``num_workers`` loader processes (the
+        cache lives in this process: items cached inside loader workers are lost with
+        them)."""
+        missing = [i for i in range(len(self)) if i not in self._items]
+        if not missing:
+            return
+        loader = DataLoader(Subset(self.dataset, missing), batch_size=None, num_workers=num_workers)
+        bar = tqdm(loader, total=len(missing), desc="cache", leave=False, disable=not progress)
+        for index, item in zip(missing, bar, strict=True):
+            self._store(index, item)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         index = int(index)
-        if index not in self._items:
-            self._items[index] = self.dataset[index]
-        item = self._items[index]
+        item = self._items.get(index)
+        if item is None:
+            item = self._store(index, self.dataset[index])
         if not self.augment:
             return item
-        image = np.ascontiguousarray(augment(item["image"].numpy()))
-        return {**item, "image": torch.from_numpy(image)}
+        image = augment(item["image"] if self.device is not None else item["image"].numpy())
+        if isinstance(image, np.ndarray):
+            image = torch.from_numpy(np.ascontiguousarray(image))
+        return {**item, "image": image.contiguous()}
 
     def __getattr__(self, name: str) -> Any:
         if name == "dataset":  # not yet set (e.g. while unpickling)
@@ -184,20 +214,29 @@ def cached_datasets(
     splits: Sequence[str] = ("train", "val", "test"),
     *,
     max_bytes: int | None = CACHE_LIMIT_BYTES,
+    device: torch.device | str | None = None,
 ) -> dict[str, MemoryCachedDataset] | None:
     """In-memory datasets of ``splits`` for ``cfg``, or None when they cannot be cached
     (random crops, i.e. ``cfg.crop`` smaller than the patch) or would take more than
-    ``max_bytes`` (None: no limit)."""
+    ``max_bytes`` (None: no limit). Items are kept on ``device`` when given (see
+    :class:`MemoryCachedDataset`); with ``cfg.num_workers`` the splits are read up
+    front by that many loader processes."""
     built = build_datasets(replace(cfg, augment=False), splits)
     if any(ds.crop < ds.patch for ds in built.values()):
         return None
     size = sum(len(ds) * ds.num_channels * ds.crop**2 * 4 for ds in built.values())
     if max_bytes is not None and size > max_bytes:
         return None
-    return {
-        split: MemoryCachedDataset(ds, augment=bool(cfg.augment) and split == "train")
+    cached = {
+        split: MemoryCachedDataset(
+            ds, augment=bool(cfg.augment) and split == "train", device=device
+        )
         for split, ds in built.items()
     }
+    if cfg.num_workers > 0:
+        for dataset in cached.values():
+            dataset.fill(cfg.num_workers, progress=cfg.progress)
+    return cached
 
 
 def data_fingerprint(train: ShardDataset) -> str:
@@ -304,6 +343,40 @@ def run_experiment(
     return result
 
 
+def study_datasets(
+    cfg: TrainConfig, cache_data: bool | str = "auto"
+) -> tuple[dict[str, Dataset], TrainConfig]:
+    """The train/val/test datasets of a study and the config to train them with.
+
+    Args:
+        cfg: the shared training config.
+        cache_data: True (keep decoded samples in host memory, any size), False,
+            ``"auto"`` (in host memory when the patches are whole and the data is under
+            :data:`CACHE_LIMIT_BYTES`) or ``"device"`` (any size, on the training
+            device: GPU memory on a GPU; the returned config then has no loader workers,
+            since the items are device tensors already).
+
+    Raises:
+        ValueError: for another ``cache_data``, or caching asked for with random crops.
+    """
+    if cache_data not in (True, False, "auto", "device"):
+        raise ValueError(f"cache_data must be True, False, 'auto' or 'device', got {cache_data!r}")
+    datasets = None
+    if cache_data:
+        datasets = cached_datasets(
+            cfg,
+            max_bytes=CACHE_LIMIT_BYTES if cache_data == "auto" else None,
+            device=resolve_device(cfg.device) if cache_data == "device" else None,
+        )
+        if datasets is None and cache_data != "auto":
+            raise ValueError(
+                f"cache_data={cache_data!r} needs whole patches (crop=None); use 'auto' or False"
+            )
+        if cache_data == "device":
+            cfg = replace(cfg, num_workers=0)
+    return datasets or build_datasets(cfg, ("train", "val", "test")), cfg
+
+
 def run_study(
     experiments: Sequence[Experiment],
     cfg: TrainConfig,
@@ -323,8 +396,7 @@ def run_study(
         datasets: ``train``/``val``/``test`` datasets (default: built from ``cfg``).
         force: re-run experiments whose result is cached.
         cache_data: keep the decoded samples in memory across the runs
-            (:func:`cached_datasets`): True (any size), False, or ``"auto"`` (when
-            the patches are whole and the data under :data:`CACHE_LIMIT_BYTES`).
+            (:func:`study_datasets`); ignored when ``datasets`` are given.
 
     Returns:
         A DataFrame with ``name``, the :data:`TABLE_METRICS`, ``per_bin_mae``,
@@ -333,11 +405,8 @@ def run_study(
     names = [e.name for e in experiments]
     if len(set(names)) != len(names):
         raise ValueError(f"experiment names must be unique, got {names}")
-    if datasets is None and cache_data:
-        datasets = cached_datasets(cfg, max_bytes=None if cache_data is True else CACHE_LIMIT_BYTES)
-        if datasets is None and cache_data is True:
-            raise ValueError("cache_data=True needs whole patches (crop=None); use 'auto' or False")
-    datasets = datasets or build_datasets(cfg, ("train", "val", "test"))
+    if datasets is None:
+        datasets, cfg = study_datasets(cfg, cache_data)
     data = data_fingerprint(datasets["train"])
     rows = []
     for i, experiment in enumerate(experiments, 1):
@@ -506,8 +575,9 @@ class StudyConfig:
         baseline: the experiment the others are compared with.
         out_name: the study's folder under ``<run_dir>/train``.
         force: re-run cached experiments.
-        cache_data: keep decoded samples in memory across the runs: True, False or
-            ``"auto"`` (when ``train.crop`` is the whole patch and the data is small).
+        cache_data: keep decoded samples in memory across the runs: True, False,
+            ``"auto"`` (when ``train.crop`` is the whole patch and the data is small) or
+            ``"device"`` (on the training device, e.g. GPU memory).
         seeds: training seeds; every experiment runs once per seed and the table shows
             means and the spread (empty: ``train.seed`` only).
         train: the shared training config (model, epochs, seed, device, ...).
@@ -547,13 +617,10 @@ def study(cfg: StudyConfig) -> StudyOutputs:
     """Run the study of ``cfg`` (cached runs reused), write the table and the plot."""
     out = cfg.out_dir()
     train_cfg = replace(cfg.train, run_dir=cfg.run_dir)
+    datasets, train_cfg = study_datasets(train_cfg, cfg.cache_data)  # read once for all seeds
     runs = [
         run_study(
-            cfg.selected(),
-            replace(train_cfg, seed=seed),
-            out,
-            force=cfg.force,
-            cache_data=cfg.cache_data,
+            cfg.selected(), replace(train_cfg, seed=seed), out, datasets=datasets, force=cfg.force
         ).assign(seed=seed)
         for seed in cfg.seeds or (train_cfg.seed,)
     ]

@@ -502,14 +502,15 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
             f"sample_weights has {len(sample_weights)} values for {len(train_ds)} train samples"
         )
     train_sampler = _train_sampler(cfg, train_ds, info, sampler, sampler_weights)
+    # items already kept on a device (utils.study.MemoryCachedDataset) are not pinned
+    pin = device.type == "cuda" and getattr(train_ds, "device", None) is None
     train_loader = make_loader(
         train_ds, batch_size=cfg.batch_size, shuffle=train_sampler is None,
-        sampler=train_sampler, num_workers=cfg.num_workers, seed=cfg.seed,
-        pin_memory=device.type == "cuda",
+        sampler=train_sampler, num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin,
     )
     val_loader = make_loader(
         val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
-        pin_memory=device.type == "cuda",
+        pin_memory=pin,
     )
     model = model or build_model(
         cfg.model, train_ds.num_channels, pretrained_path=cfg.pretrained_path,
