@@ -21,7 +21,7 @@ experiments=("${experiments[@]//_/ }")
 
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 stamp "world: ${N:=5000} places of ${SIZE:=225} px -> $exports"
-"$python" -m extract_GPS_images synthetic --out "$exports" --n "$N" --size "$SIZE" \
+"$python" -m extract_GPS_images.synthetic --out "$exports" --n "$N" --size "$SIZE" \
     --workers "$workers"
 stamp "split_and_batch -> $run/shards"
 if [[ ! -f $run/shards/.split_and_batch.done ]]; then

@@ -550,3 +550,9 @@ def main(args: argparse.Namespace) -> None:
     except LabelsError as err:
         raise SystemExit(f"error: {err}") from None
     print(report.summary())
+
+
+if __name__ == "__main__":  # python -m extract_GPS_images.synthetic (no Earth Engine import)
+    _parser = argparse.ArgumentParser(description="Write a synthetic world of TFRecords.")
+    add_arguments(_parser)
+    main(_parser.parse_args())
