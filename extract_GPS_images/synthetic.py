@@ -88,8 +88,6 @@ CLASS_REFLECTANCE = np.array(
 # Cleared, burnt ground of slash-and-burn farming (B2, B3, B4, B8, B11, B12): darker in
 # the near infrared and brighter in B12 than the shrub Dynamic World calls it.
 CLEARED_REFLECTANCE = np.array([0.060, 0.065, 0.085, 0.140, 0.260, 0.230], np.float32)
-#: Unit wealth (0 poorest, 1 richest) below which only clearings tell places apart.
-TAIL_WEALTH = 0.33
 # Land-cover classes outside towns and water, in the order of their shares below.
 REMAINDER_CLASSES: tuple[str, ...] = (
     "trees",
@@ -115,6 +113,10 @@ class WorldConfig:
     bbox: tuple[float, float, float, float] = VIETNAM_BBOX
     n_settlements: int = 60
     scene_noise: float = 0.3  # std of the wealth the scene shows around the label
+    # unit wealth (0 poorest, 1 richest) below which only clearings tell places apart
+    tail_wealth: float = 0.33
+    # std of the wealth the clearings show around the label (None: the scene's own)
+    tail_noise: float | None = None
     cloud_probability: float = 0.12  # per quarter
     missing_probability: float = 0.02  # per quarter
 
@@ -240,19 +242,27 @@ def _unit_wealth(wealth: float) -> float:
 
 
 def land_cover(
-    wealth: float, landscape: np.random.Generator, year_rng: np.random.Generator, size: int
+    wealth: float,
+    landscape: np.random.Generator,
+    year_rng: np.random.Generator,
+    size: int,
+    *,
+    tail_wealth: float = 0.33,
+    clearing_wealth: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dynamic World class map (size x size, codes 0-8) for a place of ``wealth``, and the
     mask of freshly cleared (slash-and-burn) ground.
 
     ``landscape`` draws what stays put for one cell over the years (terrain, water,
     vegetation pattern, town centre); ``year_rng`` what changes (roads, huts, clearings).
-    Below :data:`TAIL_WEALTH` the town/farm/forest shares stop changing: the poorest
-    places differ from poor ones only by small clearings that Dynamic World calls shrub
-    but whose spectrum differs (a rare, subtle, learnable signature of the tail).
+    Below unit wealth ``tail_wealth`` the town/farm/forest shares stop changing: the
+    poorest places differ from poor ones only by clearings that Dynamic World calls shrub
+    but whose spectrum differs (a rare, subtle, learnable signature of the tail), as many
+    as ``clearing_wealth`` (default ``wealth``) asks for.
     """
-    poverty = max(0.0, (TAIL_WEALTH - _unit_wealth(wealth)) / TAIL_WEALTH)  # 0 above the tail
-    u = max(_unit_wealth(wealth), TAIL_WEALTH)
+    shown = _unit_wealth(wealth if clearing_wealth is None else clearing_wealth)
+    poverty = max(0.0, (tail_wealth - shown) / tail_wealth)  # 0 above the tail
+    u = max(_unit_wealth(wealth), tail_wealth)
     water_score = _field(landscape, size, 0.12)
     town_score = _field(landscape, size, 0.06)
     cover_scores = np.stack([_field(landscape, size, 0.07) for _ in REMAINDER_CLASSES])
@@ -302,10 +312,11 @@ def reflectance(
     *,
     cloud_probability: float,
     missing_probability: float,
+    tail_wealth: float = 0.33,
 ) -> np.ndarray:
     """24 Sentinel-2 channels (quarter-major) for a class map, as reflectance (/10000)."""
     size = classes.shape[0]
-    u = max(_unit_wealth(wealth), TAIL_WEALTH)
+    u = max(_unit_wealth(wealth), tail_wealth)
     base = CLASS_REFLECTANCE[classes]  # (H, W, 6)
     base[cleared] = CLEARED_REFLECTANCE
     built = classes == DW["built"]
@@ -341,7 +352,13 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
     landscape = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), 7])
     year_rng = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), int(row.year)])
     shown = row.label + cfg.scene_noise * year_rng.normal()  # the scene shows a noisy wealth
-    classes, cleared = land_cover(shown, landscape, year_rng, cfg.size)
+    clearing = None  # the clearings show the scene's wealth, or their own noisy copy
+    if cfg.tail_noise is not None:
+        tail_rng = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), int(row.year), 11])
+        clearing = row.label + cfg.tail_noise * tail_rng.normal()
+    classes, cleared = land_cover(
+        shown, landscape, year_rng, cfg.size, tail_wealth=cfg.tail_wealth, clearing_wealth=clearing
+    )
     s2 = reflectance(
         classes,
         cleared,
@@ -349,6 +366,7 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
         year_rng,
         cloud_probability=cfg.cloud_probability,
         missing_probability=cfg.missing_probability,
+        tail_wealth=cfg.tail_wealth,
     )
     image = np.concatenate([s2, classes[None].astype(np.float32)])
     meta = {k: float(row[k]) for k in schema.META_BANDS}

@@ -19,6 +19,7 @@ from extract_GPS_images.synthetic import (
     WEALTH_BIN_SHARES,
     WEALTH_RANGE,
     generate_world,
+    land_cover,
 )
 from extract_GPS_images.tfrecord import iter_serialized, read_bands
 from tests.test_labels import original_study_csv
@@ -101,6 +102,25 @@ def test_scene_tells_the_label(world) -> None:
     r_built = np.corrcoef(rows["label"], built)[0, 1]
     r_natural = np.corrcoef(rows["label"], natural)[0, 1]
     assert 0.4 < r_built < 0.98 and r_natural < -0.3
+
+
+def test_tail_differs_only_by_clearings_that_follow_their_own_wealth() -> None:
+    """Below ``tail_wealth`` the land cover is frozen but for clearings; their share grows
+    with poverty, and with ``clearing_wealth`` they follow it instead of the scene's."""
+    lo, hi = WEALTH_RANGE
+
+    def cover(wealth: float, tail: float = 0.5, clearing: float | None = None):
+        rngs = (np.random.default_rng(1), np.random.default_rng(2))
+        return land_cover(wealth, *rngs, 48, tail_wealth=tail, clearing_wealth=clearing)
+
+    poorest, poor, tail_edge = lo + 0.05 * (hi - lo), lo + 0.3 * (hi - lo), lo + 0.5 * (hi - lo)
+    (a, cleared_a), (b, cleared_b) = cover(poorest), cover(poor)
+    keep = ~cleared_a & ~cleared_b
+    assert np.array_equal(a[keep], b[keep])  # frozen outside the clearings
+    assert cleared_a.mean() > cleared_b.mean() > cover(tail_edge)[1].mean() == 0.0
+    assert cover(poorest, clearing=tail_edge)[1].mean() == 0.0  # clearings follow their own
+    assert cover(tail_edge, clearing=poorest)[1].mean() == pytest.approx(cleared_a.mean(), abs=0.02)
+    assert not np.array_equal(cover(poorest, tail=0.33)[0], a)
 
 
 def test_same_seed_same_bytes_with_any_number_of_workers(world, tmp_path: Path) -> None:
