@@ -546,6 +546,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--years", type=int, nargs="+", default=[2019])
     parser.add_argument("--labels", help="your labels.csv: synthesise imagery for its rows")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
+    world = WorldConfig()
+    parser.add_argument("--scene-noise", type=float, default=world.scene_noise,
+                        help="std of the wealth a scene shows around its label")
+    parser.add_argument("--tail-wealth", type=float, default=world.tail_wealth,
+                        help="unit wealth below which only clearings tell places apart")
+    parser.add_argument("--tail-noise", type=float, default=world.tail_noise,
+                        help="std of the wealth the clearings show (default: the scene's)")
     parser.add_argument(
         "--skip-bad-rows", action="store_true", help="skip bad labels.csv rows instead of failing"
     )
@@ -564,6 +571,9 @@ def main(args: argparse.Namespace) -> None:
             labels=args.labels,
             on_error="skip" if args.skip_bad_rows else "raise",
             workers=args.workers,
+            scene_noise=args.scene_noise,
+            tail_wealth=args.tail_wealth,
+            tail_noise=args.tail_noise,
         )
     except LabelsError as err:
         raise SystemExit(f"error: {err}") from None

@@ -3,6 +3,7 @@ the user's own labels, resume, CLI."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -209,6 +210,16 @@ def test_cli_twin(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "12 records" in done.stdout and "damaged on purpose: 3" in done.stdout
     assert len(list(out.glob("*.tfrecord.gz"))) == 12
+    # the module itself, with the world's knobs, in worker processes
+    module = tmp_path / "module"
+    knobs = ["--scene-noise", "0.25", "--tail-wealth", "0.5", "--tail-noise", "0.8"]
+    command = [sys.executable, "-m", "extract_GPS_images.synthetic", "--out", str(module)]
+    command += ["--n", "6", "--size", "8", "--workers", "2", *knobs]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((module / "world.json").read_text())["config"]
+    assert (config["scene_noise"], config["tail_wealth"], config["tail_noise"]) == (0.25, 0.5, 0.8)
+    assert len(list(module.glob("*.tfrecord.gz"))) == 6
 
 
 def test_cli_reports_bad_labels(tmp_path: Path) -> None:
