@@ -8,10 +8,12 @@
 #   bash bench/gpu_study.sh runs/study5k_225
 #   N=200 SIZE=32 EPOCHS=1 SEEDS=0 EXPERIMENTS="L2 BMC" bash bench/gpu_study.sh runs/smoke
 #
-# Knobs (environment): N, SIZE, EPOCHS, SEEDS, LR, BATCH, MODEL, WORKERS, PYTHON,
+# Knobs (environment): N, SIZE, EPOCHS, SEEDS, LR, BATCH, MODEL, WORKERS, PYTHON, WORLD
+# (more options of python -m extract_GPS_images.synthetic, e.g. "--tail-noise 1.2"),
 # EXPORTS (folder of the world's TFRecords; default RUN_DIR/exports), EXPERIMENTS
 # (space-separated names of bench.study; names with spaces use _ for the space).
 set -euo pipefail
+# shellcheck disable=SC2086  # WORLD and SEEDS are lists
 run=${1:?usage: bash bench/gpu_study.sh RUN_DIR}
 python=${PYTHON:-python3}
 workers=${WORKERS:-$(nproc)}
@@ -22,15 +24,14 @@ experiments=("${experiments[@]//_/ }")
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 stamp "world: ${N:=5000} places of ${SIZE:=225} px -> $exports"
 "$python" -m extract_GPS_images.synthetic --out "$exports" --n "$N" --size "$SIZE" \
-    --workers "$workers"
+    --workers "$workers" ${WORLD:-}
 stamp "split_and_batch -> $run/shards"
 if [[ ! -f $run/shards/.split_and_batch.done ]]; then
     "$python" -m utils.split_and_batch "$exports" "$run/shards" --dtype float16 \
         --workers "$workers" --no-progress
 fi
 stamp "study"
-# shellcheck disable=SC2086  # SEEDS is a list
-"$python" -m bench.study --run-dir "$run" --model "${MODEL:-resnet18}" --epochs "${EPOCHS:-12}" \
+"$python" -m bench.study --run-dir "$run" --model "${MODEL:-resnet18}" --epochs "${EPOCHS:-10}" \
     --batch-size "${BATCH:-64}" --lr "${LR:-0.001}" --cache device --num-workers "$workers" \
     --seeds ${SEEDS:-0 1 2} --experiments "${experiments[@]}"
 stamp "done"
