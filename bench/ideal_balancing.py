@@ -1,0 +1,100 @@
+"""What balancing can buy at best in a synthetic world: b-MAE and MAE of the ideal L2
+predictor against the ideal predictors of reweighted losses, from a million labels.
+
+The world's scenes depend on a place's wealth only through two numbers: the noisy wealth
+the scene shows (``label + scene_noise * N(0, 1)``, frozen below ``tail_wealth``) and the
+noisy wealth the clearings show (``label + tail_noise * N(0, 1)``, clearing extent
+growing below ``tail_wealth``). A model that read both perfectly and trained on
+unlimited data would predict their conditional mean: the ideal L2 model. Weighting the
+loss by ``(1 / bin share) ** a`` makes the ideal model the weighted conditional mean.
+Both are taken here on a fine grid of the two numbers, so the table shows the trade-off
+the world allows before any CNN, sample size or optimiser enters.
+
+    python -m bench.ideal_balancing                      # the default world
+    python -m bench.ideal_balancing --tail-wealth 0.33 --tail-noise -1  # until 2026-11-25
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from extract_GPS_images.synthetic import WEALTH_RANGE, WorldConfig, wealth_quantile
+
+
+def _unit(wealth: np.ndarray) -> np.ndarray:
+    lo, hi = WEALTH_RANGE
+    return np.clip((wealth - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _grid_mean(cells: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Weighted mean label of each sample's grid cell."""
+    total = np.bincount(cells, weights)
+    return (np.bincount(cells, weights * labels) / np.maximum(total, 1e-12))[cells]
+
+
+def ideal_table(
+    cfg: WorldConfig,
+    alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
+    *,
+    n: int = 1_000_000,
+    grid: int = 60,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """Rows ``{"a", "bmae", "mae", "bmae_change", "mae_change", per-bin MAEs}`` for the
+    ideal L2 model (``a`` = 0) and the ideal model of each weighting strength."""
+    rng = np.random.default_rng(seed)
+    labels = wealth_quantile(rng.random(n))
+    edges = np.linspace(*WEALTH_RANGE, 7)
+    bins = np.clip(np.digitize(labels, edges[1:-1]), 0, 5)
+    share = np.bincount(bins, minlength=6) / n
+    tail = cfg.tail_wealth
+    scene = np.maximum(_unit(labels + cfg.scene_noise * rng.normal(size=n)), tail)
+    clearing_noise = cfg.scene_noise if cfg.tail_noise is None else cfg.tail_noise
+    shown = _unit(labels + clearing_noise * rng.normal(size=n))
+    clearings = np.maximum(0.0, tail - shown) / tail if tail > 0 else np.zeros(n)
+    cells = (np.minimum((scene * grid).astype(int), grid - 1) * grid
+             + np.minimum((clearings * grid).astype(int), grid - 1))
+    rows: list[dict[str, float]] = []
+    for a in (0.0, *alphas):
+        error = np.abs(_grid_mean(cells, labels, (1.0 / share[bins]) ** a) - labels)
+        per_bin = [float(error[bins == b].mean()) for b in range(6)]
+        row = {"a": a, "bmae": float(np.mean(per_bin)), "mae": float(error.mean())}
+        row.update({f"bin{b + 1}": v for b, v in enumerate(per_bin)})
+        rows.append(row)
+    for row in rows:
+        row["bmae_change"] = 100 * (row["bmae"] / rows[0]["bmae"] - 1)
+        row["mae_change"] = 100 * (row["mae"] / rows[0]["mae"] - 1)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, float]]:
+    """Print the table for the world of the given knobs."""
+    world = WorldConfig()
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scene-noise", type=float, default=world.scene_noise)
+    p.add_argument("--tail-wealth", type=float, default=world.tail_wealth)
+    p.add_argument("--tail-noise", type=float, default=world.tail_noise,
+                   help="negative: the scene's own noise (the clearings show the scene's wealth)")
+    p.add_argument("--n", type=int, default=1_000_000)
+    args = p.parse_args(argv)
+    tail_noise = None if args.tail_noise is None or args.tail_noise < 0 else args.tail_noise
+    cfg = WorldConfig(scene_noise=args.scene_noise, tail_wealth=args.tail_wealth,
+                      tail_noise=tail_noise)
+    rows = ideal_table(cfg, n=args.n)
+    l2 = rows[0]
+    print(f"scene_noise {cfg.scene_noise}, tail_wealth {cfg.tail_wealth}, tail_noise "
+          f"{cfg.tail_noise}; b-MAE / MAE of the ideal L2 model "
+          f"{l2['bmae']:.3f} / {l2['mae']:.3f} (ratio {l2['bmae'] / l2['mae']:.2f})")
+    print("| weights (1/share)^a | b-MAE | MAE | b-MAE vs L2 % | MAE vs L2 % | per-bin MAE |")
+    print("|---|---:|---:|---:|---:|---|")
+    for row in rows:
+        per_bin = " ".join(f"{row[f'bin{b}']:.2f}" for b in range(1, 7))
+        print(f"| {'L2' if row['a'] == 0 else row['a']} | {row['bmae']:.3f} | {row['mae']:.3f} | "
+              f"{row['bmae_change']:+.1f} | {row['mae_change']:+.1f} | {per_bin} |")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

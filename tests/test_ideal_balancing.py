@@ -1,0 +1,33 @@
+"""The ideal-predictor analysis of bench/ideal_balancing.py on worlds whose answer is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.ideal_balancing import ideal_table
+from extract_GPS_images.synthetic import WorldConfig
+
+N = 200_000
+
+
+def test_a_noiseless_world_leaves_nothing_to_balance() -> None:
+    rows = ideal_table(WorldConfig(scene_noise=0.001, tail_noise=0.001), n=N)
+    assert rows[0]["bmae"] < 0.03 and rows[0]["mae"] < 0.03  # only the grid's resolution
+    assert all(abs(r["bmae"] - rows[0]["bmae"]) < 0.01 for r in rows)
+
+
+def test_reweighting_trades_mae_for_balanced_mae_in_the_default_world() -> None:
+    rows = ideal_table(WorldConfig(), n=N)
+    assert [r["a"] for r in rows] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert rows[0]["bmae_change"] == 0.0 and rows[0]["mae_change"] == 0.0
+    assert rows[0]["bmae"] == pytest.approx(sum(rows[0][f"bin{b}"] for b in range(1, 7)) / 6)
+    bmae, mae = [r["bmae"] for r in rows], [r["mae"] for r in rows]
+    assert bmae == sorted(bmae, reverse=True) and mae == sorted(mae)  # L2 is the MAE-best
+    assert rows[0]["bin1"] > 3 * rows[0]["bin4"]  # L2 leaves the poorest far off
+
+
+def test_a_noisier_tail_signature_leaves_more_to_balance() -> None:
+    clear = ideal_table(WorldConfig(tail_noise=0.3), alphas=(0.5,), n=N)
+    blurred = ideal_table(WorldConfig(tail_noise=1.2), alphas=(0.5,), n=N)
+    assert blurred[0]["bin1"] > clear[0]["bin1"] + 0.1
+    assert blurred[1]["bmae_change"] < clear[1]["bmae_change"]
