@@ -41,6 +41,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seeds", nargs="+", type=int, default=None, help="several seeds: means and spread"
     )
+    p.add_argument(
+        "--calibration-alphas", nargs="*", type=float, default=list(DEFAULT_ALPHAS),
+        help="balanced calibration of L2 after training, one row per a (none: no rows)",
+    )
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out-name", default="study", help="folder under <run-dir>/train")
     p.add_argument("--force", action="store_true", help="re-run cached experiments")
@@ -77,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         force=args.force,
         cache_data={"auto": "auto", "on": True, "off": False, "device": "device"}[args.cache],
         seeds=tuple(args.seeds or ()),
+        calibration_alphas=tuple(args.calibration_alphas),
         train=train,
     )
 

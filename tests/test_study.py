@@ -15,6 +15,8 @@ import pytest
 import torch
 from shards_factory import write_tiny_shards
 
+from metrics import balanced_mae
+from utils.calibration import BalancedCalibration
 from utils.dataloader import ShardDataset
 from utils.paths import project_root
 from utils.study import (
@@ -22,6 +24,7 @@ from utils.study import (
     MemoryCachedDataset,
     StudyConfig,
     cached_datasets,
+    calibrated_rows,
     default_experiments,
     per_bin_plot,
     results_table,
@@ -148,15 +151,32 @@ def test_study_over_two_seeds(tiny_run: tuple[Path, TrainConfig]) -> None:
             experiments=["L2", "L3"],
             out_name="seeds",
             seeds=(0, 1),
+            calibration_alphas=(0.5,),
             train=replace(cfg, epochs=1),
         )
     )
-    assert list(outputs.results["seed"]) == [0, 0, 1, 1]
+    calibrated = "L2 + calibration a=0.5"
+    assert list(outputs.results["seed"]) == [0, 0, 1, 1, 0, 1]
     assert outputs.results["dir"].nunique() == 4  # each seed is its own cached run
-    assert list(outputs.table["method"]) == ["L2", "L3"] and (outputs.table["seeds"] == 2).all()
+    assert list(outputs.table["method"]) == ["L2", "L3", calibrated]
+    assert (outputs.table["seeds"] == 2).all()
     mean_l3 = outputs.results.query("name == 'L3'")["bmae"].mean()
     assert outputs.table.set_index("method").loc["L3", "b-MAE"] == pytest.approx(mean_l3)
     assert outputs.per_bin_png.stat().st_size > 0
+    # the calibrated row: the seed's L2 predictions mapped by a fit on its validation split
+    l2 = outputs.results.query("name == 'L2' and seed == 0").iloc[0]
+    val = pd.read_csv(Path(l2["dir"]) / "predictions_val.csv")
+    test = pd.read_csv(Path(l2["dir"]) / "predictions_test.csv")
+    assert len(val) == len(ShardDataset(root / "shards", "val"))
+    train_labels = ShardDataset(root / "shards", "train").labels
+    fitted = BalancedCalibration.fit(val["prediction"], val["label"], train_labels, alpha=0.5)
+    expected = balanced_mae(fitted(test["prediction"]), test["label"], 6, None,
+                            reference=train_labels)
+    row = outputs.results.query("name == @calibrated and seed == 0").iloc[0]
+    assert row["bmae"] == pytest.approx(expected) and row["train_seconds"] == 0.0
+    # runs cached before validation predictions were written: no rows, a message
+    (Path(l2["dir"]) / "predictions_val.csv").unlink()
+    assert calibrated_rows(outputs.results, (0.5,), train_labels, cfg).shape[0] == 1  # seed 1
 
 
 def test_cli_twin_runs_the_study(tiny_run: tuple[Path, TrainConfig]) -> None:
@@ -179,6 +199,7 @@ def test_cli_twin_runs_the_study(tiny_run: tuple[Path, TrainConfig]) -> None:
             "cpu",
             "--out-name",
             "cli",
+            "--calibration-alphas",
         ],
         cwd=project_root(),
         env={**os.environ, "OMP_NUM_THREADS": "1"},

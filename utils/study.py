@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 from loss import get_loss
 from loss.fds import FDS, FDSModel
 from loss.weights import sample_weights
+from metrics import regression_report
 from utils.atomic import atomic_open
+from utils.calibration import BalancedCalibration
 from utils.checkpoint import load_checkpoint
 from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
 from utils.models import build_model
@@ -42,6 +44,7 @@ from utils.paths import RunPaths
 from utils.train import TrainConfig, evaluate, fit, resolve_device
 
 RESULT_FILE = "result.json"
+TEST_PREDICTIONS, VAL_PREDICTIONS = "predictions_test.csv", "predictions_val.csv"
 #: Metrics of the results table, in column order (keys of ``regression_report``).
 TABLE_METRICS: tuple[str, ...] = ("bmae", "mae", "rmse", "r2", "many_mae", "medium_mae", "few_mae")
 #: TrainConfig fields that do not change a run's result (left out of the cache key).
@@ -327,8 +330,10 @@ def run_experiment(
         label_range=cfg.label_range,
         quantile_bins=cfg.quantile_bins,
     )
-    with atomic_open(out / "predictions_test.csv") as handle:
-        handle.write(pd.DataFrame({"label": target, "prediction": pred}).to_csv(index=False))
+    _write_predictions(out / TEST_PREDICTIONS, target, pred)
+    val_loader = make_loader(datasets["val"], batch_size=cfg.batch_size, seed=cfg.seed)
+    _, val_pred, val_target = evaluate(model, val_loader, device=device)
+    _write_predictions(out / VAL_PREDICTIONS, val_target, val_pred)  # for calibration
     result = {
         "name": experiment.name,
         "experiment": asdict(experiment),
@@ -375,6 +380,11 @@ def study_datasets(
         if cache_data == "device":
             cfg = replace(cfg, num_workers=0)
     return datasets or build_datasets(cfg, ("train", "val", "test")), cfg
+
+
+def _write_predictions(path: Path, target: np.ndarray, pred: np.ndarray) -> None:
+    with atomic_open(path) as handle:
+        handle.write(pd.DataFrame({"label": target, "prediction": pred}).to_csv(index=False))
 
 
 def run_study(
@@ -441,6 +451,49 @@ def run_study(
             }
         )
     return pd.DataFrame(rows)
+
+
+def calibrated_rows(
+    results: pd.DataFrame,
+    alphas: Sequence[float],
+    train_labels: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    base: str = "L2",
+) -> pd.DataFrame:
+    """Rows ``"<base> + calibration a=<alpha>"``: the ``base`` run of each seed, its
+    predictions mapped by :class:`utils.calibration.BalancedCalibration` fitted on its
+    validation predictions (no retraining), scored on test like every run.
+
+    Runs without ``predictions_val.csv`` (cached before it was written) are skipped with
+    a message; re-run them with ``force``.
+    """
+    rows = []
+    for _, run in results[results["name"] == base].iterrows():
+        folder = Path(run["dir"])
+        if not (folder / VAL_PREDICTIONS).is_file():
+            print(f"no {VAL_PREDICTIONS} in {folder}: no calibration rows (re-run with force)")
+            continue
+        val = pd.read_csv(folder / VAL_PREDICTIONS)
+        test = pd.read_csv(folder / TEST_PREDICTIONS)
+        for alpha in alphas:
+            calibration = BalancedCalibration.fit(
+                val["prediction"], val["label"], train_labels, alpha=alpha,
+                bins=cfg.bins, value_range=cfg.label_range,
+            )
+            report = regression_report(
+                calibration(test["prediction"]), test["label"], train_labels=train_labels,
+                bins=cfg.bins, quantile=cfg.quantile_bins,
+                value_range=tuple(cfg.label_range) if cfg.label_range is not None else None,
+            )
+            rows.append({
+                **run.to_dict(),
+                "name": f"{base} + calibration a={alpha:g}",
+                **{m: report.get(m, float("nan")) for m in TABLE_METRICS},
+                "per_bin_mae": _json_ready(report)["per_bin_mae"],
+                "train_seconds": 0.0,
+            })
+    return pd.DataFrame(rows, columns=results.columns)
 
 
 def results_table(
@@ -580,6 +633,8 @@ class StudyConfig:
             ``"device"`` (on the training device, e.g. GPU memory).
         seeds: training seeds; every experiment runs once per seed and the table shows
             means and the spread (empty: ``train.seed`` only).
+        calibration_alphas: a row ``"<baseline> + calibration a=..."`` per value: the
+            baseline's predictions re-balanced after training (:func:`calibrated_rows`).
         train: the shared training config (model, epochs, seed, device, ...).
     """
 
@@ -591,6 +646,7 @@ class StudyConfig:
     force: bool = False
     cache_data: bool | str = "auto"
     seeds: tuple[int, ...] = ()
+    calibration_alphas: tuple[float, ...] = DEFAULT_ALPHAS
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def out_dir(self) -> Path:
@@ -625,6 +681,12 @@ def study(cfg: StudyConfig) -> StudyOutputs:
         for seed in cfg.seeds or (train_cfg.seed,)
     ]
     results = pd.concat(runs, ignore_index=True)
+    if cfg.calibration_alphas and cfg.baseline in set(results["name"]):
+        calibrated = calibrated_rows(
+            results, cfg.calibration_alphas, datasets["train"].labels, train_cfg,
+            base=cfg.baseline,
+        )
+        results = pd.concat([results, calibrated], ignore_index=True)
     table = results_table(results, out, baseline=cfg.baseline)
     per_bin_plot(results, out / "per_bin_mae.png")
     return StudyOutputs(
