@@ -10,7 +10,7 @@ import pytest
 from shards_factory import write_tiny_shards
 
 from utils.paths import RunPaths
-from utils.study import default_experiments
+from utils.study import DEFAULT_ALPHAS, default_experiments
 
 
 @pytest.mark.notebook
@@ -27,11 +27,12 @@ def test_main_notebook_runs_every_study_experiment(
     )
     study = paths.train / "study"
     table = pd.read_csv(study / "results.csv")
-    assert list(table["method"]) == [e.name for e in default_experiments()]
+    calibrated = [f"L2 + calibration a={a:g}" for a in DEFAULT_ALPHAS]
+    assert list(table["method"]) == [e.name for e in default_experiments()] + calibrated
     assert np.isfinite(table[["b-MAE", "MAE", "RMSE", "R2"]].to_numpy()).all()
     assert table.loc[table["method"] == "L2", "b-MAE vs L2 %"].item() == 0
     md = (study / "results.md").read_text()
     assert md.count("\n") == len(table) + 2 and "| BMC |" in md
     assert (study / "per_bin_mae.png").stat().st_size > 0
-    assert len(list(study.glob("*/result.json"))) == len(table)
+    assert len(list(study.glob("*/result.json"))) == len(table) - len(calibrated)  # trained
     assert (paths.train / "l2_baseline" / "best.pt").is_file()  # the baseline still there
