@@ -6,6 +6,7 @@ the pipeline on the synthetic world at ``--n`` places of ``--size`` px.
 
     python -m bench.study --run-dir runs/study5k --n 5000 --size 64 --epochs 12
     python -m bench.study --run-dir runs/demo --experiments L2 BMC "weighted L2 a=0.5"
+    python -m bench.study --run-dir runs/study5k --split-seeds 42 1 2 3 4   # 5 test sets
 
 Prints the results table (Markdown); files land in ``<run-dir>/train/study/``.
 """
@@ -17,6 +18,7 @@ import time
 
 from utils.hdf5_schema import split_files
 from utils.paths import RunPaths
+from utils.repeated_splits import repeated_split_study
 from utils.study import DEFAULT_ALPHAS, StudyConfig, study, to_markdown
 from utils.train import TrainConfig
 
@@ -44,6 +46,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration-alphas", nargs="*", type=float, default=list(DEFAULT_ALPHAS),
         help="balanced calibration of L2 after training, one row per a (none: no rows)",
+    )
+    p.add_argument(
+        "--split-seeds", nargs="+", type=int, default=None,
+        help="re-split the places with each seed and run the study on every split "
+        "(utils.repeated_splits; the run's own split seed reuses its shards)",
     )
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out-name", default="study", help="folder under <run-dir>/train")
@@ -99,10 +106,10 @@ def prepare_data(run_dir: str, n: int, size: int) -> None:
     run_pipeline(run_dir, stages=stages, overrides={"image": {"n": n, "size": size}})
 
 
-def main(cfg: StudyConfig) -> None:
-    """Run the study and print its table."""
+def main(cfg: StudyConfig, split_seeds: list[int] | None = None) -> None:
+    """Run the study (on each split of ``split_seeds`` when given) and print its table."""
     start = time.perf_counter()
-    outputs = study(cfg)
+    outputs = repeated_split_study(cfg, split_seeds) if split_seeds else study(cfg)
     print(to_markdown(outputs.table))
     print(
         f"{len(outputs.results)} experiments in {time.perf_counter() - start:.0f} s; "
@@ -113,4 +120,4 @@ def main(cfg: StudyConfig) -> None:
 if __name__ == "__main__":
     arguments = get_args_parser().parse_args()
     prepare_data(arguments.run_dir, arguments.n, arguments.size)
-    main(config_from_args(arguments))
+    main(config_from_args(arguments), arguments.split_seeds)
