@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ideal_balancing import ideal_table
+from bench.ideal_balancing import ideal_table, spread_over_test_sets
 from extract_GPS_images.synthetic import WorldConfig
 
 N = 200_000
@@ -31,3 +31,19 @@ def test_a_noisier_tail_signature_leaves_more_to_balance() -> None:
     blurred = ideal_table(WorldConfig(tail_noise=1.2), alphas=(0.5,), n=N)
     assert blurred[0]["bin1"] > clear[0]["bin1"] + 0.1
     assert blurred[1]["bmae_change"] < clear[1]["bmae_change"]
+
+
+def test_one_small_test_set_reads_the_ideal_change_with_a_spread() -> None:
+    world = WorldConfig()
+    full = {r["a"]: r for r in ideal_table(world, alphas=(0.5,), n=N)}
+    small = spread_over_test_sets(world, (0.5,), n_test=980, repeats=200, n=N)[0]
+    large = spread_over_test_sets(world, (0.5,), n_test=50_000, repeats=20, n=N)[0]
+    assert small["a"] == 0.5
+    # large test sets read the change of the whole population; small ones scatter around it
+    assert large["bmae_change"] == pytest.approx(full[0.5]["bmae_change"], abs=1.0)
+    assert large["mae_change"] == pytest.approx(full[0.5]["mae_change"], abs=0.5)
+    assert small["bmae_change_sd"] > 3 * large["bmae_change_sd"]
+    assert small["bmae_change_sd"] > 1.0
+    assert 0.0 < small["goal_share"] < 1.0
+    impossible = spread_over_test_sets(world, (0.5,), repeats=20, n=N, goal=(-90.0, 10.0))
+    assert impossible[0]["goal_share"] == 0.0
