@@ -13,9 +13,10 @@ the world allows before any CNN, sample size or optimiser enters.
     python -m bench.ideal_balancing                      # the default world
     python -m bench.ideal_balancing --tail-wealth 0.33 --tail-noise -1  # until 2026-11-25
 
-It also shows how those changes read on one test split of ``--test-size`` places: the
+It also shows how those changes read on one test split of ``--test-size`` places (the
 poorest bin holds about 3 of 980, so even the ideal models' measured cut swings by
-several points from one test set to the next.
+several points from one test set to the next) and, with ``--train-size``, what a perfect
+reading of the scene buys from that many training labels.
 """
 
 from __future__ import annotations
@@ -38,6 +39,27 @@ def _grid_mean(cells: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np
     return (np.bincount(cells, weights * labels) / np.maximum(total, 1e-12))[cells]
 
 
+def draw_places(
+    cfg: WorldConfig, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``labels``, six-bin index ``bins`` and the two numbers each scene shows, ``(n, 2)``:
+    the (tail-frozen) unit wealth of the land cover and the clearing extent."""
+    labels = wealth_quantile(rng.random(n))
+    edges = np.linspace(*WEALTH_RANGE, 7)
+    bins = np.clip(np.digitize(labels, edges[1:-1]), 0, 5)
+    tail = cfg.tail_wealth
+    scene = np.maximum(_unit(labels + cfg.scene_noise * rng.normal(size=n)), tail)
+    clearing_noise = cfg.scene_noise if cfg.tail_noise is None else cfg.tail_noise
+    shown = _unit(labels + clearing_noise * rng.normal(size=n))
+    clearings = np.maximum(0.0, tail - shown) / tail if tail > 0 else np.zeros(n)
+    return labels, bins, np.column_stack([scene, clearings])
+
+
+def _bin_weights(bins: np.ndarray, a: float) -> np.ndarray:
+    share = np.bincount(bins, minlength=6) / len(bins)
+    return (1.0 / share[bins]) ** a
+
+
 def ideal_predictions(
     cfg: WorldConfig,
     alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0),
@@ -48,22 +70,51 @@ def ideal_predictions(
 ) -> tuple[np.ndarray, np.ndarray, dict[float, np.ndarray]]:
     """``labels``, six-bin index ``bins`` and ``{a: predictions}`` of the ideal L2 model
     (``a`` = 0) and of the ideal model of each weighting strength, for ``n`` places."""
-    rng = np.random.default_rng(seed)
-    labels = wealth_quantile(rng.random(n))
-    edges = np.linspace(*WEALTH_RANGE, 7)
-    bins = np.clip(np.digitize(labels, edges[1:-1]), 0, 5)
-    share = np.bincount(bins, minlength=6) / n
-    tail = cfg.tail_wealth
-    scene = np.maximum(_unit(labels + cfg.scene_noise * rng.normal(size=n)), tail)
-    clearing_noise = cfg.scene_noise if cfg.tail_noise is None else cfg.tail_noise
-    shown = _unit(labels + clearing_noise * rng.normal(size=n))
-    clearings = np.maximum(0.0, tail - shown) / tail if tail > 0 else np.zeros(n)
-    cells = (np.minimum((scene * grid).astype(int), grid - 1) * grid
-             + np.minimum((clearings * grid).astype(int), grid - 1))
-    predictions = {
-        a: _grid_mean(cells, labels, (1.0 / share[bins]) ** a) for a in (0.0, *alphas)
-    }
+    labels, bins, shown = draw_places(cfg, n, np.random.default_rng(seed))
+    cell = np.minimum((shown * grid).astype(int), grid - 1)
+    cells = cell[:, 0] * grid + cell[:, 1]
+    predictions = {a: _grid_mean(cells, labels, _bin_weights(bins, a)) for a in (0.0, *alphas)}
     return labels, bins, predictions
+
+
+def finite_training_table(
+    cfg: WorldConfig,
+    n_train: int,
+    alphas: tuple[float, ...] = (0.5, 0.75, 1.0),
+    *,
+    repeats: int = 3,
+    n_test: int = 200_000,
+    seed: int = 0,
+) -> list[dict[str, float]]:
+    """The trade-off with a perfect reading of the scene but only ``n_train`` training
+    labels: a gradient-boosted model on the two numbers the scene shows, fitted with
+    weights (1 / training-bin share)^a, scored on ``n_test`` new places. Rows ``{"a",
+    "bmae", "mae", "bmae_change", "mae_change", "bmae_change_sd"}`` (means over
+    ``repeats`` training sets; ``a`` = 0 is L2)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor  # noqa: PLC0415
+
+    test_labels, test_bins, test_x = draw_places(cfg, n_test, np.random.default_rng([seed, 2]))
+    scores = {a: [] for a in (0.0, *alphas)}
+    for r in range(repeats):
+        labels, bins, x = draw_places(cfg, n_train, np.random.default_rng([seed, 3, r]))
+        for a in scores:
+            model = HistGradientBoostingRegressor(
+                max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=20,
+                random_state=r,
+            ).fit(x, labels, sample_weight=_bin_weights(bins, a))
+            mae, per_bin = _scores(model.predict(test_x), test_labels, test_bins)
+            scores[a].append((float(np.mean(per_bin)), mae))
+    base = np.array(scores[0.0])
+    rows = []
+    for a, values in scores.items():
+        v = np.array(values)
+        change = 100 * (v / base - 1)
+        rows.append({
+            "a": a, "bmae": float(v[:, 0].mean()), "mae": float(v[:, 1].mean()),
+            "bmae_change": float(change[:, 0].mean()), "mae_change": float(change[:, 1].mean()),
+            "bmae_change_sd": float(change[:, 0].std()),
+        })
+    return rows
 
 
 def _scores(pred: np.ndarray, labels: np.ndarray, bins: np.ndarray) -> tuple[float, list[float]]:
@@ -144,6 +195,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     p.add_argument("--tail-noise", type=float, default=world.tail_noise,
                    help="negative: the scene's own noise (the clearings show the scene's wealth)")
     p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--train-size", type=int, default=None,
+                   help="also: the trade-off with a perfect reading of the scene but this many "
+                   "training labels (a 5,000-place run: 2940)")
     p.add_argument("--test-size", type=int, default=980,
                    help="places of one test split (a 5,000-place run: 980)")
     args = p.parse_args(argv)
@@ -168,6 +222,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     for row in spread_over_test_sets(cfg, (0.5, 0.75, 1.0), n_test=args.test_size, n=args.n):
         print(f"| {row['a']} | {row['bmae_change']:+.1f} | {row['bmae_change_sd']:.1f} | "
               f"{row['mae_change']:+.1f} | {row['mae_change_sd']:.1f} | {row['goal_share']:.2f} |")
+    if args.train_size:
+        print(f"\na perfect reading of the scene, {args.train_size} training labels "
+              "(gradient boosting on the two scene numbers, 3 training sets, 200,000 test places)")
+        print("| weights (1/share)^a | b-MAE | MAE | b-MAE vs L2 % | sd | MAE vs L2 % |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for row in finite_training_table(cfg, args.train_size):
+            print(f"| {'L2' if row['a'] == 0 else row['a']} | {row['bmae']:.3f} | "
+                  f"{row['mae']:.3f} | {row['bmae_change']:+.1f} | {row['bmae_change_sd']:.1f} | "
+                  f"{row['mae_change']:+.1f} |")
     return rows
 
 

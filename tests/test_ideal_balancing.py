@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.ideal_balancing import ideal_table, spread_over_test_sets
+from bench.ideal_balancing import finite_training_table, ideal_table, spread_over_test_sets
 from extract_GPS_images.synthetic import WorldConfig
 
 N = 200_000
@@ -47,3 +47,16 @@ def test_one_small_test_set_reads_the_ideal_change_with_a_spread() -> None:
     assert 0.0 < small["goal_share"] < 1.0
     impossible = spread_over_test_sets(world, (0.5,), repeats=20, n=N, goal=(-90.0, 10.0))
     assert impossible[0]["goal_share"] == 0.0
+
+
+def test_few_training_labels_with_a_perfect_reading_of_the_scene() -> None:
+    rows = finite_training_table(WorldConfig(), 3000, (1.0,), repeats=1, n_test=20_000)
+    assert [r["a"] for r in rows] == [0.0, 1.0]
+    assert rows[0]["bmae_change"] == 0.0 and rows[0]["bmae_change_sd"] == 0.0
+    ideal = ideal_table(WorldConfig(), alphas=(1.0,), n=N)
+    assert rows[0]["mae"] == pytest.approx(ideal[0]["mae"], rel=0.1)  # L2 learns the middle
+    assert rows[1]["bmae_change"] < -5 and rows[1]["mae_change"] > 3  # the trade-off shows
+    noiseless = finite_training_table(
+        WorldConfig(scene_noise=0.001, tail_noise=0.001), 3000, (1.0,), repeats=1, n_test=20_000
+    )
+    assert noiseless[0]["mae"] < 0.05 < rows[0]["mae"]
