@@ -45,7 +45,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--calibration-alphas", nargs="*", type=float, default=list(DEFAULT_ALPHAS),
-        help="balanced calibration of L2 after training, one row per a (none: no rows)",
+        help="balanced calibration after training, one row per a (none: no rows)",
+    )
+    p.add_argument(
+        "--calibrate", nargs="+", default=["L2"],
+        help="experiments whose predictions get the calibration rows",
     )
     p.add_argument(
         "--split-seeds", nargs="+", type=int, default=None,
@@ -89,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         cache_data={"auto": "auto", "on": True, "off": False, "device": "device"}[args.cache],
         seeds=tuple(args.seeds or ()),
         calibration_alphas=tuple(args.calibration_alphas),
+        calibrate=tuple(args.calibrate),
         train=train,
     )
 

@@ -152,13 +152,14 @@ def test_study_over_two_seeds(tiny_run: tuple[Path, TrainConfig]) -> None:
             out_name="seeds",
             seeds=(0, 1),
             calibration_alphas=(0.5,),
+            calibrate=("L2", "L3", "BMC"),  # BMC is not in this study: no rows
             train=replace(cfg, epochs=1),
         )
     )
     calibrated = "L2 + calibration a=0.5"
-    assert list(outputs.results["seed"]) == [0, 0, 1, 1, 0, 1]
+    assert list(outputs.results["seed"]) == [0, 0, 1, 1, 0, 1, 0, 1]
     assert outputs.results["dir"].nunique() == 4  # each seed is its own cached run
-    assert list(outputs.table["method"]) == ["L2", "L3", calibrated]
+    assert list(outputs.table["method"]) == ["L2", "L3", calibrated, "L3 + calibration a=0.5"]
     assert (outputs.table["seeds"] == 2).all()
     mean_l3 = outputs.results.query("name == 'L3'")["bmae"].mean()
     assert outputs.table.set_index("method").loc["L3", "b-MAE"] == pytest.approx(mean_l3)
@@ -174,6 +175,13 @@ def test_study_over_two_seeds(tiny_run: tuple[Path, TrainConfig]) -> None:
                             reference=train_labels)
     row = outputs.results.query("name == @calibrated and seed == 0").iloc[0]
     assert row["bmae"] == pytest.approx(expected) and row["train_seconds"] == 0.0
+    l3 = outputs.results.query("name == 'L3' and seed == 1").iloc[0]  # another experiment's
+    val, test = (pd.read_csv(Path(l3["dir"]) / f"predictions_{s}.csv") for s in ("val", "test"))
+    fitted = BalancedCalibration.fit(val["prediction"], val["label"], train_labels, alpha=0.5)
+    expected = balanced_mae(fitted(test["prediction"]), test["label"], 6, None,
+                            reference=train_labels)
+    row = outputs.results.query("name == 'L3 + calibration a=0.5' and seed == 1").iloc[0]
+    assert row["bmae"] == pytest.approx(expected) and row["dir"] == l3["dir"]
     # runs cached before validation predictions were written: no rows, a message
     (Path(l2["dir"]) / "predictions_val.csv").unlink()
     assert calibrated_rows(outputs.results, (0.5,), train_labels, cfg).shape[0] == 1  # seed 1

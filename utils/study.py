@@ -633,8 +633,12 @@ class StudyConfig:
             ``"device"`` (on the training device, e.g. GPU memory).
         seeds: training seeds; every experiment runs once per seed and the table shows
             means and the spread (empty: ``train.seed`` only).
-        calibration_alphas: a row ``"<baseline> + calibration a=..."`` per value: the
-            baseline's predictions re-balanced after training (:func:`calibrated_rows`).
+        calibration_alphas: a row ``"<name> + calibration a=..."`` per value and per
+            experiment of ``calibrate``: its predictions re-balanced after training
+            (:func:`calibrated_rows`).
+        calibrate: the experiments whose predictions get calibration rows (those not
+            in the study are skipped): L2 by default; a weighted loss's model calibrated
+            back is the decoupled variant (balanced features, re-balanced values).
         train: the shared training config (model, epochs, seed, device, ...).
     """
 
@@ -647,6 +651,7 @@ class StudyConfig:
     cache_data: bool | str = "auto"
     seeds: tuple[int, ...] = ()
     calibration_alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    calibrate: tuple[str, ...] = ("L2",)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def out_dir(self) -> Path:
@@ -681,12 +686,15 @@ def study(cfg: StudyConfig) -> StudyOutputs:
         for seed in cfg.seeds or (train_cfg.seed,)
     ]
     results = pd.concat(runs, ignore_index=True)
-    if cfg.calibration_alphas and cfg.baseline in set(results["name"]):
-        calibrated = calibrated_rows(
-            results, cfg.calibration_alphas, datasets["train"].labels, train_cfg,
-            base=cfg.baseline,
+    present = set(results["name"])
+    calibrated = [
+        calibrated_rows(
+            results, cfg.calibration_alphas, datasets["train"].labels, train_cfg, base=name
         )
-        results = pd.concat([results, calibrated], ignore_index=True)
+        for name in cfg.calibrate
+        if cfg.calibration_alphas and name in present
+    ]
+    results = pd.concat([results, *calibrated], ignore_index=True)
     table = results_table(results, out, baseline=cfg.baseline)
     per_bin_plot(results, out / "per_bin_mae.png")
     return StudyOutputs(
