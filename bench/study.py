@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="balanced calibration after training, one row per a (none: no rows)",
     )
     p.add_argument(
-        "--calibrate", nargs="+", default=["L2"],
+        "--calibrate", nargs="+", default=list(StudyConfig.calibrate),
         help="experiments whose predictions get the calibration rows",
     )
     p.add_argument(

@@ -27,7 +27,8 @@ def test_main_notebook_runs_every_study_experiment(
     )
     study = paths.train / "study"
     table = pd.read_csv(study / "results.csv")
-    calibrated = [f"L2 + calibration a={a:g}" for a in DEFAULT_ALPHAS]
+    bases = ("L2", "weighted L2 a=1")  # StudyConfig.calibrate
+    calibrated = [f"{base} + calibration a={a:g}" for base in bases for a in DEFAULT_ALPHAS]
     assert list(table["method"]) == [e.name for e in default_experiments()] + calibrated
     assert np.isfinite(table[["b-MAE", "MAE", "RMSE", "R2"]].to_numpy()).all()
     assert table.loc[table["method"] == "L2", "b-MAE vs L2 %"].item() == 0

@@ -637,8 +637,9 @@ class StudyConfig:
             experiment of ``calibrate``: its predictions re-balanced after training
             (:func:`calibrated_rows`).
         calibrate: the experiments whose predictions get calibration rows (those not
-            in the study are skipped): L2 by default; a weighted loss's model calibrated
-            back is the decoupled variant (balanced features, re-balanced values).
+            in the study are skipped): L2, and KDE-weighted L2 at a = 1, whose model
+            calibrated back is the decoupled method (features learnt with balanced
+            weights, values re-balanced on validation; README, "Results").
         train: the shared training config (model, epochs, seed, device, ...).
     """
 
@@ -651,7 +652,7 @@ class StudyConfig:
     cache_data: bool | str = "auto"
     seeds: tuple[int, ...] = ()
     calibration_alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    calibrate: tuple[str, ...] = ("L2",)
+    calibrate: tuple[str, ...] = ("L2", "weighted L2 a=1")
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def out_dir(self) -> Path:
