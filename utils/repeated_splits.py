@@ -43,12 +43,6 @@ def split_config_of(shards: str | Path) -> SplitConfig:
     return SplitConfig(**{k: v for k, v in stored.items() if k in known}, progress=False)
 
 
-def split_shards_dir(run_dir: str | Path, seed: int, base_seed: int) -> Path:
-    """Shards of split ``seed``: the run's own for ``base_seed``, else ``shards_split<seed>``."""
-    paths = RunPaths.of(run_dir)
-    return paths.shards if seed == base_seed else paths.root / f"shards_split{seed}"
-
-
 def repeated_split_study(cfg: StudyConfig, split_seeds: Sequence[int]) -> StudyOutputs:
     """Run the study of ``cfg`` on the spatial split of each of ``split_seeds``.
 
@@ -68,9 +62,9 @@ def repeated_split_study(cfg: StudyConfig, split_seeds: Sequence[int]) -> StudyO
     base = split_config_of(paths.shards)
     runs = []
     for seed in split_seeds:
-        shards = split_shards_dir(cfg.run_dir, seed, base.seed)
-        name = cfg.out_name if seed == base.seed else f"{cfg.out_name}_split{seed}"
+        shards, name = paths.shards, cfg.out_name
         if seed != base.seed:
+            shards, name = paths.root / f"shards_split{seed}", f"{cfg.out_name}_split{seed}"
             print(f"split seed {seed}: shards in {shards}", flush=True)
             run_split_and_batch(paths.exports, shards, replace(base, seed=seed))
         train = replace(cfg.train, shards_dir=str(shards))
