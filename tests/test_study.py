@@ -143,6 +143,13 @@ def test_run_study_trains_caches_and_plots(tiny_run: tuple[Path, TrainConfig]) -
     assert len(fig.axes[0].patches) == len(experiments) * 6
 
 
+def _calibrated_bmae(run: Path, train_labels: np.ndarray, alpha: float = 0.5) -> float:
+    """b-MAE of a run's test predictions calibrated on its validation predictions."""
+    val, test = (pd.read_csv(run / f"predictions_{s}.csv") for s in ("val", "test"))
+    fitted = BalancedCalibration.fit(val["prediction"], val["label"], train_labels, alpha=alpha)
+    return balanced_mae(fitted(test["prediction"]), test["label"], 6, None, reference=train_labels)
+
+
 def test_study_over_two_seeds(tiny_run: tuple[Path, TrainConfig]) -> None:
     root, cfg = tiny_run
     outputs = study(
@@ -167,21 +174,15 @@ def test_study_over_two_seeds(tiny_run: tuple[Path, TrainConfig]) -> None:
     # the calibrated row: the seed's L2 predictions mapped by a fit on its validation split
     l2 = outputs.results.query("name == 'L2' and seed == 0").iloc[0]
     val = pd.read_csv(Path(l2["dir"]) / "predictions_val.csv")
-    test = pd.read_csv(Path(l2["dir"]) / "predictions_test.csv")
     assert len(val) == len(ShardDataset(root / "shards", "val"))
     train_labels = ShardDataset(root / "shards", "train").labels
-    fitted = BalancedCalibration.fit(val["prediction"], val["label"], train_labels, alpha=0.5)
-    expected = balanced_mae(fitted(test["prediction"]), test["label"], 6, None,
-                            reference=train_labels)
     row = outputs.results.query("name == @calibrated and seed == 0").iloc[0]
-    assert row["bmae"] == pytest.approx(expected) and row["train_seconds"] == 0.0
+    assert row["bmae"] == pytest.approx(_calibrated_bmae(Path(l2["dir"]), train_labels))
+    assert row["train_seconds"] == 0.0
     l3 = outputs.results.query("name == 'L3' and seed == 1").iloc[0]  # another experiment's
-    val, test = (pd.read_csv(Path(l3["dir"]) / f"predictions_{s}.csv") for s in ("val", "test"))
-    fitted = BalancedCalibration.fit(val["prediction"], val["label"], train_labels, alpha=0.5)
-    expected = balanced_mae(fitted(test["prediction"]), test["label"], 6, None,
-                            reference=train_labels)
     row = outputs.results.query("name == 'L3 + calibration a=0.5' and seed == 1").iloc[0]
-    assert row["bmae"] == pytest.approx(expected) and row["dir"] == l3["dir"]
+    assert row["bmae"] == pytest.approx(_calibrated_bmae(Path(l3["dir"]), train_labels))
+    assert row["dir"] == l3["dir"]
     # runs cached before validation predictions were written: no rows, a message
     (Path(l2["dir"]) / "predictions_val.csv").unlink()
     assert calibrated_rows(outputs.results, (0.5,), train_labels, cfg).shape[0] == 1  # seed 1
