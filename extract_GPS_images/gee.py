@@ -29,8 +29,11 @@ from extract_GPS_images.gee_download import (
 from extract_GPS_images.gee_export import ExportConfig, ExportReport, TaskBackend, run_exports
 from extract_GPS_images.gee_recipe import (
     CLOUD_METHODS,
+    CS_BANDS,
     DW_REDUCERS,
+    NIGHT_LIGHTS,
     PERIODS,
+    QA60_GAP_ACTIONS,
     S2_L1C,
     S2_SR,
     RecipeConfig,
@@ -198,8 +201,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--scale", type=float, help="metres per pixel (default 30)")
     r.add_argument("--size", type=int, help="patch side in pixels (default 225)")
     r.add_argument("--periods", choices=tuple(PERIODS), help="default quarter")
-    r.add_argument("--cloud-method", choices=CLOUD_METHODS, help="default qa60")
+    r.add_argument("--cloud-method", choices=CLOUD_METHODS,
+                   help="default cloud_score_plus (QA60 is masked Feb 2022 - Feb 2024)")
+    r.add_argument("--cs-band", choices=CS_BANDS, help="Cloud Score+ band (default cs_cdf)")
     r.add_argument("--cs-threshold", type=float, help="Cloud Score+ clear threshold (0.6)")
+    r.add_argument("--qa60-gap", choices=QA60_GAP_ACTIONS,
+                   help="qa60 with imagery in its masked gap: refuse (default) or warn")
+    r.add_argument("--night-lights", choices=NIGHT_LIGHTS,
+                   help="VIIRS night lights channel NL: none (default), annual, monthly")
     r.add_argument("--mask-clouds", action="store_true", default=None,
                    help="mask cloudy pixels of the chosen scenes")
     r.add_argument("--dw-reducer", choices=DW_REDUCERS, help="default mode")

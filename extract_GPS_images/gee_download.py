@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from extract_GPS_images.gee_manifest import DONE, FAILED, PENDING, RUNNING, Manifest, ManifestRow
 from extract_GPS_images.gee_recipe import (
-    FALLBACK_BAND,
     RecipeConfig,
     fallback_summary,
     location_image,
@@ -167,7 +166,7 @@ def pixels_request(location: Location, recipe: RecipeConfig) -> dict[str, Any]:
         imagery_year=location.imagery_year, config=recipe,
     )
     return {
-        "expression": image.select([*recipe.channel_names, FALLBACK_BAND]),
+        "expression": image.select(recipe.record_bands),
         "fileFormat": "NUMPY_NDARRAY",
         "grid": pixel_grid(lat=location.lat, lon=location.lon, scale=recipe.scale,
                            size=recipe.size),
@@ -221,7 +220,7 @@ def _fetch_one(
     stop: threading.Event,
 ) -> _Outcome:
     """Request one patch, retrying transient errors; the pixels are not written here."""
-    names = [*recipe.channel_names, FALLBACK_BAND]
+    names = recipe.record_bands
     attempt = 0
     while True:
         attempt += 1
@@ -303,7 +302,7 @@ def download_locations(
     writers = ThreadPoolExecutor(config.writers, thread_name_prefix="tfrecord-writer")
     fetching: set[Future] = set()
     writing: set[Future] = set()
-    names = [*recipe.channel_names, FALLBACK_BAND]  # the fallback record travels too
+    names = recipe.record_bands  # masks, clear shares and fallback travel too
     try:
         while queue or fetching or writing:
             # Keep `concurrency` requests in flight unless writing falls behind.

@@ -74,6 +74,11 @@ def fake_pixels(names: list[str], size: int, key: str) -> np.ndarray:
     arr = np.zeros((size, size), dtype=[(n, "<f4") for n in names])
     for name in names:
         arr[name] = rng.random((size, size), dtype=np.float32)
+        if name.startswith("valid_"):  # masks: 1 data, 0 nodata (a corner without data)
+            arr[name] = 1.0
+            arr[name][: size // 4, : size // 4] = 0.0
+        elif name.startswith("clear_"):  # clear shares: constant per record
+            arr[name] = 0.9
     return arr
 
 

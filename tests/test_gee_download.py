@@ -32,7 +32,7 @@ from extract_GPS_images.tfrecord import iter_serialized, parse_spec
 
 SIZE = 8
 RECIPE = RecipeConfig(size=SIZE)
-NAMES = [*RECIPE.channel_names, FALLBACK_BAND]
+NAMES = RECIPE.record_bands
 TESTS = Path(__file__).resolve().parent
 
 
@@ -69,7 +69,8 @@ def parse(path: Path) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     (raw,) = list(iter_serialized(path))
-    spec = parse_spec([*all_band_names(), FALLBACK_BAND], SIZE, SIZE)
+    extra = [*RECIPE.valid_names, *RECIPE.clear_names, FALLBACK_BAND]
+    spec = parse_spec([*all_band_names(), *extra], SIZE, SIZE)
     spec["cell_id"] = tf.io.FixedLenFeature([], tf.string)
     return {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}
 
@@ -101,6 +102,9 @@ def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locat
         np.testing.assert_array_equal(record["B2_q1"], expected["B2_q1"])
         np.testing.assert_array_equal(record["DW"], expected["DW"])
         assert np.all(record[FALLBACK_BAND] == 1 + 2 * 64)  # as in the export's records
+        np.testing.assert_array_equal(record["valid_q3"], expected["valid_q3"])  # masks travel
+        assert record["valid_DW"].min() == 0 and record["valid_DW"].max() == 1
+        assert np.allclose(record["clear_q2"], 0.9, atol=1e-6)
         assert np.all(record["label"] == np.float32(loc.label))
         assert np.all(record["latitude"] == np.float32(loc.lat))
         assert record["year"][0, 0] == loc.year and record["imagery_year"][0, 0] == (
@@ -157,7 +161,7 @@ from extract_GPS_images.gee_recipe import FALLBACK_BAND, RecipeConfig
 from extract_GPS_images.labels import read_labels
 
 recipe = RecipeConfig(size={size})
-names = [*recipe.channel_names, FALLBACK_BAND]
+names = recipe.record_bands
 with offline_ee():
     dl.download_locations(
         dl.locations_from_labels(read_labels({labels!r})), out_dir={out!r}, recipe=recipe,
