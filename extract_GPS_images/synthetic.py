@@ -17,7 +17,10 @@ How the world is made:
   with dense roads and bright, textured roofs; middle ones are crops and grass;
   the poorest are forest, shrub and bare ground with scattered huts. Reflectances
   per class and band are plausible L1C values with seasonal change per quarter;
-  some quarters are cloudy, a few are missing (zeros, as a masked export).
+  some quarters are cloudy, a few are missing. Quality travels as Earth Engine
+  records carry it: ``valid_q1 ... valid_q4`` / ``valid_DW`` masks (a missing quarter
+  is 0 there and its bands hold the nodata value 0) and the clear share of each
+  quarter's scene (``clear_q1 ...``: 1 minus its cloud fraction, 0 when missing).
   The label is therefore a noisy but learnable function of the scene.
 * **Your own labels**: with ``labels=...`` every row of a researcher's labels.csv
   gets a scene drawn to fit its label; one cell keeps its landscape across years
@@ -316,8 +319,9 @@ def reflectance(
     cloud_probability: float,
     missing_probability: float,
     tail_wealth: float = 0.33,
-) -> np.ndarray:
-    """24 Sentinel-2 channels (quarter-major) for a class map, as reflectance (/10000)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """24 Sentinel-2 channels (quarter-major) for a class map, as reflectance (/10000),
+    each quarter's validity (0 when the quarter has no scene) and clear share."""
     size = classes.shape[0]
     u = max(_unit_wealth(wealth), tail_wealth)
     base = CLASS_REFLECTANCE[classes]  # (H, W, 6)
@@ -328,6 +332,8 @@ def reflectance(
     roof += 0.3 * u * built
     texture = 1.0 + 0.06 * rng.normal(0, 1, (size, size))
     quarters = []
+    valid = np.ones(len(schema.QUARTERS), np.float32)
+    clear = np.ones(len(schema.QUARTERS), np.float32)
     for q in range(len(schema.QUARTERS)):
         season = np.sin(2 * np.pi * (q - 0.5) / 4)  # greenest in q2-q3
         amp = SEASONAL_AMPLITUDE[classes] * season * ~cleared
@@ -337,12 +343,14 @@ def reflectance(
         img *= (roof * texture)[..., None]
         img += rng.normal(0, 0.004, 6)[None, None, :]  # atmosphere of the day
         if rng.random() < missing_probability:
-            img[:] = 0.0  # no scene at all: masked pixels export as 0
+            img[:] = 0.0  # no scene at all: nodata value 0, mask 0
+            valid[q] = clear[q] = 0.0
         elif rng.random() < cloud_probability:
             cloud = _threshold(_field(rng, size, 0.1), rng.uniform(0.1, 0.6))
             img[cloud] = np.array([0.35, 0.36, 0.38, 0.42, 0.30, 0.22]) * rng.uniform(0.8, 1.2)
+            clear[q] = 1.0 - float(cloud.mean())
         quarters.append(np.moveaxis(img, -1, 0))
-    return np.clip(np.concatenate(quarters), 0.0, 1.5).astype(np.float32)
+    return np.clip(np.concatenate(quarters), 0.0, 1.5).astype(np.float32), valid, clear
 
 
 def _cell_seed(seed: int, cell_key: str) -> list[int]:
@@ -362,7 +370,7 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
     classes, cleared = land_cover(
         shown, landscape, year_rng, cfg.size, tail_wealth=cfg.tail_wealth, clearing_wealth=clearing
     )
-    s2 = reflectance(
+    s2, valid, clear = reflectance(
         classes,
         cleared,
         shown,
@@ -373,7 +381,13 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
     )
     image = np.concatenate([s2, classes[None].astype(np.float32)])
     meta = {k: float(row[k]) for k in schema.META_BANDS}
-    return sample_bands(image, meta)
+    bands = sample_bands(image, meta)
+    shape = classes.shape
+    for name, value in zip(schema.valid_band_names(), [*valid, 1.0], strict=True):
+        bands[name] = np.full(shape, value, np.float32)
+    for name, value in zip(schema.clear_band_names(), clear, strict=True):
+        bands[name] = np.full(shape, value, np.float32)
+    return bands
 
 
 # --------------------------------------------------------------------------- damage
