@@ -36,6 +36,8 @@ class ManifestRow:
     output: str = ""
     task_id: str = ""
     fallback: str = ""
+    task: str = ""  # export task description (many places share one in table mode)
+    recipe: str = ""  # fingerprint of the settings that made it (gee_fingerprint)
 
     @property
     def key(self) -> tuple[str, int]:

@@ -89,7 +89,7 @@ def test_export_mode_end_to_end(tmp_path, monkeypatch, capsys):
                         lambda ids: [{"id": i, "state": "COMPLETED"} for i in ids])
     with pytest.warns(UserWarning):
         run(tmp_path, GOOD, "--mode", "export", "--folder", "f", "--poll-interval", "0",
-            "--max-in-flight", "2")
+            "--max-in-flight", "2", "--layout", "image")
     assert sorted(started) == ["A1_2019", "B2_2014", "B2_2019"]
     assert "3 completed" in capsys.readouterr().out
 
