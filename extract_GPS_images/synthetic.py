@@ -22,6 +22,10 @@ How the world is made:
   is 0 there and its bands hold the nodata value 0) and the clear share of each
   quarter's scene (``clear_q1 ...``: 1 minus its cloud fraction, 0 when missing).
   The label is therefore a noisy but learnable function of the scene.
+* **Night lights** (``night_lights=True``): a VIIRS-like radiance band ``NL`` that
+  follows built-up area and wealth with its own noise: the glow of the town spread
+  over a few hundred metres, saturating in the cores of rich towns, nearly dark in
+  the poorest places.
 * **Your own labels**: with ``labels=...`` every row of a researcher's labels.csv
   gets a scene drawn to fit its label; one cell keeps its landscape across years
   (seeded by the cell), only the wealth-driven parts change.
@@ -125,6 +129,7 @@ class WorldConfig:
     tail_noise: float | None = 0.8
     cloud_probability: float = 0.12  # per quarter
     missing_probability: float = 0.02  # per quarter
+    night_lights: bool = False  # also write the NL band (VIIRS-like radiance)
 
 
 @dataclass
@@ -353,6 +358,25 @@ def reflectance(
     return np.clip(np.concatenate(quarters), 0.0, 1.5).astype(np.float32), valid, clear
 
 
+#: Radiance (nW/sr/cm^2) where the lights saturate, as VIIRS does in city cores.
+NL_SATURATION = 60.0
+
+
+def night_lights(classes: np.ndarray, wealth: float, rng: np.random.Generator) -> np.ndarray:
+    """VIIRS-like night-time radiance for a class map: the built-up density blurred over
+    a few hundred metres (VIIRS pixels are ~464 m), times a brightness that grows with
+    the wealth the lights show (the place's own noisy copy), saturating at
+    :data:`NL_SATURATION`; a faint noisy background, so the poorest places are nearly
+    dark but not exactly 0."""
+    size = classes.shape[0]
+    density = gaussian_filter((classes == DW["built"]).astype(np.float64), max(size / 15, 1.0))
+    u = _unit_wealth(wealth)
+    brightness = 10.0 * u**4 * density  # rich, dense cores saturate; poor villages barely glow
+    radiance = NL_SATURATION * (1.0 - np.exp(-brightness))
+    radiance += np.abs(rng.normal(0.0, 0.05 + 0.3 * u, classes.shape))  # background, airglow
+    return radiance.astype(np.float32)
+
+
 def _cell_seed(seed: int, cell_key: str) -> list[int]:
     digest = hashlib.sha256(cell_key.encode()).digest()
     return [seed, int.from_bytes(digest[:8], "little")]
@@ -387,6 +411,11 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
         bands[name] = np.full(shape, value, np.float32)
     for name, value in zip(schema.clear_band_names(), clear, strict=True):
         bands[name] = np.full(shape, value, np.float32)
+    if cfg.night_lights:  # their own draws: the other bands stay as without them
+        lights_rng = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), int(row.year), 13])
+        shown_lights = row.label + cfg.scene_noise * lights_rng.normal()
+        bands[schema.NIGHT_LIGHTS_BAND] = night_lights(classes, shown_lights, lights_rng)
+        bands[f"{schema.VALID_PREFIX}{schema.NIGHT_LIGHTS_BAND}"] = np.ones(shape, np.float32)
     return bands
 
 
@@ -535,7 +564,10 @@ def _write_truncated(path: Path, record: bytes) -> None:
 
 def _check_config(out: Path, cfg: WorldConfig, source: str) -> None:
     """Refuse to mix two different worlds in one folder."""
-    meta = {"config": dataclasses.asdict(cfg), "labels": source}
+    config = dataclasses.asdict(cfg)
+    if not config["night_lights"]:  # worlds made before the option read the same
+        del config["night_lights"]
+    meta = {"config": config, "labels": source}
     path = out / "world.json"
     text = json.dumps(meta, indent=2, sort_keys=True, default=list)
     if path.exists():
@@ -570,6 +602,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unit wealth below which only clearings tell places apart")
     parser.add_argument("--tail-noise", type=float, default=world.tail_noise,
                         help="std of the wealth the clearings show (default: the scene's)")
+    parser.add_argument("--night-lights", action="store_true",
+                        help="also write a VIIRS-like night-lights band NL")
     parser.add_argument(
         "--skip-bad-rows", action="store_true", help="skip bad labels.csv rows instead of failing"
     )
@@ -591,6 +625,7 @@ def main(args: argparse.Namespace) -> None:
             scene_noise=args.scene_noise,
             tail_wealth=args.tail_wealth,
             tail_noise=args.tail_noise,
+            night_lights=args.night_lights,
         )
     except LabelsError as err:
         raise SystemExit(f"error: {err}") from None

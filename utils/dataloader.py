@@ -7,7 +7,9 @@ loaded into memory: one sample is read per ``__getitem__`` (one HDF5 chunk). Per
 metadata (label, location, cell id, year) is small and is read once per file and process.
 
 Channels: ``channels`` picks the Sentinel-2 channels (``"s2"``: the 24 of the export,
-``"rgb"``: B4/B3/B2 of every quarter, or explicit names such as ``["B4_q1", "B8_q3"]``);
+``"rgb"``: B4/B3/B2 of every quarter, ``"s2_nl"`` / ``"rgb_nl"``: the same plus the
+night-lights channel ``NL`` when the shards hold it, or explicit names such as
+``["B4_q1", "B8_q3", "NL"]``);
 ``dw_mode`` adds Dynamic World as 9 one-hot channels (``"onehot"``), as one normalised
 channel (``"channel"``) or not at all (``"none"``). Sentinel-2 (and the DW channel) are
 standardised with the train statistics of ``stats.json``.
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from extract_GPS_images.schema import DW_BAND, DW_CLASSES, s2_channel_names
+from extract_GPS_images.schema import DW_BAND, DW_CLASSES, NIGHT_LIGHTS_BAND, s2_channel_names
 from utils import hdf5_schema as hs
 from utils.paths import resolve
 
@@ -37,6 +39,7 @@ CHANNEL_PRESETS: dict[str, list[str]] = {
     "s2": s2_channel_names(),
     "rgb": [c for c in s2_channel_names() if c.split("_")[0] in RGB_BANDS],
 }
+CHANNEL_PRESETS.update({f"{k}_nl": [*v, NIGHT_LIGHTS_BAND] for k, v in CHANNEL_PRESETS.items()})
 
 
 def resolve_channels(channels: str | Sequence[str]) -> list[str]:

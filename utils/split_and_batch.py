@@ -62,7 +62,13 @@ from utils.shard_writer import (
 )
 from utils.spatial_split import MODES, assign_splits, check_ratios
 from utils.unzip import ARCHIVE_SUFFIX, extract_archives
-from utils.validate_records import RecordError, RecordRules, infer_size, read_file
+from utils.validate_records import (
+    RecordError,
+    RecordRules,
+    infer_extra_channels,
+    infer_size,
+    read_file,
+)
 
 RECORD_SUFFIXES: tuple[str, ...] = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
 EXTRACTED_DIR = "extracted"
@@ -121,6 +127,8 @@ class SplitConfig:
     year: int | None = None  # year of original-schema files whose name lacks it
     min_valid: float = 0.5  # patches with a smaller valid-pixel share: mostly_nodata
     min_clear: float = 0.0  # patches with a smaller clear share (mean of quarters): cloudy
+    # optional channel groups kept after DW (("NL",): night lights); None: as the records
+    extra_channels: tuple[str, ...] | None = None
     part_files: int = 256  # input files per staging part (the unit of resumption)
     workers: int = 2  # reader threads (no effect on the result)
     progress: bool = True  # progress bars (no effect on the result)
@@ -426,7 +434,8 @@ def _write_shard(
 ) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         create_sample_datasets(handle, codec, len(members))
-        write_shard_attrs(handle, split=split, source=source, config=config)
+        write_shard_attrs(handle, split=split, source=source, config=config,
+                          bands=config.get("bands"))
         handle.attrs[ATTR_FINGERPRINT] = fingerprint
         target = handle[hs.DATA]
         for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
@@ -542,8 +551,11 @@ def run_split_and_batch(
 
     # 2. read, validate, stage
     size = cfg.size or infer_size([i.path for i in items]) or 1  # 1: nothing is readable
+    extra = (tuple(cfg.extra_channels) if cfg.extra_channels is not None
+             else infer_extra_channels([i.path for i in items]))
+    band_names = [*schema.image_band_names(), *extra]
     codec = ChunkCodec(
-        (len(schema.image_band_names()), size, size),
+        (len(band_names), size, size),
         cfg.dtype,
         cfg.compression,
         cfg.compression_level,
@@ -551,7 +563,7 @@ def run_split_and_batch(
     )
     rules = RecordRules(
         size, cfg.label_range, imagery_year_floor=cfg.imagery_year_floor, year=cfg.year,
-        min_valid=cfg.min_valid, min_clear=cfg.min_clear,
+        min_valid=cfg.min_valid, min_clear=cfg.min_clear, extra=extra,
     )
     worker = _PartWorker(rules, codec, quarantine)
     groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
@@ -583,7 +595,7 @@ def run_split_and_batch(
     manifest.loc[ok.index, "split"] = result.split
 
     # 4. shards + train statistics
-    stats = BandStats(schema.image_band_names(), rules.reflectance_range)
+    stats = BandStats(band_names, rules.reflectance_range)
     handles = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
     shard_counts = {}
     try:
@@ -606,7 +618,7 @@ def run_split_and_batch(
                         codec,
                         split=split,
                         source=str(src),
-                        config=cfg.identity(),
+                        config={**cfg.identity(), "bands": band_names},
                         fingerprint=fingerprint,
                     )
         _train_stats(manifest, handles, stats, size * size)

@@ -98,6 +98,7 @@ class RecordRules:
         FIRST_IMAGERY_YEAR  # label years before it use this imagery year (original files)
     )
     year: int | None = None  # year of original-schema records whose name and features lack it
+    extra: tuple[str, ...] = ()  # optional channel groups after DW (``NL``: night lights)
     min_valid: float = 0.0  # valid-pixel share under which a patch is mostly_nodata
     min_clear: float = 0.0  # clear share (mean over quarters) under which it is cloudy
 
@@ -301,13 +302,14 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
     else:
         scalars = set(schema.META_BANDS)  # constant bands, or scalars of a table export
         meta_bands = schema.META_BANDS
-    missing = [k for k in (*IMAGE_BANDS, *meta_bands) if k not in floats]
+    channels = (*IMAGE_BANDS, *rules.extra)
+    missing = [k for k in (*channels, *meta_bands) if k not in floats]
     if missing:
         raise RecordError("missing_band", f"lacks band(s) {_short(missing)}")
     pixels = rules.size * rules.size
     wrong = [
         f"{k} has {floats[k].size}"
-        for k in (*IMAGE_BANDS, *meta_bands)
+        for k in (*channels, *meta_bands)
         if floats[k].size != pixels and not (k in scalars and floats[k].size == 1)
     ]
     if wrong:
@@ -315,10 +317,10 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
             "wrong_size",
             f"expected {pixels} values ({rules.size}x{rules.size}): {', '.join(wrong)}",
         )
-    image = np.empty((len(IMAGE_BANDS), pixels), np.float32)
-    for row, k in zip(image.view(np.uint8), IMAGE_BANDS, strict=True):
+    image = np.empty((len(channels), pixels), np.float32)
+    for row, k in zip(image.view(np.uint8), channels, strict=True):
         row[:] = floats[k].view(np.uint8)  # byte copy: wire floats are often unaligned
-    image = image.reshape(len(IMAGE_BANDS), rules.size, rules.size)
+    image = image.reshape(len(channels), rules.size, rules.size)
     band_min, band_max = _check_image(image, rules)
 
     label = _constant("label", floats["label"], "bad_label")
@@ -339,7 +341,7 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
         imagery_year = _year("imagery_year", floats["imagery_year"])
     cell_id, key, from_name = _cell_of(texts, lat, lon, file_name, schema_name)
     try:
-        mask = rq.record_mask(floats, image)
+        mask = rq.record_mask(floats, image[: len(IMAGE_BANDS)])
     except rq.QualityError as err:
         raise RecordError("out_of_range", str(err)) from None
     clear = rq.clear_shares(floats)
@@ -418,7 +420,8 @@ def _check_image(image: np.ndarray, rules: RecordRules) -> tuple[np.ndarray, np.
     mins, maxs = flat.min(axis=1), flat.max(axis=1)
     if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
         finite = np.isfinite(flat).all(axis=1)
-        bad = [IMAGE_BANDS[i] for i in np.flatnonzero(~finite)]
+        names = (*IMAGE_BANDS, *rules.extra)
+        bad = [names[i] for i in np.flatnonzero(~finite)]
         count = int((~np.isfinite(flat)).sum())
         raise RecordError("nan_or_inf", f"{count} non-finite value(s) in {_short(bad)}")
     low, high = rules.reflectance_range
@@ -473,6 +476,20 @@ def infer_size(paths: list[Path], limit: int = 32) -> int | None:
             f"bands hold {length} values, not a square patch; pass size= (H = W) explicitly"
         )
     return side
+
+
+def infer_extra_channels(paths: list[Path], limit: int = 32) -> tuple[str, ...]:
+    """Optional channel groups (``NL``) present in the first readable records of
+    ``paths`` (empty when none has them)."""
+    for path in paths[:limit]:
+        try:
+            first = next(iter_records(path), None)
+            floats, _ = _float_features(first) if first is not None else ({}, {})
+        except RecordError:
+            continue
+        if "B2_q1" in floats or "B2_1" in floats:
+            return tuple(b for b in (schema.NIGHT_LIGHTS_BAND,) if b in floats)
+    return ()
 
 
 def read_file(path: Path, rules: RecordRules) -> FileResult:
