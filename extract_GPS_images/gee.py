@@ -187,14 +187,14 @@ def extract_gee(
     """
     labels = read_labels(config.labels, on_error=config.on_error,
                          imagery_year=config.imagery_year)
+    locations = locations_from_labels(labels)[: config.limit]
+    if config.dry_run:  # nothing written, nothing sent
+        return GeeReport(config.mode, labels.summary(), "Earth Engine not contacted",
+                         PlanReport(plan_text(locations, config)))
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if Path(config.labels).resolve() != (out / "labels.csv").resolve():
         write_labels(labels.frame, out / "labels.csv")
-    locations = locations_from_labels(labels)[: config.limit]
-    if config.dry_run:
-        return GeeReport(config.mode, labels.summary(), "Earth Engine not contacted",
-                         PlanReport(plan_text(locations, config)))
     auth = "Earth Engine initialised by the caller"
     if initialize:
         auth = gee_auth.initialize(project=config.project,
