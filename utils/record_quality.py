@@ -44,16 +44,14 @@ def record_mask(floats: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
     """
     n_s2, (height, width) = len(schema.s2_channel_names()), image.shape[1:]
     per_quarter = len(schema.S2_BANDS)
-    derived = [
-        (image[q * per_quarter : (q + 1) * per_quarter] != 0).any(axis=0)
-        for q in range(n_s2 // per_quarter)
-    ]
-    derived.append(image[n_s2] != schema.DW_NODATA)
     mask = np.empty((len(MASK_BANDS), height, width), np.uint8)
     for i, name in enumerate(MASK_BANDS):
         values = floats.get(name)
-        if values is None:
-            mask[i] = derived[i]
+        if values is None:  # derived from the nodata convention
+            if i < n_s2 // per_quarter:
+                mask[i] = (image[i * per_quarter : (i + 1) * per_quarter] != 0).any(axis=0)
+            else:
+                mask[i] = image[n_s2] != schema.DW_NODATA
             continue
         if values.size not in (1, height * width):
             raise QualityError(f"{name} holds {values.size} values, expected {height * width}")

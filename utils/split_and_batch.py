@@ -368,8 +368,9 @@ def _stage_quality(
 ) -> None:
     """Stage the packed valid masks (n, M, bytes) and clear shares (n, Q) of a part."""
     width = (size * size + 7) // 8
-    handle.create_dataset(
-        STAGED_MASK, data=np.array(masks, np.uint8).reshape(-1, len(rq.MASK_BANDS), width),
+    bits = np.array(masks, np.uint8).reshape(-1, len(rq.MASK_BANDS), width)
+    handle.create_dataset(  # one chunk per sample: shards read them one by one
+        STAGED_MASK, data=bits, chunks=(1, *bits.shape[1:]) if len(bits) else None,
         compression="gzip", compression_opts=1,
     )
     handle.create_dataset(
