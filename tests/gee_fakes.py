@@ -75,11 +75,17 @@ def fake_pixels(names: list[str], size: int, key: str) -> np.ndarray:
     arr = np.zeros((size, size), dtype=[(n, "<f4") for n in names])
     for name in names:
         arr[name] = rng.random((size, size), dtype=np.float32)
+        corner = (slice(0, size // 4), slice(0, size // 4))
         if name.startswith("valid_"):  # masks: 1 data, 0 nodata (a corner without data)
             arr[name] = 1.0
-            arr[name][: size // 4, : size // 4] = 0.0
+            arr[name][corner] = 0.0
         elif name.startswith("clear_"):  # clear shares: constant per record
             arr[name] = 0.9
+        elif name == "DW":  # class codes, and the nodata code where valid_DW is 0
+            arr[name] = np.floor(arr[name] * 9)
+            arr[name][corner] = 255.0
+        elif name[:1] == "B" and "_" in name:  # Sentinel-2: nodata 0 where the mask is 0
+            arr[name][corner] = 0.0
     return arr
 
 

@@ -104,6 +104,7 @@ def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locat
         assert np.all(record[FALLBACK_BAND] == 1 + 2 * 64)  # as in the export's records
         np.testing.assert_array_equal(record["valid_q3"], expected["valid_q3"])  # masks travel
         assert record["valid_DW"].min() == 0 and record["valid_DW"].max() == 1
+        assert record["DW"][0, 0] == 255 and record["valid_DW"][0, 0] == 0  # DW nodata code
         assert np.allclose(record["clear_q2"], 0.9, atol=1e-6)
         assert np.all(record["label"] == np.float32(loc.label))
         assert np.all(record["latitude"] == np.float32(loc.lat))
@@ -150,6 +151,29 @@ def test_error_classification():
     assert not is_retryable(http_error(400, "Bad Request"))
     assert not is_retryable(ee.EEException("Image.select: Pattern 'B99' did not match any bands."))
     assert not is_retryable(ValueError("shape"))
+
+
+def test_downloaded_records_convert_with_their_masks(tmp_path, locations):
+    """The records the download writes go through split_and_batch: masks and the DW
+    nodata code kept in the shards."""
+    import h5py
+
+    from utils import hdf5_schema as hs
+    from utils.split_and_batch import SplitConfig, run_split_and_batch
+
+    fake = FakeComputePixels(NAMES, SIZE)
+    download_locations(locations, out_dir=tmp_path / "exports", recipe=RECIPE,
+                       compute_pixels=fake, config=DownloadConfig(progress=False))
+    report = run_split_and_batch(tmp_path / "exports", tmp_path / "shards",
+                                 SplitConfig(split="random", progress=False))
+    assert report.ok == len(locations) and report.quarantined == 0
+    manifest = pd.read_csv(tmp_path / "shards" / hs.MANIFEST_FILE)
+    assert np.allclose(manifest["valid_share"], 1 - 1 / 16, atol=1e-4)
+    assert np.allclose(manifest["clear_share"], 0.9, atol=1e-4)
+    with h5py.File(tmp_path / "shards" / manifest["shard"].iloc[0]) as f:
+        mask = f[hs.MASK][int(manifest["index_in_shard"].iloc[0])]
+        assert mask[:, :2, :2].max() == 0 and mask[:, 2:, :].min() == 1
+        assert f[hs.DATA][int(manifest["index_in_shard"].iloc[0])][24, 0, 0] == 255
 
 
 KILLED_RUN = """
