@@ -198,6 +198,7 @@ class _Outcome:
     fallback: str = ""
     channels: np.ndarray | None = None  # fetched, not yet written
     network: bool = False  # failed because Earth Engine could not be reached
+    clear: str = ""  # clear share of each period's scene, "0.97;0.40;..."
 
 
 def _fetch_one(
@@ -213,7 +214,8 @@ def _fetch_one(
         try:
             channels = to_channels(compute(pixels_request(location, recipe)), names, recipe.size)
             code = float(channels[-1].flat[0])
-            return _Outcome(location, True, attempt, channels=channels,
+            clear = ";".join(f"{channels[names.index(n)].flat[0]:.2f}" for n in recipe.clear_names)
+            return _Outcome(location, True, attempt, channels=channels, clear=clear,
                             fallback=fallback_summary(code, recipe.period_names))
         except Exception as error:  # noqa: BLE001 (classified, recorded, never lost)
             message = f"{type(error).__name__}: {error}"
@@ -347,6 +349,7 @@ def _record(manifest: Manifest, report: DownloadReport, outcome: _Outcome) -> No
     report.retries += outcome.attempts - 1
     if outcome.ok:
         row.status, row.error, row.fallback = DONE, "", outcome.fallback
+        row.clear = outcome.clear
         report.fetched += 1
     else:
         row.status, row.error = FAILED, outcome.error

@@ -115,6 +115,7 @@ def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locat
     rows = {r.cell_key: r for r in Manifest(out / MANIFEST_NAME)}
     assert rows[locations[0].cell_key].attempts == 3
     assert rows[locations[0].cell_key].fallback == "q1:year;q4:none"
+    assert rows[locations[0].cell_key].clear == "0.90;0.90;0.90;0.90"
     bad = rows[locations[3].cell_key]
     assert bad.status == "failed" and "did not match any bands" in bad.error
     assert bad.cell_id == locations[3].cell_id and bad.attempts == 1
