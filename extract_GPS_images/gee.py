@@ -172,7 +172,8 @@ def extract_gee(
     compute_pixels: ComputePixels | None = None,
     tasks: TaskBackend | None = None,
 ) -> GeeReport:
-    """Read the labels, initialise Earth Engine, download or export every location-year.
+    """Read the labels, initialise Earth Engine, download or export every location-year
+    (with ``dry_run``: only read the labels and return the plan).
 
     Args:
         config: the extraction.
@@ -184,6 +185,8 @@ def extract_gee(
     Raises:
         LabelsError: the labels file is bad (message names rows and columns).
         GeeAuthError: Earth Engine cannot be initialised (message says how to fix it).
+        GeeNetworkError: Earth Engine cannot be reached (message names the step).
+        RecipeMismatch: ``out_dir`` holds an extraction made with other settings.
     """
     labels = read_labels(config.labels, on_error=config.on_error,
                          imagery_year=config.imagery_year)
