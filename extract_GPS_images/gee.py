@@ -4,9 +4,12 @@
 CLI twin is ``python -m extract_GPS_images gee --labels FILE --out DIR --mode
 download|export [...]``. It reads and validates the labels, initialises Earth Engine,
 then either downloads every patch with ``computePixels`` into ``DIR`` as gzip
-TFRecords (``--mode download``) or starts one batch export task per location-year
-writing TFRecords to Google Drive or Cloud Storage (``--mode export``). Either way
-``DIR`` holds ``labels.csv`` and ``gee_manifest.csv``, and a re-run resumes.
+TFRecords (``--mode download``) or starts batch export tasks writing TFRecords to
+Google Drive or Cloud Storage (``--mode export``: ``points_per_task`` places per table
+export by default, or one image export per place). Either way ``DIR`` holds
+``labels.csv``, ``gee_manifest.csv`` and ``gee_recipe.json``, and a re-run with the same
+settings resumes (other settings are refused). ``--dry-run`` prints the plan (tasks,
+places per task, destination) without touching the network.
 """
 
 from __future__ import annotations
@@ -26,11 +29,24 @@ from extract_GPS_images.gee_download import (
     download_locations,
     locations_from_labels,
 )
-from extract_GPS_images.gee_export import ExportConfig, ExportReport, TaskBackend, run_exports
+from extract_GPS_images.gee_errors import GeeNetworkError
+from extract_GPS_images.gee_export import (
+    LAYOUTS,
+    ExportConfig,
+    ExportReport,
+    TaskBackend,
+    plan_jobs,
+    plan_summary,
+    run_exports,
+)
+from extract_GPS_images.gee_fingerprint import RecipeMismatch
 from extract_GPS_images.gee_recipe import (
     CLOUD_METHODS,
+    CS_BANDS,
     DW_REDUCERS,
+    NIGHT_LIGHTS,
     PERIODS,
+    QA60_GAP_ACTIONS,
     S2_L1C,
     S2_SR,
     RecipeConfig,
@@ -54,6 +70,9 @@ class GeeConfig:
         on_error: bad labels rows: ``"raise"`` refuses the file, ``"skip"`` drops them.
         limit: only the first ``limit`` location-years (trial runs).
         timeout_s: deadline of each Earth Engine request.
+        high_volume: use Earth Engine's high-volume endpoint (recommended for many
+            parallel computePixels requests).
+        dry_run: print the plan (tasks or requests, destination) and stop: no network.
         recipe, download, export: the stage configs.
     """
 
@@ -66,6 +85,8 @@ class GeeConfig:
     on_error: Literal["raise", "skip"] = "raise"
     limit: int | None = None
     timeout_s: float = 300.0
+    high_volume: bool = False
+    dry_run: bool = False
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -91,7 +112,8 @@ class GeeConfig:
             "top": {f.name for f in fields(cls)} - {"recipe", "download", "export"},
             "recipe": {f.name for f in fields(RecipeConfig)},
             "download": {"concurrency", "writers", "write_backlog", "manifest_every_s"},
-            "export": {f.name for f in fields(ExportConfig)} - {"max_attempts", "progress"},
+            "export": {f.name for f in fields(ExportConfig)} - {"max_attempts", "progress",
+                                                                  "retry"},
             "shared": {"max_attempts", "backoff_base_s", "backoff_max_s", "progress"},
         }
         known = set().union(*groups.values())
@@ -116,8 +138,18 @@ class GeeConfig:
             **pick["top"],
             recipe=RecipeConfig(**pick["recipe"]),
             download=DownloadConfig(**pick["download"], retry=retry, **common),
-            export=ExportConfig(**pick["export"], **common, **export_extra),
+            export=ExportConfig(**pick["export"], retry=retry, **common, **export_extra),
         )
+
+
+@dataclass
+class PlanReport:
+    """What a run would do (``dry_run``)."""
+
+    text: str
+
+    def summary(self) -> str:
+        return f"dry run, nothing sent: {self.text}"
 
 
 @dataclass
@@ -127,7 +159,7 @@ class GeeReport:
     mode: str
     labels_summary: str
     auth: str
-    result: DownloadReport | ExportReport
+    result: DownloadReport | ExportReport | PlanReport
 
     def summary(self) -> str:
         return "\n".join([self.labels_summary, self.auth, f"{self.mode}: {self.result.summary()}"])
@@ -140,7 +172,8 @@ def extract_gee(
     compute_pixels: ComputePixels | None = None,
     tasks: TaskBackend | None = None,
 ) -> GeeReport:
-    """Read the labels, initialise Earth Engine, download or export every location-year.
+    """Read the labels, initialise Earth Engine, download or export every location-year
+    (with ``dry_run``: only read the labels and return the plan).
 
     Args:
         config: the extraction.
@@ -152,19 +185,25 @@ def extract_gee(
     Raises:
         LabelsError: the labels file is bad (message names rows and columns).
         GeeAuthError: Earth Engine cannot be initialised (message says how to fix it).
+        GeeNetworkError: Earth Engine cannot be reached (message names the step).
+        RecipeMismatch: ``out_dir`` holds an extraction made with other settings.
     """
     labels = read_labels(config.labels, on_error=config.on_error,
                          imagery_year=config.imagery_year)
+    locations = locations_from_labels(labels)[: config.limit]
+    if config.dry_run:  # nothing written, nothing sent
+        return GeeReport(config.mode, labels.summary(), "Earth Engine not contacted",
+                         PlanReport(plan_text(locations, config)))
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if Path(config.labels).resolve() != (out / "labels.csv").resolve():
         write_labels(labels.frame, out / "labels.csv")
-    locations = locations_from_labels(labels)[: config.limit]
     auth = "Earth Engine initialised by the caller"
     if initialize:
         auth = gee_auth.initialize(project=config.project,
                                    service_account_key=config.service_account_key,
-                                   deadline_s=config.timeout_s)
+                                   deadline_s=config.timeout_s,
+                                   high_volume=config.high_volume)
     if config.mode == "download":
         result: DownloadReport | ExportReport = download_locations(
             locations, out_dir=out, recipe=config.recipe, config=config.download,
@@ -174,6 +213,16 @@ def extract_gee(
         result = run_exports(locations, manifest_path=str(out / MANIFEST_NAME),
                              recipe=config.recipe, config=config.export, tasks=tasks)
     return GeeReport(config.mode, labels.summary(), auth, result)
+
+
+def plan_text(locations: list, config: GeeConfig) -> str:
+    """The plan of a run, built offline: export tasks, or download requests."""
+    if config.mode == "export":
+        return plan_summary(plan_jobs(locations, recipe=config.recipe, config=config.export),
+                            config.export)
+    return (f"{len(locations)} computePixels request(s) ({config.recipe.size} x "
+            f"{config.recipe.size} px, {len(config.recipe.record_bands)} bands), "
+            f"{config.download.concurrency} in flight, into {config.out_dir}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -192,14 +241,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="only the first N location-years")
     p.add_argument("--timeout", type=float, default=300.0, dest="timeout_s",
                    help="deadline of each Earth Engine request, seconds")
+    p.add_argument("--high-volume", action="store_true", default=None,
+                   help="use the high-volume endpoint (many parallel computePixels requests)")
+    p.add_argument("--dry-run", action="store_true", default=None,
+                   help="print the plan (tasks, places per task, destination); no network")
     r = p.add_argument_group("image recipe")
     r.add_argument("--collection", default=S2_L1C, help=f"e.g. {S2_L1C} or {S2_SR}")
     r.add_argument("--bands", nargs="+", help="Sentinel-2 bands (default B2 B3 B4 B8 B11 B12)")
     r.add_argument("--scale", type=float, help="metres per pixel (default 30)")
     r.add_argument("--size", type=int, help="patch side in pixels (default 225)")
     r.add_argument("--periods", choices=tuple(PERIODS), help="default quarter")
-    r.add_argument("--cloud-method", choices=CLOUD_METHODS, help="default qa60")
+    r.add_argument("--cloud-method", choices=CLOUD_METHODS,
+                   help="default cloud_score_plus (QA60 is masked Feb 2022 - Feb 2024)")
+    r.add_argument("--cs-band", choices=CS_BANDS, help="Cloud Score+ band (default cs_cdf)")
     r.add_argument("--cs-threshold", type=float, help="Cloud Score+ clear threshold (0.6)")
+    r.add_argument("--qa60-gap", choices=QA60_GAP_ACTIONS,
+                   help="qa60 with imagery in its masked gap: refuse (default) or warn")
+    r.add_argument("--night-lights", choices=NIGHT_LIGHTS,
+                   help="VIIRS night lights channel NL: none (default), annual, monthly")
     r.add_argument("--mask-clouds", action="store_true", default=None,
                    help="mask cloudy pixels of the chosen scenes")
     r.add_argument("--dw-reducer", choices=DW_REDUCERS, help="default mode")
@@ -207,6 +266,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument("--concurrency", type=int, help="computePixels requests in flight (16)")
     d.add_argument("--max-attempts", type=int, help="attempts per location (6 download, 3 export)")
     e = p.add_argument_group("export")
+    e.add_argument("--layout", choices=LAYOUTS,
+                   help="table (default: points_per_task places per task) or image (one "
+                   "task per place)")
+    e.add_argument("--points-per-task", type=int, help="places per table-export task (250)")
+    e.add_argument("--tile-scale", type=float,
+                   help="tileScale of the sampling (default 1; raise on memory errors)")
     e.add_argument("--destination", choices=("drive", "gcs"), help="default drive")
     e.add_argument("--folder", help="Google Drive folder (default povmap_exports)")
     e.add_argument("--bucket", help="Cloud Storage bucket (destination gcs)")
@@ -223,7 +288,8 @@ def main(args: argparse.Namespace) -> GeeReport:
     try:
         config = GeeConfig.from_flat(**params)
         report = extract_gee(config)
-    except (LabelsError, gee_auth.GeeAuthError, ValueError) as error:
+    except (LabelsError, gee_auth.GeeAuthError, GeeNetworkError, RecipeMismatch,
+            ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     print(report.summary())
     return report

@@ -16,6 +16,13 @@ from pathlib import Path
 import ee
 import google.auth.exceptions
 
+from extract_GPS_images.gee_errors import (
+    HIGH_VOLUME_ENDPOINT,
+    GeeNetworkError,
+    is_network_error,
+    network_message,
+)
+
 PROJECT_ENV_VARS: tuple[str, ...] = ("EE_PROJECT", "GOOGLE_CLOUD_PROJECT")
 KEY_ENV_VAR = "EE_SERVICE_ACCOUNT_KEY"
 
@@ -71,7 +78,7 @@ def service_account_email(key_file: str | Path) -> str:
 
 def initialize(
     *, project: str | None = None, service_account_key: str | Path | None = None,
-    deadline_s: float | None = None,
+    deadline_s: float | None = None, high_volume: bool = False,
 ) -> str:
     """Initialise Earth Engine; return a one-line description (project and identity).
 
@@ -80,27 +87,49 @@ def initialize(
         service_account_key: path of a service-account JSON key (default from
             ``EE_SERVICE_ACCOUNT_KEY``); without one, the user's stored credentials.
         deadline_s: timeout of each Earth Engine HTTP request.
+        high_volume: use the high-volume endpoint (``ee.Initialize(url=...)``), which
+            Earth Engine recommends for many parallel automated requests.
 
     Raises:
-        GeeAuthError: no project, no credentials, or Earth Engine refused them; the
-            message says how to authenticate.
+        GeeAuthError: no project, no credentials, a bad key file (named), or Earth
+            Engine refused them; the message says how to authenticate.
+        GeeNetworkError: Earth Engine cannot be reached (the message says what to check).
     """
     project = resolve_project(project)
     key = service_account_key or os.environ.get(KEY_ENV_VAR)
+    options = {"project": project, **({"url": HIGH_VOLUME_ENDPOINT} if high_volume else {})}
     try:
         if key:
             email = service_account_email(key)
-            credentials = ee.ServiceAccountCredentials(email, key_file=str(Path(key).expanduser()))
-            ee.Initialize(credentials, project=project)
+            try:
+                credentials = ee.ServiceAccountCredentials(
+                    email, key_file=str(Path(key).expanduser()))
+            except (ValueError, KeyError, TypeError, OSError,
+                    google.auth.exceptions.GoogleAuthError) as error:
+                raise GeeAuthError(
+                    f"the service-account key file {Path(key).expanduser()} cannot be used "
+                    f"({type(error).__name__}: {error}); download a new JSON key for "
+                    f"{email}\n" + HOW_TO_AUTHENTICATE
+                ) from None
+            ee.Initialize(credentials, **options)
             who = f"service account {email}"
         else:
-            ee.Initialize(project=project)
+            ee.Initialize(**options)
             who = "user credentials"
-    except (ee.EEException, google.auth.exceptions.GoogleAuthError) as error:
+    except GeeAuthError:
+        raise
+    except Exception as error:
+        if is_network_error(error):
+            raise GeeNetworkError(network_message(
+                f"initialising Earth Engine for project {project!r}", error)) from None
+        if not isinstance(error, ee.EEException | google.auth.exceptions.GoogleAuthError):
+            raise
+        source = f" with the key file {Path(key).expanduser()}" if key else ""
         raise GeeAuthError(
-            f"Earth Engine refused to initialise for project {project!r}: {error}\n"
+            f"Earth Engine refused to initialise for project {project!r}{source}: {error}\n"
             + HOW_TO_AUTHENTICATE
         ) from None
     if deadline_s:
         ee.data.setDeadline(int(deadline_s * 1000))
-    return f"Earth Engine project {project} ({who})"
+    endpoint = " via the high-volume endpoint" if high_volume else ""
+    return f"Earth Engine project {project} ({who}){endpoint}"

@@ -13,8 +13,6 @@ location's status, attempts, error and periods that fell back.
 from __future__ import annotations
 
 import random
-import re
-import socket
 import threading
 import time
 from collections import deque
@@ -28,9 +26,16 @@ import ee
 import numpy as np
 from tqdm.auto import tqdm
 
+from extract_GPS_images.gee_errors import (  # noqa: F401 (is_retryable: public here too)
+    RETRYABLE_STATUS,
+    GeeNetworkError,
+    is_network_error,
+    is_retryable,
+    network_message,
+)
+from extract_GPS_images.gee_fingerprint import check_recipe, recipe_settings
 from extract_GPS_images.gee_manifest import DONE, FAILED, PENDING, RUNNING, Manifest, ManifestRow
 from extract_GPS_images.gee_recipe import (
-    FALLBACK_BAND,
     RecipeConfig,
     fallback_summary,
     location_image,
@@ -42,15 +47,6 @@ from extract_GPS_images.tfrecord import encode_example, sample_bands, write_tfre
 from utils.atomic import remove_stale_temporaries
 
 MANIFEST_NAME = "gee_manifest.csv"
-#: HTTP statuses worth retrying: quota / rate limit and transient server errors.
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-#: Earth Engine turns HTTP errors into ``EEException(reason)``; these reasons are transient.
-_RETRYABLE_MESSAGE = re.compile(
-    r"too many|quota|rate limit|resource.?exhausted|\b429\b|\b50[0234]\b|internal error|"
-    r"backend error|service unavailable|temporarily|timed? ?out|deadline|try again",
-    re.IGNORECASE,
-)
-
 ComputePixels = Callable[[dict[str, Any]], Any]
 
 
@@ -96,18 +92,6 @@ class RetryPolicy:
     def delay(self, retry: int, rng: random.Random) -> float:
         cap = min(self.max_s, self.base_s * 2 ** (retry - 1))
         return cap / 2 + rng.uniform(0, cap / 2)
-
-
-def is_retryable(error: BaseException) -> bool:
-    """Whether a failed request is worth retrying (quota, server error, timeout)."""
-    if isinstance(error, TimeoutError | socket.timeout | ConnectionError):
-        return True
-    status = getattr(getattr(error, "resp", None), "status", None)
-    if status is not None:
-        return int(status) in RETRYABLE_STATUS
-    if isinstance(error, ee.EEException):
-        return bool(_RETRYABLE_MESSAGE.search(str(error)))
-    return False
 
 
 @dataclass(frozen=True)
@@ -167,7 +151,7 @@ def pixels_request(location: Location, recipe: RecipeConfig) -> dict[str, Any]:
         imagery_year=location.imagery_year, config=recipe,
     )
     return {
-        "expression": image.select([*recipe.channel_names, FALLBACK_BAND]),
+        "expression": image.select(recipe.record_bands),
         "fileFormat": "NUMPY_NDARRAY",
         "grid": pixel_grid(lat=location.lat, lon=location.lon, scale=recipe.scale,
                            size=recipe.size),
@@ -213,6 +197,8 @@ class _Outcome:
     error: str = ""
     fallback: str = ""
     channels: np.ndarray | None = None  # fetched, not yet written
+    network: bool = False  # failed because Earth Engine could not be reached
+    clear: str = ""  # clear share of each period's scene, "0.97;0.40;..."
 
 
 def _fetch_one(
@@ -221,18 +207,23 @@ def _fetch_one(
     stop: threading.Event,
 ) -> _Outcome:
     """Request one patch, retrying transient errors; the pixels are not written here."""
-    names = [*recipe.channel_names, FALLBACK_BAND]
+    names = recipe.record_bands
     attempt = 0
     while True:
         attempt += 1
         try:
             channels = to_channels(compute(pixels_request(location, recipe)), names, recipe.size)
             code = float(channels[-1].flat[0])
-            return _Outcome(location, True, attempt, channels=channels,
+            clear = ";".join(f"{channels[names.index(n)].flat[0]:.2f}" for n in recipe.clear_names)
+            return _Outcome(location, True, attempt, channels=channels, clear=clear,
                             fallback=fallback_summary(code, recipe.period_names))
         except Exception as error:  # noqa: BLE001 (classified, recorded, never lost)
             message = f"{type(error).__name__}: {error}"
             if not is_retryable(error) or attempt >= retry.max_attempts or stop.is_set():
+                if is_network_error(error):
+                    step = f"fetching {location.file_name} with computePixels"
+                    return _Outcome(location, False, attempt, network=True,
+                                    error=network_message(step, error))
                 return _Outcome(location, False, attempt, error=message)
             sleep(retry.delay(attempt, rng))
 
@@ -280,6 +271,7 @@ def download_locations(
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     manifest = Manifest(out / MANIFEST_NAME, flush_every_s=config.manifest_every_s)
+    recipe_id = check_recipe(out, recipe_settings(recipe, "download"), has_work=len(manifest) > 0)
     report = DownloadReport(out_dir=out, manifest=manifest.path)
     compute = compute_pixels or _default_compute_pixels
     stop = threading.Event()
@@ -289,7 +281,7 @@ def download_locations(
     queue: deque[Location] = deque()
     for loc in locations:
         row = manifest.ensure(ManifestRow(loc.cell_key, loc.year, loc.cell_id, loc.imagery_year))
-        row.output = loc.file_name
+        row.output, row.recipe = loc.file_name, recipe_id
         if (out / loc.file_name).is_file():
             row.status = DONE
             report.skipped += 1
@@ -303,7 +295,7 @@ def download_locations(
     writers = ThreadPoolExecutor(config.writers, thread_name_prefix="tfrecord-writer")
     fetching: set[Future] = set()
     writing: set[Future] = set()
-    names = [*recipe.channel_names, FALLBACK_BAND]  # the fallback record travels too
+    names = recipe.record_bands  # masks, clear shares and fallback travel too
     try:
         while queue or fetching or writing:
             # Keep `concurrency` requests in flight unless writing falls behind.
@@ -327,6 +319,8 @@ def download_locations(
                 else:
                     writing.discard(future)
                 _record(manifest, report, outcome)
+                if outcome.network:  # no network: every other request would fail alike
+                    raise GeeNetworkError(outcome.error)
                 bar.update(1)
                 bar.set_postfix(failed=report.failed, retries=report.retries, refresh=False)
             manifest.maybe_save()
@@ -355,6 +349,7 @@ def _record(manifest: Manifest, report: DownloadReport, outcome: _Outcome) -> No
     report.retries += outcome.attempts - 1
     if outcome.ok:
         row.status, row.error, row.fallback = DONE, "", outcome.fallback
+        row.clear = outcome.clear
         report.fetched += 1
     else:
         row.status, row.error = FAILED, outcome.error

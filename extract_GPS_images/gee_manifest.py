@@ -36,6 +36,9 @@ class ManifestRow:
     output: str = ""
     task_id: str = ""
     fallback: str = ""
+    clear: str = ""  # clear share of each period's chosen scene (download), "0.97;0.40;..."
+    task: str = ""  # export task description (many places share one in table mode)
+    recipe: str = ""  # fingerprint of the settings that made it (gee_fingerprint)
 
     @property
     def key(self) -> tuple[str, int]:

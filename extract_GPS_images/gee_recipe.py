@@ -6,16 +6,22 @@ For each location and year:
 
 * Sentinel-2 (``COPERNICUS/S2_HARMONIZED`` by default) scenes over the point, bands
   B2 B3 B4 B8 B11 B12 divided by 10000;
-* every scene scored by its cloud fraction inside a buffer around the point (QA60
-  opaque-cloud and cirrus bits, or Cloud Score+ ``cs`` below a threshold); pixels of
-  the buffer the scene does not cover count as cloudy, so a scene that only grazes
-  the patch does not win;
+* every scene scored by its cloud fraction inside a buffer around the point (by
+  default Cloud Score+ ``cs_cdf`` (or ``cs``) below a threshold; option: the QA60
+  opaque-cloud and cirrus bits, refused for imagery in QA60's masked gap of
+  February 2022 - February 2024); pixels of the buffer the scene does not cover count
+  as cloudy, so a scene that only grazes the patch does not win; the chosen scene's
+  clear share is recorded per period (``clear_q1 ...``);
 * for each period (calendar quarter by default; months or the whole year as options)
   the least-cloudy scene of the period; if the period has none, the least-cloudy scene
   of the year; if the year has none, an empty (nodata) image. The choice is made on
   the server by ranking the candidates of one merged collection (one graph per point,
   no round trip per quarter) and recorded per period in the band ``s2_fallback``;
 * Dynamic World V1 ``label`` mode (or median) over the year as ``DW``;
+* optional night lights (VIIRS DNB ``average`` of the annual composite, or the mean
+  ``avg_rad`` of the monthly composites over the year) as ``NL``;
+* valid-pixel masks ``valid_q1 ... valid_q4``, ``valid_DW`` (1 data, 0 nodata); nodata
+  pixels hold 0, and ``DW`` holds :data:`~extract_GPS_images.schema.DW_NODATA`;
 * constant metadata bands ``label, latitude, longitude, year, imagery_year``;
 * sampled on a fixed grid: a transverse Mercator projection centred on the point,
   ``scale`` metres per pixel, ``size`` x ``size`` pixels with the point at the centre,
@@ -25,6 +31,7 @@ For each location and year:
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -32,12 +39,18 @@ from typing import Any, Literal
 import ee
 
 from extract_GPS_images.schema import (
+    CLEAR_PREFIX,
     DW_BAND,
+    DW_NODATA,
     FALLBACK_BAND,
     META_BANDS,
+    NIGHT_LIGHTS_BAND,
     QUARTERS,
     S2_BANDS,
+    VALID_PREFIX,
+    clear_band_names,
     s2_channel_names,
+    valid_band_names,
 )
 
 S2_L1C = "COPERNICUS/S2_HARMONIZED"
@@ -45,6 +58,13 @@ S2_SR = "COPERNICUS/S2_SR_HARMONIZED"
 CLOUD_SCORE_PLUS = "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED"
 DYNAMIC_WORLD = "GOOGLE/DYNAMICWORLD/V1"
 DW_SOURCE_BAND = "label"
+VIIRS_ANNUAL = "NOAA/VIIRS/DNB/ANNUAL_V22"
+VIIRS_ANNUAL_BAND = "average"
+VIIRS_MONTHLY = "NOAA/VIIRS/DNB/MONTHLY_V1/VCMSLCFG"
+VIIRS_MONTHLY_BAND = "avg_rad"
+#: Earth Engine catalog: QA60 of the Sentinel-2 L1C/L2A collections is masked from
+#: 2022-02 to 2024-02, so a QA60 ranking is meaningless for imagery in those months.
+QA60_GAP: tuple[str, str] = ("2022-02-01", "2024-03-01")
 
 #: QA60 bits 10 (opaque clouds) and 11 (cirrus).
 QA60_CLOUD_MASK = (1 << 10) | (1 << 11)
@@ -66,7 +86,10 @@ PERIODS: dict[str, tuple[str, ...]] = {
     "month": tuple(f"m{m:02d}" for m in range(1, 13)),
     "year": ("y",),
 }
-CLOUD_METHODS = ("qa60", "cloud_score_plus")
+CLOUD_METHODS = ("cloud_score_plus", "qa60")
+CS_BANDS = ("cs_cdf", "cs")
+QA60_GAP_ACTIONS = ("refuse", "warn")
+NIGHT_LIGHTS = ("none", "annual", "monthly")
 DW_REDUCERS = ("mode", "median")
 
 
@@ -81,15 +104,21 @@ class RecipeConfig:
         scale: metres per output pixel.
         size: patch width and height in pixels (the point is at the centre).
         periods: ``"quarter"``, ``"month"`` or ``"year"``.
-        cloud_method: ``"qa60"`` or ``"cloud_score_plus"``.
-        cs_threshold: Cloud Score+ ``cs`` below this is cloudy.
+        cloud_method: ``"cloud_score_plus"`` (default) or ``"qa60"``.
+        cs_band: Cloud Score+ band, ``"cs_cdf"`` (default) or ``"cs"``.
+        cs_threshold: a pixel is clear where ``cs_band >= cs_threshold``.
+        qa60_gap: with ``cloud_method="qa60"`` and imagery in QA60's masked gap
+            (:data:`QA60_GAP`): ``"refuse"`` (default) or ``"warn"``.
         cloud_buffer_m: radius of the buffer scored for clouds (default: half the patch).
         cloud_scale_m: scale of the cloud-fraction reduction.
         scene_cloud_weight: weight of the scene-level cloud percentage (0-1) added to
             the local cloud fraction, to break ties between equally clear scenes.
         mask_clouds: also mask cloudy pixels of the chosen scenes (they become nodata).
         dw_reducer: ``"mode"`` or ``"median"`` of Dynamic World ``label`` over the year.
-        nodata: value written for pixels without data.
+        night_lights: ``"none"``, ``"annual"`` (VIIRS annual composite ``average``) or
+            ``"monthly"`` (mean of the monthly ``avg_rad`` over the year), as ``NL``.
+        nodata: value written for Sentinel-2 pixels without data (the valid masks
+            say which); Dynamic World nodata is :data:`DW_NODATA`.
     """
 
     collection: str = S2_L1C
@@ -98,18 +127,24 @@ class RecipeConfig:
     scale: float = 30.0
     size: int = 225
     periods: Literal["quarter", "month", "year"] = "quarter"
-    cloud_method: Literal["qa60", "cloud_score_plus"] = "qa60"
+    cloud_method: Literal["cloud_score_plus", "qa60"] = "cloud_score_plus"
+    cs_band: Literal["cs_cdf", "cs"] = "cs_cdf"
     cs_threshold: float = 0.6
+    qa60_gap: Literal["refuse", "warn"] = "refuse"
     cloud_buffer_m: float | None = None
     cloud_scale_m: float = 60.0
     scene_cloud_weight: float = 0.01
     mask_clouds: bool = False
     dw_reducer: Literal["mode", "median"] = "mode"
+    night_lights: Literal["none", "annual", "monthly"] = "none"
     nodata: float = 0.0
 
     def __post_init__(self) -> None:
         _check_choice("periods", self.periods, tuple(PERIODS))
         _check_choice("cloud_method", self.cloud_method, CLOUD_METHODS)
+        _check_choice("cs_band", self.cs_band, CS_BANDS)
+        _check_choice("qa60_gap", self.qa60_gap, QA60_GAP_ACTIONS)
+        _check_choice("night_lights", self.night_lights, NIGHT_LIGHTS)
         _check_choice("dw_reducer", self.dw_reducer, DW_REDUCERS)
         if self.size < 1 or self.scale <= 0:
             raise ValueError(f"size must be >= 1 and scale > 0, got size={self.size}, "
@@ -122,9 +157,31 @@ class RecipeConfig:
         return PERIODS[self.periods]
 
     @property
+    def extra_channels(self) -> tuple[str, ...]:
+        """Optional channel groups after ``DW`` (``NL`` with night lights)."""
+        return (NIGHT_LIGHTS_BAND,) if self.night_lights != "none" else ()
+
+    @property
     def channel_names(self) -> list[str]:
-        """Image channels: Sentinel-2 ``{band}_{period}`` (period-major), then ``DW``."""
-        return [*s2_channel_names(self.bands, self.period_names), DW_BAND]
+        """Image channels: Sentinel-2 ``{band}_{period}`` (period-major), ``DW``, then
+        the optional groups (``NL``)."""
+        return [*s2_channel_names(self.bands, self.period_names), DW_BAND,
+                *self.extra_channels]
+
+    @property
+    def valid_names(self) -> list[str]:
+        """Valid-pixel mask bands: ``valid_{period}`` per period, ``valid_DW`` (``valid_NL``)."""
+        return valid_band_names(self.period_names, self.extra_channels)
+
+    @property
+    def clear_names(self) -> list[str]:
+        """Clear-share bands (constant per record), one per period."""
+        return clear_band_names(self.period_names)
+
+    @property
+    def record_bands(self) -> list[str]:
+        """Every non-metadata band of a record: channels, masks, clear shares, fallback."""
+        return [*self.channel_names, *self.valid_names, *self.clear_names, FALLBACK_BAND]
 
     @property
     def buffer_m(self) -> float:
@@ -187,12 +244,46 @@ def pixel_grid(*, lat: float, lon: float, scale: float, size: int) -> dict[str, 
     }
 
 
+def metadata_bands(
+    *, label: float, lat: float, lon: float, year: int, imagery_year: int
+) -> ee.Image:
+    """Constant float bands ``label, latitude, longitude, year, imagery_year``."""
+    values = dict(label=label, latitude=lat, longitude=lon, year=year, imagery_year=imagery_year)
+    return ee.Image.constant([float(values[name]) for name in META_BANDS]).rename(
+        list(META_BANDS)
+    ).toFloat()
+
+
+def check_cloud_method(config: RecipeConfig, imagery_year: int) -> None:
+    """Refuse (or warn loudly about) a QA60 cloud ranking of imagery in QA60's gap.
+
+    Raises:
+        ValueError: ``cloud_method="qa60"`` with ``qa60_gap="refuse"`` and an imagery
+            year overlapping :data:`QA60_GAP`.
+    """
+    if config.cloud_method != "qa60":
+        return
+    first, after = f"{imagery_year}-01-01", f"{imagery_year + 1}-01-01"
+    if not (first < QA60_GAP[1] and after > QA60_GAP[0]):
+        return
+    message = (
+        f"cloud_method='qa60' for imagery of {imagery_year}: the QA60 band of {config.collection} "
+        f"is masked from {QA60_GAP[0]} to {QA60_GAP[1]} (Earth Engine catalog), so every "
+        "scene would score as cloudy and the tile-wide cloud percentage would decide; use "
+        "cloud_method='cloud_score_plus' (the default)"
+    )
+    if config.qa60_gap == "refuse":
+        raise ValueError(message + ", or qa60_gap='warn' to go on anyway")
+    warnings.warn("QA60 GAP: " + message, UserWarning, stacklevel=3)
+
+
 def scored_scenes(
     *, point: ee.Geometry, year: int, config: RecipeConfig
 ) -> ee.ImageCollection:
     """Sentinel-2 scenes of ``year`` over ``point``: the bands scaled to reflectance,
     with ``cloud_score`` (cloudy-or-uncovered fraction of the buffer + tie-breaker), the
-    same value as ``rank`` and ``s2_source`` = :data:`SOURCE_PERIOD`."""
+    same value as ``rank``, ``clear_share`` (clear and covered fraction of the buffer)
+    and ``s2_source`` = :data:`SOURCE_PERIOD`."""
     buffer = point.buffer(config.buffer_m)
     scenes = (
         ee.ImageCollection(config.collection)
@@ -200,22 +291,22 @@ def scored_scenes(
         .filterDate(f"{year}-01-01", f"{year + 1}-01-01")
     )
     if config.cloud_method == "cloud_score_plus":
-        # Scenes without a Cloud Score+ match get a fully masked ``cs``: all cloudy.
-        scenes = scenes.linkCollection(ee.ImageCollection(CLOUD_SCORE_PLUS), ["cs"])
+        # Scenes without a Cloud Score+ match get a fully masked score: all cloudy.
+        scenes = scenes.linkCollection(ee.ImageCollection(CLOUD_SCORE_PLUS), [config.cs_band])
 
     def clear_of(scene: ee.Image) -> ee.Image:
         if config.cloud_method == "cloud_score_plus":
-            return scene.select("cs").gte(config.cs_threshold)
+            return scene.select(config.cs_band).gte(config.cs_threshold)
         return scene.select("QA60").bitwiseAnd(QA60_CLOUD_MASK).eq(0)
 
     def score(scene: ee.Image) -> ee.Image:
         clear = clear_of(scene)
         covered_clear = clear.unmask(0, False).rename("clear")
-        fraction = covered_clear.reduceRegion(
+        fraction = ee.Number(covered_clear.reduceRegion(
             reducer=ee.Reducer.mean(), geometry=buffer, scale=config.cloud_scale_m,
             maxPixels=1e9,
-        ).get("clear")
-        cloud = ee.Number(1).subtract(ee.Number(fraction)).add(
+        ).get("clear"))
+        cloud = ee.Number(1).subtract(fraction).add(
             ee.Number(scene.get(SCENE_CLOUD_PROPERTY)).divide(100).multiply(
                 config.scene_cloud_weight
             )
@@ -226,14 +317,15 @@ def scored_scenes(
         return ee.Image(
             reflectance.rename(list(config.bands)).toFloat()
             .copyProperties(scene, ["system:index", "system:time_start"])
-        ).set("cloud_score", cloud, "rank", cloud, "s2_source", SOURCE_PERIOD)
+        ).set("cloud_score", cloud, "rank", cloud, "s2_source", SOURCE_PERIOD,
+              "clear_share", fraction)
 
     return scenes.map(score)
 
 
 def year_fallbacks(*, scenes: ee.ImageCollection, config: RecipeConfig) -> ee.ImageCollection:
     """The candidates every period falls back to: the least-cloudy scene of the year
-    (ranked after any in-period scene) and an empty image (ranked last)."""
+    (ranked after any in-period scene) and an empty image (ranked last, clear share 0)."""
     year_best = scenes.sort("rank").limit(1).map(
         lambda im: im.set(
             "rank", ee.Number(im.get("rank")).add(_YEAR_RANK_OFFSET), "s2_source", SOURCE_YEAR
@@ -242,7 +334,8 @@ def year_fallbacks(*, scenes: ee.ImageCollection, config: RecipeConfig) -> ee.Im
     empty = (
         ee.Image.constant([config.nodata] * len(config.bands))
         .rename(list(config.bands)).toFloat().updateMask(0)
-        .set("rank", _NONE_RANK, "s2_source", SOURCE_NONE, "system:index", "none")
+        .set("rank", _NONE_RANK, "s2_source", SOURCE_NONE, "system:index", "none",
+             "clear_share", 0)
     )
     return year_best.merge(ee.ImageCollection([empty]))
 
@@ -260,23 +353,30 @@ def least_cloudy(
 
 def s2_composites(
     *, point: ee.Geometry, year: int, config: RecipeConfig
-) -> tuple[ee.Image, ee.Image]:
-    """The Sentinel-2 channels (``{band}_{period}``, period-major) and the
-    :data:`FALLBACK_BAND` image coding each period's source (2 bits per period)."""
+) -> tuple[ee.Image, ee.Image, dict[str, ee.Number]]:
+    """The Sentinel-2 channels (``{band}_{period}``, period-major), their valid-pixel
+    masks (``valid_{period}``: 1 where every band of the chosen scene has data) and the
+    per-record numbers: :data:`FALLBACK_BAND` (each period's source, 2 bits per period)
+    and ``clear_{period}`` (the chosen scene's clear share of the buffer)."""
     scenes = scored_scenes(point=point, year=year, config=config)
     fallbacks = year_fallbacks(scenes=scenes, config=config)
-    channels, code = [], ee.Number(0)
+    channels, masks, code = [], [], ee.Number(0)
+    numbers: dict[str, ee.Number] = {}
     for i, (name, start, end) in enumerate(period_ranges(year=year, periods=config.periods)):
         chosen = least_cloudy(scenes=scenes, fallbacks=fallbacks, start=start, end=end)
-        channels.append(chosen.select(list(config.bands), [f"{b}_{name}" for b in config.bands]))
+        bands = chosen.select(list(config.bands), [f"{b}_{name}" for b in config.bands])
+        channels.append(bands)
+        masks.append(bands.mask().reduce(ee.Reducer.min()).rename(f"{VALID_PREFIX}{name}"))
         code = code.add(ee.Number(chosen.get("s2_source")).multiply(_CODE_BASE**i))
-    fallback = ee.Image.constant(code).toFloat().rename(FALLBACK_BAND)
-    return ee.Image.cat(channels), fallback
+        numbers[f"{CLEAR_PREFIX}{name}"] = ee.Number(chosen.get("clear_share"))
+    numbers = {FALLBACK_BAND: code, **numbers}
+    return ee.Image.cat(channels), ee.Image.cat(masks), numbers
 
 
 def dynamic_world(*, point: ee.Geometry, year: int, config: RecipeConfig) -> ee.Image:
-    """Dynamic World V1 ``label`` reduced over ``year`` (mode or median) as ``DW``; an
-    empty placeholder keeps the band when the year has no Dynamic World image."""
+    """Dynamic World V1 ``label`` reduced over ``year`` (mode or median) as ``DW``, where
+    no image covers a pixel :data:`DW_NODATA`, and its mask ``valid_DW``; an empty
+    placeholder keeps the band when the year has no Dynamic World image."""
     empty = ee.Image.constant(0).toByte().rename(DW_SOURCE_BAND).updateMask(0)
     labels = (
         ee.ImageCollection(DYNAMIC_WORLD)
@@ -286,17 +386,59 @@ def dynamic_world(*, point: ee.Geometry, year: int, config: RecipeConfig) -> ee.
         .merge(ee.ImageCollection([empty]))
     )
     reducer = ee.Reducer.mode() if config.dw_reducer == "mode" else ee.Reducer.median()
-    return labels.reduce(reducer).rename(DW_BAND)
+    dw = labels.reduce(reducer).rename(DW_BAND)
+    valid = dw.mask().rename(f"{VALID_PREFIX}{DW_BAND}")
+    return ee.Image.cat([dw.unmask(DW_NODATA, False), valid])
 
 
-def metadata_bands(
-    *, label: float, lat: float, lon: float, year: int, imagery_year: int
-) -> ee.Image:
-    """Constant float bands ``label, latitude, longitude, year, imagery_year``."""
-    values = dict(label=label, latitude=lat, longitude=lon, year=year, imagery_year=imagery_year)
-    return ee.Image.constant([float(values[name]) for name in META_BANDS]).rename(
-        list(META_BANDS)
-    ).toFloat()
+def night_lights(*, year: int, config: RecipeConfig) -> ee.Image:
+    """VIIRS DNB radiance over ``year`` as ``NL`` (nW/sr/cm^2) and its mask ``valid_NL``:
+    the annual composite's ``average`` or the mean monthly ``avg_rad``. Sampled on the
+    recipe's 30 m grid (each ~464 m VIIRS pixel covers about 15 x 15 output pixels)."""
+    annual = config.night_lights == "annual"
+    collection, band = (
+        (VIIRS_ANNUAL, VIIRS_ANNUAL_BAND) if annual else (VIIRS_MONTHLY, VIIRS_MONTHLY_BAND)
+    )
+    empty = ee.Image.constant(0).toFloat().rename(band).updateMask(0)
+    lights = (
+        ee.ImageCollection(collection)
+        .filterDate(f"{year}-01-01", f"{year + 1}-01-01")
+        .select(band)
+        .merge(ee.ImageCollection([empty]))
+        .mean()
+        .rename(NIGHT_LIGHTS_BAND)
+    )
+    valid = lights.mask().rename(f"{VALID_PREFIX}{NIGHT_LIGHTS_BAND}")
+    return ee.Image.cat([lights.unmask(0, False), valid])
+
+
+def place_parts(
+    *, point: ee.Geometry, imagery_year: int, config: RecipeConfig
+) -> tuple[ee.Image, dict[str, ee.Number]]:
+    """The pixel bands of one place (channels and valid masks, float32, no masked
+    pixel left) and its per-record numbers (:data:`FALLBACK_BAND`, ``clear_{period}``).
+
+    The image paths write the numbers as constant bands, the table export as scalar
+    features.
+    """
+    check_cloud_method(config, imagery_year)
+    s2, s2_valid, numbers = s2_composites(point=point, year=imagery_year, config=config)
+    dw = dynamic_world(point=point, year=imagery_year, config=config)
+    parts = [s2, dw.select(DW_BAND)]
+    masks = [s2_valid, dw.select(f"{VALID_PREFIX}{DW_BAND}")]
+    if config.night_lights != "none":
+        lights = night_lights(year=imagery_year, config=config)
+        parts.append(lights.select(NIGHT_LIGHTS_BAND))
+        masks.append(lights.select(f"{VALID_PREFIX}{NIGHT_LIGHTS_BAND}"))
+    image = ee.Image.cat([*parts, *masks]).toFloat().unmask(config.nodata, False)
+    return image, numbers
+
+
+def constant_bands(numbers: dict[str, ee.Number]) -> ee.Image:
+    """Per-record numbers as constant float bands named by their keys."""
+    return ee.Image.cat(
+        [ee.Image.constant(value).toFloat().rename(name) for name, value in numbers.items()]
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -306,6 +448,10 @@ def recipe_function(config: RecipeConfig, imagery_year: int) -> ee.Function:
     Built once per (config, year) and called per location, so building a location's
     graph costs one invocation instead of the whole recipe (the download path builds
     thousands); the server sees the same function definition every time.
+
+    Raises:
+        ValueError: a QA60 ranking of imagery in QA60's gap (see
+            :func:`check_cloud_method`).
     """
     signature = {
         "name": "",
@@ -314,9 +460,8 @@ def recipe_function(config: RecipeConfig, imagery_year: int) -> ee.Function:
     }
 
     def body(point: ee.Geometry, meta: ee.Image) -> ee.Image:
-        s2, fallback = s2_composites(point=point, year=imagery_year, config=config)
-        dw = dynamic_world(point=point, year=imagery_year, config=config)
-        return ee.Image.cat([s2, dw, meta, fallback]).toFloat().unmask(config.nodata, False)
+        image, numbers = place_parts(point=point, imagery_year=imagery_year, config=config)
+        return ee.Image.cat([image, meta, constant_bands(numbers)]).toFloat()
 
     return ee.CustomFunction(signature, body)
 
@@ -324,8 +469,9 @@ def recipe_function(config: RecipeConfig, imagery_year: int) -> ee.Function:
 def location_image(
     *, lat: float, lon: float, label: float, year: int, imagery_year: int, config: RecipeConfig
 ) -> ee.Image:
-    """The full record image of one location-year: Sentinel-2 channels, ``DW``, the
-    metadata bands, then :data:`FALLBACK_BAND`; float32, masked pixels set to nodata.
+    """The full record image of one location-year: the channels (Sentinel-2, ``DW``,
+    optional ``NL``), the valid masks, the metadata bands, :data:`FALLBACK_BAND` and
+    the clear shares; float32, no masked pixel (nodata as documented in the module).
 
     Imagery comes from ``imagery_year`` (the label year, or the configured year for
     label years before Sentinel-2); ``year`` is the label year, kept as metadata.

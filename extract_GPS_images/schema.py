@@ -29,6 +29,19 @@ CELL_ID_FEATURE = "cell_id"
 #: from the period itself, the fallback to the year, or nowhere (see gee_recipe).
 FALLBACK_BAND = "s2_fallback"
 SCHEMA_VERSION = 1
+#: Dynamic World "no data" code: outside the class codes 0-8 (0 is water).
+DW_NODATA = 255
+#: Prefix of the valid-pixel masks (1 valid, 0 nodata): ``valid_q1 ... valid_q4`` for
+#: the Sentinel-2 scene of each period, ``valid_DW`` for Dynamic World.
+VALID_PREFIX = "valid_"
+#: Prefix of the chosen scene's clear share over the patch per period (constant band or
+#: scalar feature, 0-1): ``clear_q1 ... clear_q4``.
+CLEAR_PREFIX = "clear_"
+#: Optional night-lights channel (VIIRS DNB radiance over the imagery year, nW/sr/cm^2).
+NIGHT_LIGHTS_BAND = "NL"
+#: Per-record scalar features of a multi-place file (Earth Engine table export): the
+#: file-name-safe key and the original id of the place's cell.
+CELL_KEY_FEATURE = "cell_key"
 
 #: Dynamic World V1 class codes, in code order.
 DW_CLASSES: tuple[str, ...] = (
@@ -79,6 +92,19 @@ def all_band_names(
 ) -> list[str]:
     """Every float band of a record: image channels, then the metadata bands."""
     return [*image_band_names(bands, periods), *META_BANDS]
+
+
+def valid_band_names(
+    periods: tuple[str, ...] = QUARTERS, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """Valid-pixel mask bands: one per Sentinel-2 period, one for ``DW`` (and one per
+    ``extra`` channel such as ``NL``)."""
+    return [f"{VALID_PREFIX}{name}" for name in (*periods, DW_BAND, *extra)]
+
+
+def clear_band_names(periods: tuple[str, ...] = QUARTERS) -> list[str]:
+    """Clear-share bands/features, one per Sentinel-2 period."""
+    return [f"{CLEAR_PREFIX}{period}" for period in periods]
 
 
 _ORIGINAL_BAND = re.compile(r"^(B\d{1,2}A?)_(\d)$")

@@ -17,8 +17,15 @@ How the world is made:
   with dense roads and bright, textured roofs; middle ones are crops and grass;
   the poorest are forest, shrub and bare ground with scattered huts. Reflectances
   per class and band are plausible L1C values with seasonal change per quarter;
-  some quarters are cloudy, a few are missing (zeros, as a masked export).
+  some quarters are cloudy, a few are missing. Quality travels as Earth Engine
+  records carry it: ``valid_q1 ... valid_q4`` / ``valid_DW`` masks (a missing quarter
+  is 0 there and its bands hold the nodata value 0) and the clear share of each
+  quarter's scene (``clear_q1 ...``: 1 minus its cloud fraction, 0 when missing).
   The label is therefore a noisy but learnable function of the scene.
+* **Night lights** (``night_lights=True``): a VIIRS-like radiance band ``NL`` that
+  follows built-up area and wealth with its own noise: the glow of the town spread
+  over a few hundred metres, saturating in the cores of rich towns, nearly dark in
+  the poorest places.
 * **Your own labels**: with ``labels=...`` every row of a researcher's labels.csv
   gets a scene drawn to fit its label; one cell keeps its landscape across years
   (seeded by the cell), only the wealth-driven parts change.
@@ -122,6 +129,7 @@ class WorldConfig:
     tail_noise: float | None = 0.8
     cloud_probability: float = 0.12  # per quarter
     missing_probability: float = 0.02  # per quarter
+    night_lights: bool = False  # also write the NL band (VIIRS-like radiance)
 
 
 @dataclass
@@ -316,8 +324,9 @@ def reflectance(
     cloud_probability: float,
     missing_probability: float,
     tail_wealth: float = 0.33,
-) -> np.ndarray:
-    """24 Sentinel-2 channels (quarter-major) for a class map, as reflectance (/10000)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """24 Sentinel-2 channels (quarter-major) for a class map, as reflectance (/10000),
+    each quarter's validity (0 when the quarter has no scene) and clear share."""
     size = classes.shape[0]
     u = max(_unit_wealth(wealth), tail_wealth)
     base = CLASS_REFLECTANCE[classes]  # (H, W, 6)
@@ -328,6 +337,8 @@ def reflectance(
     roof += 0.3 * u * built
     texture = 1.0 + 0.06 * rng.normal(0, 1, (size, size))
     quarters = []
+    valid = np.ones(len(schema.QUARTERS), np.float32)
+    clear = np.ones(len(schema.QUARTERS), np.float32)
     for q in range(len(schema.QUARTERS)):
         season = np.sin(2 * np.pi * (q - 0.5) / 4)  # greenest in q2-q3
         amp = SEASONAL_AMPLITUDE[classes] * season * ~cleared
@@ -337,12 +348,33 @@ def reflectance(
         img *= (roof * texture)[..., None]
         img += rng.normal(0, 0.004, 6)[None, None, :]  # atmosphere of the day
         if rng.random() < missing_probability:
-            img[:] = 0.0  # no scene at all: masked pixels export as 0
+            img[:] = 0.0  # no scene at all: nodata value 0, mask 0
+            valid[q] = clear[q] = 0.0
         elif rng.random() < cloud_probability:
             cloud = _threshold(_field(rng, size, 0.1), rng.uniform(0.1, 0.6))
             img[cloud] = np.array([0.35, 0.36, 0.38, 0.42, 0.30, 0.22]) * rng.uniform(0.8, 1.2)
+            clear[q] = 1.0 - float(cloud.mean())
         quarters.append(np.moveaxis(img, -1, 0))
-    return np.clip(np.concatenate(quarters), 0.0, 1.5).astype(np.float32)
+    return np.clip(np.concatenate(quarters), 0.0, 1.5).astype(np.float32), valid, clear
+
+
+#: Radiance (nW/sr/cm^2) where the lights saturate, as VIIRS does in city cores.
+NL_SATURATION = 60.0
+
+
+def night_lights(classes: np.ndarray, wealth: float, rng: np.random.Generator) -> np.ndarray:
+    """VIIRS-like night-time radiance for a class map: the built-up density blurred over
+    a few hundred metres (VIIRS pixels are ~464 m), times a brightness that grows with
+    the wealth the lights show (the place's own noisy copy), saturating at
+    :data:`NL_SATURATION`; a faint noisy background, so the poorest places are nearly
+    dark but not exactly 0."""
+    size = classes.shape[0]
+    density = gaussian_filter((classes == DW["built"]).astype(np.float64), max(size / 15, 1.0))
+    u = _unit_wealth(wealth)
+    brightness = 10.0 * u**4 * density  # rich, dense cores saturate; poor villages barely glow
+    radiance = NL_SATURATION * (1.0 - np.exp(-brightness))
+    radiance += np.abs(rng.normal(0.0, 0.05 + 0.3 * u, classes.shape))  # background, airglow
+    return radiance.astype(np.float32)
 
 
 def _cell_seed(seed: int, cell_key: str) -> list[int]:
@@ -362,7 +394,7 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
     classes, cleared = land_cover(
         shown, landscape, year_rng, cfg.size, tail_wealth=cfg.tail_wealth, clearing_wealth=clearing
     )
-    s2 = reflectance(
+    s2, valid, clear = reflectance(
         classes,
         cleared,
         shown,
@@ -373,7 +405,18 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
     )
     image = np.concatenate([s2, classes[None].astype(np.float32)])
     meta = {k: float(row[k]) for k in schema.META_BANDS}
-    return sample_bands(image, meta)
+    bands = sample_bands(image, meta)
+    shape = classes.shape
+    for name, value in zip(schema.valid_band_names(), [*valid, 1.0], strict=True):
+        bands[name] = np.full(shape, value, np.float32)
+    for name, value in zip(schema.clear_band_names(), clear, strict=True):
+        bands[name] = np.full(shape, value, np.float32)
+    if cfg.night_lights:  # their own draws: the other bands stay as without them
+        lights_rng = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), int(row.year), 13])
+        shown_lights = row.label + cfg.scene_noise * lights_rng.normal()
+        bands[schema.NIGHT_LIGHTS_BAND] = night_lights(classes, shown_lights, lights_rng)
+        bands[f"{schema.VALID_PREFIX}{schema.NIGHT_LIGHTS_BAND}"] = np.ones(shape, np.float32)
+    return bands
 
 
 # --------------------------------------------------------------------------- damage
@@ -521,7 +564,10 @@ def _write_truncated(path: Path, record: bytes) -> None:
 
 def _check_config(out: Path, cfg: WorldConfig, source: str) -> None:
     """Refuse to mix two different worlds in one folder."""
-    meta = {"config": dataclasses.asdict(cfg), "labels": source}
+    config = dataclasses.asdict(cfg)
+    if not config["night_lights"]:  # worlds made before the option read the same
+        del config["night_lights"]
+    meta = {"config": config, "labels": source}
     path = out / "world.json"
     text = json.dumps(meta, indent=2, sort_keys=True, default=list)
     if path.exists():
@@ -556,6 +602,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unit wealth below which only clearings tell places apart")
     parser.add_argument("--tail-noise", type=float, default=world.tail_noise,
                         help="std of the wealth the clearings show (default: the scene's)")
+    parser.add_argument("--night-lights", action="store_true",
+                        help="also write a VIIRS-like night-lights band NL")
     parser.add_argument(
         "--skip-bad-rows", action="store_true", help="skip bad labels.csv rows instead of failing"
     )
@@ -577,6 +625,7 @@ def main(args: argparse.Namespace) -> None:
             scene_noise=args.scene_noise,
             tail_wealth=args.tail_wealth,
             tail_noise=args.tail_noise,
+            night_lights=args.night_lights,
         )
     except LabelsError as err:
         raise SystemExit(f"error: {err}") from None

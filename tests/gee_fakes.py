@@ -20,11 +20,12 @@ from typing import Any
 
 import ee
 import numpy as np
+import requests
 from ee import apitestcase
 from googleapiclient.errors import HttpError
 
-NETWORK_CALLS = ("computePixels", "exportImage", "getTaskStatus", "newTaskId", "getOperation",
-                 "listOperations", "computeValue")
+NETWORK_CALLS = ("computePixels", "exportImage", "exportTable", "getTaskStatus", "newTaskId",
+                 "getOperation", "listOperations", "computeValue")
 
 
 class _Case(apitestcase.ApiTestCase):
@@ -74,6 +75,17 @@ def fake_pixels(names: list[str], size: int, key: str) -> np.ndarray:
     arr = np.zeros((size, size), dtype=[(n, "<f4") for n in names])
     for name in names:
         arr[name] = rng.random((size, size), dtype=np.float32)
+        corner = (slice(0, size // 4), slice(0, size // 4))
+        if name.startswith("valid_"):  # masks: 1 data, 0 nodata (a corner without data)
+            arr[name] = 1.0
+            arr[name][corner] = 0.0
+        elif name.startswith("clear_"):  # clear shares: constant per record
+            arr[name] = 0.9
+        elif name == "DW":  # class codes, and the nodata code where valid_DW is 0
+            arr[name] = np.floor(arr[name] * 9)
+            arr[name][corner] = 255.0
+        elif name[:1] == "B" and "_" in name:  # Sentinel-2: nodata 0 where the mask is 0
+            arr[name][corner] = 0.0
     return arr
 
 
@@ -85,7 +97,7 @@ class FakeComputePixels:
         size: reply shape ``(size, size)``.
         latency_s: sleep per call (benchmarks).
         failures: request key -> list of errors raised on its first calls, in order
-            (``"429"``, ``"500"``, ``"timeout"``, ``"permanent"``).
+            (``"429"``, ``"500"``, ``"503"``, ``"timeout"``, ``"offline"``, ``"permanent"``).
         fallback_code: value of the ``s2_fallback`` band when present in ``names``.
     """
 
@@ -123,6 +135,13 @@ class FakeComputePixels:
                 raise ee.EEException("Too Many Requests: quota exceeded, 429")
             if failure == "500":
                 raise http_error(500, "Internal error")
+            if failure == "503":  # what is left of a 503 after the library's own retries
+                raise ee.EEException("The service is currently unavailable.")
+            if failure == "offline":
+                raise requests.exceptions.ConnectionError(
+                    "HTTPSConnectionPool(host='earthengine.googleapis.com', port=443): Max "
+                    "retries exceeded (Failed to establish a new connection: [Errno -3] "
+                    "Temporary failure in name resolution)")
             if failure == "timeout":
                 raise TimeoutError("The read operation timed out")
             if failure == "permanent":
@@ -140,12 +159,19 @@ class FakeTasks:
     """Export tasks in memory: ``start(task) -> task id``, ``statuses(ids)``.
 
     Each task runs for ``polls_to_finish`` status polls, then completes, or fails with
-    ``error`` while its description is listed in ``fail_first`` (once per listing).
+    ``error`` while its description is listed in ``fail_first`` (once per listing). The
+    first status polls raise the errors of ``poll_errors`` and the first starts those
+    of ``start_errors``, in order (the network failing under a running export).
     """
 
-    def __init__(self, *, polls_to_finish: int = 2, fail_first: list[str] | None = None) -> None:
+    def __init__(self, *, polls_to_finish: int = 2, fail_first: list[str] | None = None,
+                 poll_errors: list[BaseException] | None = None,
+                 start_errors: list[BaseException] | None = None) -> None:
         self.polls_to_finish = polls_to_finish
         self.fail_first = list(fail_first or [])
+        self.poll_errors = list(poll_errors or [])
+        self.start_errors = list(start_errors or [])
+        self.tasks: dict[str, ee.batch.Task] = {}
         self.started: list[str] = []
         self.configs: dict[str, dict[str, Any]] = {}
         self._polls: dict[str, int] = {}
@@ -163,8 +189,11 @@ class FakeTasks:
 
     def start(self, task: ee.batch.Task) -> str:
         """Record ``task`` (an unstarted ``ee.batch.Task``) as started; return its id."""
+        if self.start_errors:
+            raise self.start_errors.pop(0)
         description, config = task.config["description"], task.config
         task_id = f"TASK{len(self.started):04d}"
+        self.tasks[task_id] = task
         self.started.append(description)
         self.configs[task_id] = config
         self._polls[task_id] = 0
@@ -177,6 +206,8 @@ class FakeTasks:
         return task_id
 
     def statuses(self, task_ids: list[str]) -> dict[str, dict[str, str]]:
+        if self.poll_errors:
+            raise self.poll_errors.pop(0)
         out = {}
         for task_id in task_ids:
             self._polls[task_id] += 1

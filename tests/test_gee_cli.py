@@ -16,7 +16,7 @@ from extract_GPS_images import gee, gee_auth
 from extract_GPS_images.__main__ import main as cli
 from extract_GPS_images.gee import GeeConfig
 from extract_GPS_images.gee_manifest import Manifest
-from extract_GPS_images.gee_recipe import FALLBACK_BAND, RecipeConfig
+from extract_GPS_images.gee_recipe import RecipeConfig
 
 HEADER = "year,cell id,centroid latitude,centroid longitude,label\n"
 GOOD = HEADER + "2019,A1,21.0,105.8,1.2\n2014,B2,21.1,105.9,2.3\n2019,B2,21.1,105.9,2.4\n"
@@ -62,7 +62,7 @@ def test_bad_labels_exit_with_the_readers_message(tmp_path, text, message):
 
 def test_download_mode_end_to_end(tmp_path, monkeypatch, capsys, _ee):
     recipe = RecipeConfig(size=8)
-    fake = FakeComputePixels([*recipe.channel_names, FALLBACK_BAND], 8)
+    fake = FakeComputePixels(recipe.record_bands, 8)
     monkeypatch.setattr(ee.data, "computePixels", fake)
     with pytest.warns(UserWarning, match="using imagery of 2016"):
         run(tmp_path, GOOD, "--concurrency", "2")
@@ -89,7 +89,7 @@ def test_export_mode_end_to_end(tmp_path, monkeypatch, capsys):
                         lambda ids: [{"id": i, "state": "COMPLETED"} for i in ids])
     with pytest.warns(UserWarning):
         run(tmp_path, GOOD, "--mode", "export", "--folder", "f", "--poll-interval", "0",
-            "--max-in-flight", "2")
+            "--max-in-flight", "2", "--layout", "image")
     assert sorted(started) == ["A1_2019", "B2_2014", "B2_2019"]
     assert "3 completed" in capsys.readouterr().out
 

@@ -32,7 +32,7 @@ from extract_GPS_images.tfrecord import iter_serialized, parse_spec
 
 SIZE = 8
 RECIPE = RecipeConfig(size=SIZE)
-NAMES = [*RECIPE.channel_names, FALLBACK_BAND]
+NAMES = RECIPE.record_bands
 TESTS = Path(__file__).resolve().parent
 
 
@@ -69,7 +69,8 @@ def parse(path: Path) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     (raw,) = list(iter_serialized(path))
-    spec = parse_spec([*all_band_names(), FALLBACK_BAND], SIZE, SIZE)
+    extra = [*RECIPE.valid_names, *RECIPE.clear_names, FALLBACK_BAND]
+    spec = parse_spec([*all_band_names(), *extra], SIZE, SIZE)
     spec["cell_id"] = tf.io.FixedLenFeature([], tf.string)
     return {k: v.numpy() for k, v in tf.io.parse_single_example(raw, spec).items()}
 
@@ -101,6 +102,10 @@ def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locat
         np.testing.assert_array_equal(record["B2_q1"], expected["B2_q1"])
         np.testing.assert_array_equal(record["DW"], expected["DW"])
         assert np.all(record[FALLBACK_BAND] == 1 + 2 * 64)  # as in the export's records
+        np.testing.assert_array_equal(record["valid_q3"], expected["valid_q3"])  # masks travel
+        assert record["valid_DW"].min() == 0 and record["valid_DW"].max() == 1
+        assert record["DW"][0, 0] == 255 and record["valid_DW"][0, 0] == 0  # DW nodata code
+        assert np.allclose(record["clear_q2"], 0.9, atol=1e-6)
         assert np.all(record["label"] == np.float32(loc.label))
         assert np.all(record["latitude"] == np.float32(loc.lat))
         assert record["year"][0, 0] == loc.year and record["imagery_year"][0, 0] == (
@@ -110,6 +115,7 @@ def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locat
     rows = {r.cell_key: r for r in Manifest(out / MANIFEST_NAME)}
     assert rows[locations[0].cell_key].attempts == 3
     assert rows[locations[0].cell_key].fallback == "q1:year;q4:none"
+    assert rows[locations[0].cell_key].clear == "0.90;0.90;0.90;0.90"
     bad = rows[locations[3].cell_key]
     assert bad.status == "failed" and "did not match any bands" in bad.error
     assert bad.cell_id == locations[3].cell_id and bad.attempts == 1
@@ -148,6 +154,29 @@ def test_error_classification():
     assert not is_retryable(ValueError("shape"))
 
 
+def test_downloaded_records_convert_with_their_masks(tmp_path, locations):
+    """The records the download writes go through split_and_batch: masks and the DW
+    nodata code kept in the shards."""
+    import h5py
+
+    from utils import hdf5_schema as hs
+    from utils.split_and_batch import SplitConfig, run_split_and_batch
+
+    fake = FakeComputePixels(NAMES, SIZE)
+    download_locations(locations, out_dir=tmp_path / "exports", recipe=RECIPE,
+                       compute_pixels=fake, config=DownloadConfig(progress=False))
+    report = run_split_and_batch(tmp_path / "exports", tmp_path / "shards",
+                                 SplitConfig(split="random", progress=False))
+    assert report.ok == len(locations) and report.quarantined == 0
+    manifest = pd.read_csv(tmp_path / "shards" / hs.MANIFEST_FILE)
+    assert np.allclose(manifest["valid_share"], 1 - 1 / 16, atol=1e-4)
+    assert np.allclose(manifest["clear_share"], 0.9, atol=1e-4)
+    with h5py.File(tmp_path / "shards" / manifest["shard"].iloc[0]) as f:
+        mask = f[hs.MASK][int(manifest["index_in_shard"].iloc[0])]
+        assert mask[:, :2, :2].max() == 0 and mask[:, 2:, :].min() == 1
+        assert f[hs.DATA][int(manifest["index_in_shard"].iloc[0])][24, 0, 0] == 255
+
+
 KILLED_RUN = """
 import sys
 sys.path.insert(0, {tests!r})
@@ -157,7 +186,7 @@ from extract_GPS_images.gee_recipe import FALLBACK_BAND, RecipeConfig
 from extract_GPS_images.labels import read_labels
 
 recipe = RecipeConfig(size={size})
-names = [*recipe.channel_names, FALLBACK_BAND]
+names = recipe.record_bands
 with offline_ee():
     dl.download_locations(
         dl.locations_from_labels(read_labels({labels!r})), out_dir={out!r}, recipe=recipe,

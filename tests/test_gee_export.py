@@ -1,4 +1,5 @@
-"""Batch export runner against fake tasks: cap on tasks in flight, retries, resume."""
+"""Batch export runner against fake tasks (one image task per place here; the table
+layout in test_gee_table): cap on tasks in flight, retries, resume."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def _ee():
 
 
 def config(**kw) -> ExportConfig:
-    return ExportConfig(**{"max_in_flight": 3, "poll_interval_s": 0, "progress": False, **kw})
+    return ExportConfig(**{"max_in_flight": 3, "poll_interval_s": 0, "progress": False,
+                           "layout": "image", **kw})
 
 
 def test_cap_on_tasks_in_flight_and_all_complete(tmp_path):

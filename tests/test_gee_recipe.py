@@ -12,6 +12,7 @@ import pytest
 from gee_fakes import offline_ee
 
 from extract_GPS_images import gee_recipe as recipe
+from extract_GPS_images import schema
 from extract_GPS_images.gee_download import Location, pixels_request
 from extract_GPS_images.gee_export import ExportConfig, export_task, task_description
 from extract_GPS_images.schema import META_BANDS, s2_channel_names
@@ -65,24 +66,76 @@ def date_ranges(g: dict) -> set[tuple[str, str]]:
 
 def test_default_collections_bands_and_scaling():
     g = image_graph()
-    assert loaded_collections(g) == {recipe.S2_L1C, recipe.DYNAMIC_WORLD}
+    # Cloud Score+ is linked to the Sentinel-2 scenes and scores them by default.
+    assert loaded_collections(g) == {recipe.S2_L1C, recipe.CLOUD_SCORE_PLUS,
+                                     recipe.DYNAMIC_WORLD}
+    links = list(calls(g, "Image.linkCollection"))
+    assert links and all(const(a["linkedBands"]) == ["cs_cdf"] for a in links)
     selections = [a["bandSelectors"] for a in calls(g, "Image.select") if "bandSelectors" in a]
     assert any(const(s) == ["B2", "B3", "B4", "B8", "B11", "B12"] for s in selections)
+    assert ["cs_cdf"] in [const(s) for s in selections if "constantValue" in s]
+    assert "0.6" in json.dumps(list(calls(g, "Image.gte")))
+    assert not list(calls(g, "Image.bitwiseAnd"))  # no QA60
     divisors = [a["image2"] for a in calls(g, "Image.divide")]
     assert any("10000" in json.dumps(d) for d in divisors)
-    # QA60 opaque-cloud and cirrus bits scored in a buffer of half the patch (3375 m).
-    assert ["QA60"] in [const(s) for s in selections if "constantValue" in s]
-    assert "3072" in json.dumps(list(calls(g, "Image.bitwiseAnd")))
+    # Clear pixels are scored in a buffer of half the patch (3375 m).
     assert {const(a["distance"]) for a in calls(g, "Geometry.buffer")} == {3375.0}
 
 
-def test_surface_reflectance_and_cloud_score_plus_options():
-    g = image_graph(recipe.RecipeConfig(collection=recipe.S2_SR, cloud_method="cloud_score_plus",
-                                        cs_threshold=0.65))
-    assert loaded_collections(g) == {recipe.S2_SR, recipe.CLOUD_SCORE_PLUS, recipe.DYNAMIC_WORLD}
-    assert list(calls(g, "Image.linkCollection"))
-    assert not list(calls(g, "Image.bitwiseAnd"))
-    assert "0.65" in json.dumps(list(calls(g, "Image.gte")))
+def test_qa60_option_and_its_gap_years():
+    g = image_graph(recipe.RecipeConfig(cloud_method="qa60"))  # imagery 2016: no gap
+    selections = [const(a["bandSelectors"]) for a in calls(g, "Image.select")
+                  if "constantValue" in a.get("bandSelectors", {})]
+    assert ["QA60"] in selections and not list(calls(g, "Image.linkCollection"))
+    assert "3072" in json.dumps(list(calls(g, "Image.bitwiseAnd")))
+    for year in (2022, 2023, 2024):
+        with pytest.raises(ValueError, match="QA60 band .* is masked from 2022-02-01"):
+            recipe.location_image(lat=1.0, lon=2.0, label=1.0, year=year, imagery_year=year,
+                                  config=recipe.RecipeConfig(cloud_method="qa60"))
+    with pytest.warns(UserWarning, match="QA60 GAP"):
+        recipe.location_image(lat=1.0, lon=2.0, label=1.0, year=2023, imagery_year=2023,
+                              config=recipe.RecipeConfig(cloud_method="qa60", qa60_gap="warn"))
+    # Cloud Score+ has no such gap; QA60 outside it neither refuses nor warns.
+    for config, year in ((recipe.RecipeConfig(), 2023), (recipe.RecipeConfig(cloud_method="qa60"),
+                                                         2021)):
+        recipe.check_cloud_method(config, year)
+
+
+def test_valid_masks_clear_shares_and_dw_nodata_in_the_graph():
+    config = recipe.RecipeConfig()
+    g = image_graph(config)
+    renames = [const(a["names"]) for a in calls(g, "Image.rename") if "constantValue" in a["names"]]
+    for name in (*config.valid_names, *config.clear_names):
+        assert [name] in renames, name
+    assert config.valid_names == ["valid_q1", "valid_q2", "valid_q3", "valid_q4", "valid_DW"]
+    # Masks come from the chosen scenes' masks (all bands present), DW nodata is 255.
+    assert len(list(calls(g, "Image.mask"))) >= 5
+    assert list(calls(g, "Reducer.min"))
+    unmask_values = [json.dumps(a["value"]) for a in calls(g, "Image.unmask") if "value" in a]
+    assert any(str(schema.DW_NODATA) in v for v in unmask_values)
+    # The clear share is the scored fraction, set on each scene; 0 for the empty image.
+    sets = json.dumps(list(calls(g, "Element.set")))
+    assert '"clear_share"' in sets
+    params = pixels_request(LOC, config)
+    final = const(graph(params["expression"])["functionInvocationValue"]["arguments"][
+        "bandSelectors"])
+    assert final == config.record_bands
+
+
+def test_night_lights_option():
+    for kind, collection, band in (("annual", recipe.VIIRS_ANNUAL, "average"),
+                                   ("monthly", recipe.VIIRS_MONTHLY, "avg_rad")):
+        config = recipe.RecipeConfig(night_lights=kind)
+        g = image_graph(config)
+        assert collection in loaded_collections(g)
+        assert [band] in [const(a["bandSelectors"]) for a in calls(g, "Image.select")
+                          if "constantValue" in a.get("bandSelectors", {})]
+        assert config.channel_names[-2:] == ["DW", "NL"] and "valid_NL" in config.valid_names
+        assert ("2016-01-01", "2017-01-01") in date_ranges(g)
+        means = list(calls(g, "reduce.mean"))  # the mean over the year's composites
+        assert means and all(collection in json.dumps(m) for m in means)
+    assert recipe.VIIRS_ANNUAL not in loaded_collections(image_graph())
+    assert "NL" not in recipe.RecipeConfig().channel_names
 
 
 def test_quarter_month_and_year_date_filters():
@@ -140,7 +193,8 @@ def test_download_request_grid_and_band_order():
     assert "21.02850000" in grid["crsWkt"] and "105.85420000" in grid["crsWkt"]
     g = graph(params["expression"])
     final = const(g["functionInvocationValue"]["arguments"]["bandSelectors"])
-    assert final == [*s2_channel_names(), "DW", "s2_fallback"]
+    assert final == [*s2_channel_names(), "DW", "valid_q1", "valid_q2", "valid_q3", "valid_q4",
+                     "valid_DW", "clear_q1", "clear_q2", "clear_q3", "clear_q4", "s2_fallback"]
     assert final[:7] == ["B2_q1", "B3_q1", "B4_q1", "B8_q1", "B11_q1", "B12_q1", "B2_q2"]
 
 

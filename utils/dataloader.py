@@ -7,7 +7,9 @@ loaded into memory: one sample is read per ``__getitem__`` (one HDF5 chunk). Per
 metadata (label, location, cell id, year) is small and is read once per file and process.
 
 Channels: ``channels`` picks the Sentinel-2 channels (``"s2"``: the 24 of the export,
-``"rgb"``: B4/B3/B2 of every quarter, or explicit names such as ``["B4_q1", "B8_q3"]``);
+``"rgb"``: B4/B3/B2 of every quarter, ``"s2_nl"`` / ``"rgb_nl"``: the same plus the
+night-lights channel ``NL`` when the shards hold it, or explicit names such as
+``["B4_q1", "B8_q3", "NL"]``);
 ``dw_mode`` adds Dynamic World as 9 one-hot channels (``"onehot"``), as one normalised
 channel (``"channel"``) or not at all (``"none"``). Sentinel-2 (and the DW channel) are
 standardised with the train statistics of ``stats.json``.
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from extract_GPS_images.schema import DW_BAND, DW_CLASSES, s2_channel_names
+from extract_GPS_images.schema import DW_BAND, DW_CLASSES, NIGHT_LIGHTS_BAND, s2_channel_names
 from utils import hdf5_schema as hs
 from utils.paths import resolve
 
@@ -37,6 +39,7 @@ CHANNEL_PRESETS: dict[str, list[str]] = {
     "s2": s2_channel_names(),
     "rgb": [c for c in s2_channel_names() if c.split("_")[0] in RGB_BANDS],
 }
+CHANNEL_PRESETS.update({f"{k}_nl": [*v, NIGHT_LIGHTS_BAND] for k, v in CHANNEL_PRESETS.items()})
 
 
 def resolve_channels(channels: str | Sequence[str]) -> list[str]:
@@ -100,9 +103,13 @@ class ShardDataset(Dataset):
         dw_mode: Dynamic World as ``"onehot"`` (9 channels), ``"channel"`` or ``"none"``.
         stats: band statistics dict; None reads ``shards_dir/stats.json``.
         normalize: standardise with ``stats`` (mean/std per band).
+        with_mask: also return the shards' valid-pixel ``mask`` (float32, M x h x w:
+            ``valid_q1 ... valid_q4``, ``valid_DW``; 1 data, 0 nodata), cropped and
+            augmented like ``image``.
 
     Each item: ``image`` (float32, C x h x w), ``label`` (float32 scalar), ``index``
-    (position in the split), ``cell_id``, ``cell_key``, ``latitude``, ``longitude``, ``year``.
+    (position in the split), ``cell_id``, ``cell_key``, ``latitude``, ``longitude``, ``year``
+    (and ``mask`` with ``with_mask``).
     """
 
     def __init__(
@@ -117,8 +124,10 @@ class ShardDataset(Dataset):
         dw_mode: DwMode = "onehot",
         stats: dict[str, Any] | None = None,
         normalize: bool = True,
+        with_mask: bool = False,
     ) -> None:
         self.shards_dir = resolve(shards_dir)
+        self.with_mask = with_mask
         self.split = split
         self.files = hs.split_files(self.shards_dir, split)
         self.train, self.augment, self.dw_mode = train, augment, dw_mode
@@ -132,6 +141,11 @@ class ShardDataset(Dataset):
                 file_bands = [
                     b.decode() if isinstance(b, bytes) else str(b) for b in f.attrs[hs.ATTR_BANDS]
                 ]
+                if with_mask and hs.MASK not in f:
+                    raise ValueError(
+                        f"{path} holds no valid-pixel mask (written before masks were kept); "
+                        "re-run split_and_batch, or use with_mask=False"
+                    )
         if len(shapes) != 1:
             raise ValueError(f"shards of {split!r} differ in sample shape: {sorted(shapes)}")
         (self.source_channels, height, width) = shapes.pop()
@@ -248,11 +262,18 @@ class ShardDataset(Dataset):
             codes = np.rint(np.nan_to_num(raw[self._dw_index], nan=-1.0))
             onehot = codes[None] == np.arange(len(DW_CLASSES), dtype=np.float32)[:, None, None]
             image = np.concatenate([image, onehot.astype(np.float32)])
+        n_image = len(image)
+        if self.with_mask:
+            mask = self._file(k)[hs.MASK][row][:, top : top + self.crop, left : left + self.crop]
+            image = np.concatenate([image, mask.astype(np.float32)])  # augmented alike
         if self.train and self.augment:
             image = augment(image)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        extra = {"mask": tensor[n_image:]} if self.with_mask else {}
+        tensor = tensor[:n_image] if self.with_mask else tensor
         lat, lon = meta["locations"][row]
         return {
+            **extra,
             "image": tensor,
             "label": torch.tensor(meta["labels"][row], dtype=torch.float32),
             "index": int(index),

@@ -20,6 +20,8 @@ CELL_ID = "cell_id"  # (n,) variable-length UTF-8 string: the original cell id
 CELL_KEY = "cell_key"  # (n,) variable-length UTF-8 string: the file-name-safe key
 YEAR = "year"  # (n,) int32: label year
 IMAGERY_YEAR = "imagery_year"  # (n,) int32: year of the imagery used
+MASK = "mask"  # (n, M, H, W) uint8 valid-pixel mask (1 data, 0 nodata), one chunk per sample
+CLEAR = "clear"  # (n, Q) float32 clear share of each quarter's scene (NaN: unknown)
 
 # file attributes of one shard file
 ATTR_BANDS = "bands"  # channel names of `data`, in order (24 Sentinel-2 + DW)
@@ -27,6 +29,7 @@ ATTR_SCHEMA_VERSION = "schema_version"
 ATTR_SOURCE = "source"  # where the records came from (folder)
 ATTR_SPLIT = "split"
 ATTR_CONFIG = "config"  # JSON of the split_and_batch config
+ATTR_MASK_BANDS = "mask_bands"  # names of the mask channels (valid_q1 ... valid_DW)
 
 SCHEMA_VERSION = 1
 STATS_FILE = "stats.json"

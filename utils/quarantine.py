@@ -28,6 +28,8 @@ REASONS: tuple[str, ...] = (
     "unknown_schema",  # neither the canonical nor the original study's keys
     "unsafe_archive_entry",  # zip entry escaping its folder (absolute, '..', link)
     "bad_archive",  # a zip archive (or one of its entries) that cannot be read
+    "mostly_nodata",  # valid-pixel share of the patch under min_valid
+    "cloudy",  # clear share of the chosen scenes under min_clear
 )
 
 REASONS_FILE = "reasons.csv"

@@ -34,6 +34,8 @@ DTYPES: tuple[str, ...] = ("float32", "float16")
 TEXT = h5py.string_dtype("utf-8")
 #: Pixels per band and sample on the grid that ``stats.json``'s percentiles come from.
 STAT_GRID_PIXELS = 256
+#: Histogram of night-lights radiance for the percentiles: low, step, high (nW/sr/cm^2).
+NL_HISTOGRAM: tuple[float, float, float] = (0.0, 0.01, 200.0)
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,14 @@ def write_metadata(handle: h5py.File, meta: Sequence[dict]) -> None:
     handle[hs.IMAGERY_YEAR][:] = [m["imagery_year"] for m in meta]
 
 
-def write_shard_attrs(handle: h5py.File, *, split: str, source: str, config: dict) -> None:
-    """File attributes of a final shard (``utils.hdf5_schema``)."""
-    handle.attrs[hs.ATTR_BANDS] = np.array(schema.image_band_names(), dtype=TEXT)
+def write_shard_attrs(
+    handle: h5py.File, *, split: str, source: str, config: dict,
+    bands: Sequence[str] | None = None,
+) -> None:
+    """File attributes of a final shard (``utils.hdf5_schema``); ``bands`` default to the
+    25 image channels."""
+    names = list(bands) if bands is not None else schema.image_band_names()
+    handle.attrs[hs.ATTR_BANDS] = np.array(names, dtype=TEXT)
     handle.attrs[hs.ATTR_SCHEMA_VERSION] = hs.SCHEMA_VERSION
     handle.attrs[hs.ATTR_SOURCE] = source
     handle.attrs[hs.ATTR_SPLIT] = split
@@ -190,6 +197,8 @@ class BandStats:
                 for b in self.bands
             ]
         )
+        lights = np.array([b == schema.NIGHT_LIGHTS_BAND for b in self.bands])
+        self.low[lights], self.step[lights], high[lights] = NL_HISTOGRAM
         self.nbins = np.round((high - self.low) / self.step).astype(int) + 1
         self.offset = np.concatenate([[0], np.cumsum(self.nbins)[:-1]])
         self.hist = np.zeros(int(self.nbins.sum()), np.int64)

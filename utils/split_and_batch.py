@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from utils import hdf5_schema as hs
+from utils import record_quality as rq
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
 from utils.paths import resolve
 from utils.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
@@ -61,7 +62,13 @@ from utils.shard_writer import (
 )
 from utils.spatial_split import MODES, assign_splits, check_ratios
 from utils.unzip import ARCHIVE_SUFFIX, extract_archives
-from utils.validate_records import RecordError, RecordRules, infer_size, read_file
+from utils.validate_records import (
+    RecordError,
+    RecordRules,
+    infer_extra_channels,
+    infer_size,
+    read_file,
+)
 
 RECORD_SUFFIXES: tuple[str, ...] = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
 EXTRACTED_DIR = "extracted"
@@ -72,7 +79,9 @@ STAT_MOMENTS, STAT_GRID = "stat_moments", "stat_grid"
 #: Staging dataset of each staged chunk's (offset, size) in the part's ``.chunks`` file.
 CHUNK_SPANS = "chunk_spans"
 #: Version of the staging files' layout (part of the run fingerprint).
-STAGING_VERSION = 3
+STAGING_VERSION = 4
+#: Staging datasets of each staged sample's packed valid mask and clear shares.
+STAGED_MASK, STAGED_CLEAR = "mask_bits", "clear"
 REPORT_FILE = "report.json"
 DONE_FILE = ".split_and_batch.done"
 ATTR_FINGERPRINT = "run_fingerprint"
@@ -93,6 +102,8 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "label",
     "latitude",
     "longitude",
+    "valid_share",
+    "clear_share",
 )
 
 
@@ -113,6 +124,11 @@ class SplitConfig:
     size: int | None = None  # patch side in pixels; None: inferred from the records
     label_range: tuple[float, float] = (-1000.0, 1000.0)
     imagery_year_floor: int = FIRST_IMAGERY_YEAR
+    year: int | None = None  # year of original-schema files whose name lacks it
+    min_valid: float = 0.5  # patches with a smaller valid-pixel share: mostly_nodata
+    min_clear: float = 0.0  # patches with a smaller clear share (mean of quarters): cloudy
+    # optional channel groups kept after DW (("NL",): night lights); None: as the records
+    extra_channels: tuple[str, ...] | None = None
     part_files: int = 256  # input files per staging part (the unit of resumption)
     workers: int = 2  # reader threads (no effect on the result)
     progress: bool = True  # progress bars (no effect on the result)
@@ -255,8 +271,11 @@ class _PartWorker:
         self.stride = stat_stride(rules.size * rules.size, STAT_GRID_PIXELS)
         self.grid_shape = (codec.shape[0], len(range(0, rules.size * rules.size, self.stride)))
 
-    def __call__(self, item: InputFile) -> tuple[list, list[SampleSummary], list[dict]]:
-        """Encoded chunks and summaries of the valid samples, manifest rows of every record."""
+    def __call__(
+        self, item: InputFile
+    ) -> tuple[list, list[SampleSummary], list[dict], list[tuple[np.ndarray, np.ndarray]]]:
+        """Encoded chunks, summaries and (packed mask, clear shares) of the valid samples,
+        manifest rows of every record."""
         result = read_file(item.path, self.rules)
         single_bad = len(result.records) == 1 and result.records[0].sample is None
         kept_file = (
@@ -265,7 +284,7 @@ class _PartWorker:
             else ""
         )
         rows: list[dict] = []
-        chunks, summaries = [], []
+        chunks, summaries, qualities = [], [], []
         for rec in result.records:
             if rec.sample is None:
                 kept = kept_file or keep_bytes(self.quarantine, item.name, rec.payload, rec.index)
@@ -275,6 +294,7 @@ class _PartWorker:
                 continue
             s = rec.sample
             chunks.append(self.codec.encode(s.image))
+            qualities.append((np.packbits(s.mask.reshape(len(s.mask), -1), axis=1), s.clear))
             if self.codec.dtype == "float32":
                 summaries.append(SampleSummary.of(s.image, self.stride, s.band_min, s.band_max))
             else:  # the statistics describe what is stored
@@ -291,13 +311,15 @@ class _PartWorker:
                     label=s.label,
                     latitude=s.latitude,
                     longitude=s.longitude,
+                    valid_share=round(float(s.mask.mean()), 4),
+                    clear_share=round(rq.clear_share(s.clear), 4),
                 )
             )
         if result.file_error is not None:
             rows.append(
                 _quarantine_row(item.name, len(result.records), result.file_error, kept_file)
             )
-        return chunks, summaries, rows
+        return chunks, summaries, rows, qualities
 
 
 def _chunks_path(part: Path) -> Path:
@@ -315,9 +337,12 @@ def _write_part(
     rows: list[dict] = []
     spans: list[tuple[int, int]] = []
     summaries: list[SampleSummary] = []
+    masks, clears = [], []
     with atomic_open(_chunks_path(path), "wb") as blob:
         offset = 0
-        for chunks, file_summaries, file_rows in _ordered_map(worker, items, workers):
+        for chunks, file_summaries, file_rows, quality in _ordered_map(worker, items, workers):
+            masks += [m for m, _ in quality]
+            clears += [c for _, c in quality]
             ok = (r for r in file_rows if r["status"] == "ok")
             for chunk, row in zip(chunks, ok, strict=True):
                 row["staged"] = len(spans)
@@ -334,7 +359,42 @@ def _write_part(
         handle.create_dataset(CHUNK_SPANS, data=np.array(spans, np.int64).reshape(-1, 2))
         handle.create_dataset(STAT_MOMENTS, data=moments)
         handle.create_dataset(STAT_GRID, data=grid.reshape(-1, *worker.grid_shape))
+        _stage_quality(handle, masks, clears, worker.rules.size)
         handle.create_dataset("rows", data=[json.dumps(r) for r in rows], dtype=TEXT)
+
+
+def _stage_quality(
+    handle: h5py.File, masks: list[np.ndarray], clears: list[np.ndarray], size: int
+) -> None:
+    """Stage the packed valid masks (n, M, bytes) and clear shares (n, Q) of a part."""
+    width = (size * size + 7) // 8
+    bits = np.array(masks, np.uint8).reshape(-1, len(rq.MASK_BANDS), width)
+    handle.create_dataset(  # one chunk per sample: shards read them one by one
+        STAGED_MASK, data=bits, chunks=(1, *bits.shape[1:]) if len(bits) else None,
+        compression="gzip", compression_opts=1,
+    )
+    handle.create_dataset(
+        STAGED_CLEAR, data=np.array(clears, np.float32).reshape(-1, len(rq.CLEAR_BANDS))
+    )
+
+
+def _write_quality(
+    handle: h5py.File, members: pd.DataFrame, parts: dict, shape: tuple[int, int]
+) -> None:
+    """The shard's ``mask`` (n, M, H, W) uint8 and ``clear`` (n, Q) datasets."""
+    n, pixels = len(members), shape[0] * shape[1]
+    masks = handle.create_dataset(
+        hs.MASK, shape=(n, len(rq.MASK_BANDS), *shape), dtype=np.uint8,
+        chunks=(1, len(rq.MASK_BANDS), *shape), compression="gzip", compression_opts=1,
+    )
+    clear = np.empty((n, len(rq.CLEAR_BANDS)), np.float32)
+    for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
+        meta = parts[part].meta
+        bits = meta[STAGED_MASK][int(staged)]
+        masks[i] = np.unpackbits(bits, axis=1, count=pixels).reshape(-1, *shape)
+        clear[i] = meta[STAGED_CLEAR][int(staged)]
+    handle.create_dataset(hs.CLEAR, data=clear)
+    handle.attrs[hs.ATTR_MASK_BANDS] = np.array(rq.MASK_BANDS, dtype=TEXT)
 
 
 # ----------------------------------------------------------------------------- pass 2
@@ -375,12 +435,14 @@ def _write_shard(
 ) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         create_sample_datasets(handle, codec, len(members))
-        write_shard_attrs(handle, split=split, source=source, config=config)
+        write_shard_attrs(handle, split=split, source=source, config=config,
+                          bands=config.get("bands"))
         handle.attrs[ATTR_FINGERPRINT] = fingerprint
         target = handle[hs.DATA]
         for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
             write_chunk(target, i, parts[part].chunk(int(staged)), codec)
         write_metadata(handle, members.to_dict("records"))
+        _write_quality(handle, members, parts, codec.shape[1:])
 
 
 def _train_stats(
@@ -490,14 +552,20 @@ def run_split_and_batch(
 
     # 2. read, validate, stage
     size = cfg.size or infer_size([i.path for i in items]) or 1  # 1: nothing is readable
+    extra = (tuple(cfg.extra_channels) if cfg.extra_channels is not None
+             else infer_extra_channels([i.path for i in items]))
+    band_names = [*schema.image_band_names(), *extra]
     codec = ChunkCodec(
-        (len(schema.image_band_names()), size, size),
+        (len(band_names), size, size),
         cfg.dtype,
         cfg.compression,
         cfg.compression_level,
         cfg.shuffle,
     )
-    rules = RecordRules(size, cfg.label_range, imagery_year_floor=cfg.imagery_year_floor)
+    rules = RecordRules(
+        size, cfg.label_range, imagery_year_floor=cfg.imagery_year_floor, year=cfg.year,
+        min_valid=cfg.min_valid, min_clear=cfg.min_clear, extra=extra,
+    )
     worker = _PartWorker(rules, codec, quarantine)
     groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
     part_paths = [staging / f"part_{k:05d}.h5" for k in range(len(groups))]
@@ -528,7 +596,7 @@ def run_split_and_batch(
     manifest.loc[ok.index, "split"] = result.split
 
     # 4. shards + train statistics
-    stats = BandStats(schema.image_band_names(), rules.reflectance_range)
+    stats = BandStats(band_names, rules.reflectance_range)
     handles = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
     shard_counts = {}
     try:
@@ -551,7 +619,7 @@ def run_split_and_batch(
                         codec,
                         split=split,
                         source=str(src),
-                        config=cfg.identity(),
+                        config={**cfg.identity(), "bands": band_names},
                         fingerprint=fingerprint,
                     )
         _train_stats(manifest, handles, stats, size * size)
@@ -618,6 +686,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--label-range", type=float, nargs=2, default=list(d.label_range), metavar=("LOW", "HIGH")
     )
+    parser.add_argument("--year", type=int, default=None,
+                        help="year of original-study files whose name lacks it")
+    parser.add_argument("--min-valid", type=float, default=d.min_valid,
+                        help="quarantine patches with a smaller valid-pixel share")
+    parser.add_argument("--min-clear", type=float, default=d.min_clear,
+                        help="quarantine patches with a smaller clear share (0: off)")
     parser.add_argument("--part-files", type=int, default=d.part_files)
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--no-progress", action="store_true")
@@ -638,6 +712,9 @@ def config_from_args(args: argparse.Namespace) -> SplitConfig:
         compression_level=args.compression_level,
         size=args.size,
         label_range=tuple(args.label_range),
+        year=args.year,
+        min_valid=args.min_valid,
+        min_clear=args.min_clear,
         part_files=args.part_files,
         workers=args.workers,
         progress=not args.no_progress,

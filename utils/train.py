@@ -63,7 +63,8 @@ class TrainConfig:
         shards_dir: another shards folder (None: the run's).
         experiment: name of this run's output folder.
         model: a name of :data:`utils.models.MODEL_NAMES`.
-        channels: Sentinel-2 preset (``"s2"``, ``"rgb"``) or band names.
+        channels: channel preset (``"s2"``, ``"rgb"``; ``"s2_nl"``, ``"rgb_nl"`` add night
+            lights ``NL``) or band names.
         dw_mode: Dynamic World as ``"onehot"``, ``"channel"`` or ``"none"``.
         crop: crop side in px (int), share of the patch (float) or None (whole patch).
         augment: random flips / rot90 on the training split.

@@ -12,6 +12,16 @@ one of two schemas (DESIGN section 3):
   year in the file name ``{year}_{lon}_{lat}_{wi}...``; mapped with
   :func:`extract_GPS_images.schema.canonical_from_original`.
 
+Metadata is read per record (a file may hold many places, as Earth Engine table
+exports do): the metadata as scalar features or constant bands, the cell from the
+``cell_key`` / ``cell_id`` features, the year of an original-schema record from a
+``year`` feature, its file name or :attr:`RecordRules.year`. Only a single-record file
+without ids takes its cell key from its name; other records without ids are keyed by
+their coordinates, so distinct places never share a cell. The valid mask and clear
+shares (:mod:`utils.record_quality`) come with every sample; a patch whose valid share
+is under ``min_valid`` is ``mostly_nodata``, one whose clear share is under
+``min_clear`` is ``cloudy``.
+
 A record passes when every band is there with H*W finite values in range
 (reflectance within :data:`~extract_GPS_images.schema.REFLECTANCE_RANGE`, DW integer
 codes 0-8), its metadata bands are constant, the label lies in the configured range
@@ -35,6 +45,7 @@ from isal import isal_zlib
 from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from extract_GPS_images.labels import cell_key as make_cell_key
+from utils import record_quality as rq
 from utils.example_wire import ExampleDecodeError, decode_example
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -86,6 +97,10 @@ class RecordRules:
     imagery_year_floor: int = (
         FIRST_IMAGERY_YEAR  # label years before it use this imagery year (original files)
     )
+    year: int | None = None  # year of original-schema records whose name and features lack it
+    extra: tuple[str, ...] = ()  # optional channel groups after DW (``NL``: night lights)
+    min_valid: float = 0.0  # valid-pixel share under which a patch is mostly_nodata
+    min_clear: float = 0.0  # clear share (mean over quarters) under which it is cloudy
 
 
 @dataclass
@@ -103,6 +118,9 @@ class Sample:
     schema_name: str
     band_min: np.ndarray | None = None  # per band, as found by the checks
     band_max: np.ndarray | None = None
+    mask: np.ndarray | None = None  # (5, H, W) uint8 valid mask (utils.record_quality)
+    clear: np.ndarray | None = None  # (4,) clear share per quarter, NaN where unknown
+    key_from_name: bool = False  # no id features: the cell key came from the file name
 
 
 @dataclass
@@ -282,15 +300,16 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
         scalars = {schema.canonical_from_original(k) for k in ORIGINAL_SCALARS}
         meta_bands = ("label", "latitude", "longitude")
     else:
-        scalars = set()
+        scalars = set(schema.META_BANDS)  # constant bands, or scalars of a table export
         meta_bands = schema.META_BANDS
-    missing = [k for k in (*IMAGE_BANDS, *meta_bands) if k not in floats]
+    channels = (*IMAGE_BANDS, *rules.extra)
+    missing = [k for k in (*channels, *meta_bands) if k not in floats]
     if missing:
         raise RecordError("missing_band", f"lacks band(s) {_short(missing)}")
     pixels = rules.size * rules.size
     wrong = [
         f"{k} has {floats[k].size}"
-        for k in (*IMAGE_BANDS, *meta_bands)
+        for k in (*channels, *meta_bands)
         if floats[k].size != pixels and not (k in scalars and floats[k].size == 1)
     ]
     if wrong:
@@ -298,10 +317,10 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
             "wrong_size",
             f"expected {pixels} values ({rules.size}x{rules.size}): {', '.join(wrong)}",
         )
-    image = np.empty((len(IMAGE_BANDS), pixels), np.float32)
-    for row, k in zip(image.view(np.uint8), IMAGE_BANDS, strict=True):
+    image = np.empty((len(channels), pixels), np.float32)
+    for row, k in zip(image.view(np.uint8), channels, strict=True):
         row[:] = floats[k].view(np.uint8)  # byte copy: wire floats are often unaligned
-    image = image.reshape(len(IMAGE_BANDS), rules.size, rules.size)
+    image = image.reshape(len(channels), rules.size, rules.size)
     band_min, band_max = _check_image(image, rules)
 
     label = _constant("label", floats["label"], "bad_label")
@@ -316,30 +335,75 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
         raise RecordError("bad_coordinates", f"latitude {lat}, longitude {lon} not on Earth")
 
     if schema_name == "original":
-        match = _ORIGINAL_NAME.match(file_name)
-        if not match:
-            raise RecordError(
-                "missing_band",
-                f"no year: file name {file_name!r} is not {{year}}_{{lon}}_{{lat}}_...",
-            )
-        year = int(match["year"])
-        imagery_year = max(year, rules.imagery_year_floor)
-        cell_id = f"{lat:.6f},{lon:.6f}"
-        key = make_cell_key(cell_id)
+        year, imagery_year = _original_years(floats, rules, file_name)
     else:
         year = _year("year", floats["year"])
         imagery_year = _year("imagery_year", floats["imagery_year"])
-        match = _CANONICAL_NAME.match(file_name)
-        cell_id = texts.get(schema.CELL_ID_FEATURE, "")
-        key = make_cell_key(cell_id) if cell_id else (match["key"] if match else "")
-        if not key:
-            raise RecordError(
-                "missing_band", f"no cell_id feature and no cell key in {file_name!r}"
-            )
-        cell_id = cell_id or key
+    cell_id, key, from_name = _cell_of(texts, lat, lon, file_name, schema_name)
+    try:
+        mask = rq.record_mask(floats, image[: len(IMAGE_BANDS)])
+    except rq.QualityError as err:
+        raise RecordError("out_of_range", str(err)) from None
+    clear = rq.clear_shares(floats)
+    _check_quality(mask, clear, rules)
     return Sample(
-        image, label, lat, lon, year, imagery_year, cell_id, key, schema_name, band_min, band_max
+        image, label, lat, lon, year, imagery_year, cell_id, key, schema_name, band_min,
+        band_max, mask, clear, from_name,
     )
+
+
+def _original_years(
+    floats: dict[str, np.ndarray], rules: RecordRules, file_name: str
+) -> tuple[int, int]:
+    """Label and imagery year of an original-schema record: a ``year`` feature, else the
+    file name ``{year}_{lon}_{lat}_...``, else ``rules.year``."""
+    if "year" in floats:
+        year = _year("year", floats["year"])
+    elif match := _ORIGINAL_NAME.match(file_name):
+        year = int(match["year"])
+    elif rules.year is not None:
+        year = int(rules.year)
+    else:
+        raise RecordError(
+            "missing_band",
+            f"no year: no 'year' feature, file name {file_name!r} is not "
+            "{year}_{lon}_{lat}_..., and no year= was given",
+        )
+    if "imagery_year" in floats:
+        return year, _year("imagery_year", floats["imagery_year"])
+    return year, max(year, rules.imagery_year_floor)
+
+
+def _cell_of(
+    texts: dict[str, str], lat: float, lon: float, file_name: str, schema_name: str
+) -> tuple[str, str, bool]:
+    """``(cell id, cell key, key came from the file name)`` of one record: its
+    ``cell_key`` / ``cell_id`` features, else (canonical schema) the file name's key,
+    else its coordinates."""
+    cell_id = texts.get(schema.CELL_ID_FEATURE, "")
+    key = texts.get(schema.CELL_KEY_FEATURE, "") or (make_cell_key(cell_id) if cell_id else "")
+    if key:
+        return cell_id or key, key, False
+    match = _CANONICAL_NAME.match(file_name) if schema_name == "canonical" else None
+    if match:
+        return match["key"], match["key"], True
+    cell_id = f"{lat:.6f},{lon:.6f}"
+    return cell_id, make_cell_key(cell_id), False
+
+
+def _check_quality(mask: np.ndarray, clear: np.ndarray, rules: RecordRules) -> None:
+    valid = float(mask.mean())
+    if valid < rules.min_valid:
+        raise RecordError(
+            "mostly_nodata", f"valid pixel share {valid:.3f} is under min_valid {rules.min_valid}"
+        )
+    share = rq.clear_share(clear)
+    if rules.min_clear > 0 and not share >= rules.min_clear:
+        raise RecordError(
+            "cloudy",
+            f"clear share {share:.3f} (mean over quarters {np.round(clear, 3).tolist()}) is "
+            f"under min_clear {rules.min_clear}",
+        )
 
 
 def _year(name: str, values: np.ndarray) -> int:
@@ -356,7 +420,8 @@ def _check_image(image: np.ndarray, rules: RecordRules) -> tuple[np.ndarray, np.
     mins, maxs = flat.min(axis=1), flat.max(axis=1)
     if not (np.isfinite(mins).all() and np.isfinite(maxs).all()):
         finite = np.isfinite(flat).all(axis=1)
-        bad = [IMAGE_BANDS[i] for i in np.flatnonzero(~finite)]
+        names = (*IMAGE_BANDS, *rules.extra)
+        bad = [names[i] for i in np.flatnonzero(~finite)]
         count = int((~np.isfinite(flat)).sum())
         raise RecordError("nan_or_inf", f"{count} non-finite value(s) in {_short(bad)}")
     low, high = rules.reflectance_range
@@ -369,11 +434,13 @@ def _check_image(image: np.ndarray, rules: RecordRules) -> tuple[np.ndarray, np.
             f"valid [{low}, {high}] ({bad.size} band(s))",
         )
     dw = flat[N_S2]
-    if mins[N_S2] < DW_CODES[0] or maxs[N_S2] > DW_CODES[1] or not np.array_equal(dw, np.round(dw)):
+    codes = dw[dw != schema.DW_NODATA] if maxs[N_S2] == schema.DW_NODATA else dw
+    low_code, high_code = (codes.min(), codes.max()) if codes.size else (0, 0)
+    if low_code < DW_CODES[0] or high_code > DW_CODES[1] or not np.array_equal(dw, np.round(dw)):
         raise RecordError(
             "out_of_range",
             f"DW holds {mins[N_S2]:.4g}..{maxs[N_S2]:.4g}; valid: integer codes "
-            f"{DW_CODES[0]}-{DW_CODES[1]}",
+            f"{DW_CODES[0]}-{DW_CODES[1]} and {schema.DW_NODATA} (no data)",
         )
     return mins, maxs
 
@@ -411,6 +478,20 @@ def infer_size(paths: list[Path], limit: int = 32) -> int | None:
     return side
 
 
+def infer_extra_channels(paths: list[Path], limit: int = 32) -> tuple[str, ...]:
+    """Optional channel groups (``NL``) present in the first readable records of
+    ``paths`` (empty when none has them)."""
+    for path in paths[:limit]:
+        try:
+            first = next(iter_records(path), None)
+            floats, _ = _float_features(first) if first is not None else ({}, {})
+        except RecordError:
+            continue
+        if "B2_q1" in floats or "B2_1" in floats:
+            return tuple(b for b in (schema.NIGHT_LIGHTS_BAND,) if b in floats)
+    return ()
+
+
 def read_file(path: Path, rules: RecordRules) -> FileResult:
     """Read and validate every record of one file; a file-level error stops reading
     and is kept in ``FileResult.file_error`` (records read before it are kept)."""
@@ -428,6 +509,12 @@ def read_file(path: Path, rules: RecordRules) -> FileResult:
         result.file_error = err
     except OSError as err:
         result.file_error = RecordError("unreadable", f"cannot read the file ({err})")
+    if len(result.records) > 1:  # many places: a file name names none of them
+        for rec in result.records:
+            if rec.sample is not None and rec.sample.key_from_name:
+                s = rec.sample
+                s.cell_id = f"{s.latitude:.6f},{s.longitude:.6f}"
+                s.cell_key, s.key_from_name = make_cell_key(s.cell_id), False
     if not result.records and result.file_error is None:
         result.file_error = RecordError("empty_file", "a valid TFRecord file holding no record")
     return result
