@@ -77,8 +77,11 @@ def service_account_email(key_file: str | Path) -> str:
 
 
 def initialize(
-    *, project: str | None = None, service_account_key: str | Path | None = None,
-    deadline_s: float | None = None, high_volume: bool = False,
+    *,
+    project: str | None = None,
+    service_account_key: str | Path | None = None,
+    deadline_s: float | None = None,
+    high_volume: bool = False,
 ) -> str:
     """Initialise Earth Engine; return a one-line description (project and identity).
 
@@ -103,9 +106,15 @@ def initialize(
             email = service_account_email(key)
             try:
                 credentials = ee.ServiceAccountCredentials(
-                    email, key_file=str(Path(key).expanduser()))
-            except (ValueError, KeyError, TypeError, OSError,
-                    google.auth.exceptions.GoogleAuthError) as error:
+                    email, key_file=str(Path(key).expanduser())
+                )
+            except (
+                ValueError,
+                KeyError,
+                TypeError,
+                OSError,
+                google.auth.exceptions.GoogleAuthError,
+            ) as error:
                 raise GeeAuthError(
                     f"the service-account key file {Path(key).expanduser()} cannot be used "
                     f"({type(error).__name__}: {error}); download a new JSON key for "
@@ -120,8 +129,9 @@ def initialize(
         raise
     except Exception as error:
         if is_network_error(error):
-            raise GeeNetworkError(network_message(
-                f"initialising Earth Engine for project {project!r}", error)) from None
+            raise GeeNetworkError(
+                network_message(f"initialising Earth Engine for project {project!r}", error)
+            ) from None
         if not isinstance(error, ee.EEException | google.auth.exceptions.GoogleAuthError):
             raise
         source = f" with the key file {Path(key).expanduser()}" if key else ""

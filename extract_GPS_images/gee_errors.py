@@ -35,8 +35,12 @@ class GeeNetworkError(RuntimeError):
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
     """Exception types of a failed connection (no network, DNS, refused, reset)."""
-    kinds: list[type[BaseException]] = [ConnectionError, socket.gaierror, socket.timeout,
-                                        TimeoutError]
+    kinds: list[type[BaseException]] = [
+        ConnectionError,
+        socket.gaierror,
+        socket.timeout,
+        TimeoutError,
+    ]
     try:
         import requests  # noqa: PLC0415 (optional transports of the client library)
 

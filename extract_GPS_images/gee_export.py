@@ -109,16 +109,21 @@ class ExportConfig:
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
         if self.points_per_task < 1 or self.tile_scale <= 0:
-            raise ValueError(f"points_per_task must be >= 1 and tile_scale > 0, got "
-                             f"{self.points_per_task} and {self.tile_scale}")
+            raise ValueError(
+                f"points_per_task must be >= 1 and tile_scale > 0, got "
+                f"{self.points_per_task} and {self.tile_scale}"
+            )
         if self.destination not in DESTINATIONS:
-            raise ValueError(f"destination must be one of {list(DESTINATIONS)}, "
-                             f"got {self.destination!r}")
+            raise ValueError(
+                f"destination must be one of {list(DESTINATIONS)}, got {self.destination!r}"
+            )
         if self.destination == "gcs" and not self.bucket:
             raise ValueError("destination 'gcs' needs a bucket (--bucket NAME)")
         if self.max_in_flight < 1 or self.max_attempts < 1:
-            raise ValueError(f"max_in_flight and max_attempts must be >= 1, got "
-                             f"{self.max_in_flight} and {self.max_attempts}")
+            raise ValueError(
+                f"max_in_flight and max_attempts must be >= 1, got "
+                f"{self.max_in_flight} and {self.max_attempts}"
+            )
 
 
 def task_description(*, cell_key: str, year: int, prefix: str = "") -> str:
@@ -138,14 +143,16 @@ def destination_of(location: Location, config: ExportConfig) -> str:
     return f"drive:{config.folder}/{stem}"
 
 
-def export_task(
-    *, location: Location, recipe: RecipeConfig, config: ExportConfig
-) -> ee.batch.Task:
+def export_task(*, location: Location, recipe: RecipeConfig, config: ExportConfig) -> ee.batch.Task:
     """The unstarted export task of one location-year (TFRecord, one compressed patch
     of ``size`` x ``size`` pixels on the recipe's fixed grid)."""
     image = location_image(
-        lat=location.lat, lon=location.lon, label=location.label, year=location.year,
-        imagery_year=location.imagery_year, config=recipe,
+        lat=location.lat,
+        lon=location.lon,
+        label=location.label,
+        year=location.year,
+        imagery_year=location.imagery_year,
+        config=recipe,
     )
     params: dict[str, Any] = dict(
         image=image,
@@ -264,24 +271,39 @@ def plan_jobs(
     """The export tasks of ``locations`` (nothing is built or sent)."""
     if config.layout == "image":
         return [
-            ExportJob(task_description(cell_key=loc.cell_key, year=loc.year, prefix=config.prefix),
-                      (loc,), destination_of(loc, config),
-                      lambda loc=loc: export_task(location=loc, recipe=recipe, config=config))
+            ExportJob(
+                task_description(cell_key=loc.cell_key, year=loc.year, prefix=config.prefix),
+                (loc,),
+                destination_of(loc, config),
+                lambda loc=loc: export_task(location=loc, recipe=recipe, config=config),
+            )
             for loc in locations
         ]
     check_odd_size(recipe)
     jobs = []
     for batch in plan_batches(locations, points_per_task=config.points_per_task):
         stem = batch.stem(config.prefix)
-        where = (f"gs://{config.bucket}/{stem}" if config.destination == "gcs"
-                 else f"drive:{config.folder}/{stem}")
-        jobs.append(ExportJob(
-            _check_description(batch.description(config.prefix)), batch.locations,
-            f"{where}.tfrecord.gz",
-            lambda batch=batch: table_task(
-                batch, recipe=recipe, destination=config.destination, folder=config.folder,
-                bucket=config.bucket, prefix=config.prefix, tile_scale=config.tile_scale),
-        ))
+        where = (
+            f"gs://{config.bucket}/{stem}"
+            if config.destination == "gcs"
+            else f"drive:{config.folder}/{stem}"
+        )
+        jobs.append(
+            ExportJob(
+                _check_description(batch.description(config.prefix)),
+                batch.locations,
+                f"{where}.tfrecord.gz",
+                lambda batch=batch: table_task(
+                    batch,
+                    recipe=recipe,
+                    destination=config.destination,
+                    folder=config.folder,
+                    bucket=config.bucket,
+                    prefix=config.prefix,
+                    tile_scale=config.tile_scale,
+                ),
+            )
+        )
     return jobs
 
 
@@ -289,13 +311,20 @@ def plan_summary(jobs: Sequence[ExportJob], config: ExportConfig) -> str:
     """The task plan in a few lines: tasks, places per task, destination."""
     places = sum(len(j.locations) for j in jobs)
     sizes = [len(j.locations) for j in jobs] or [0]
-    where = (f"Cloud Storage gs://{config.bucket}/{config.prefix}" if config.destination == "gcs"
-             else f"Google Drive folder {config.folder!r}")
-    head = (f"{len(jobs)} export task(s) ({config.layout} layout) for {places} place-years, "
-            f"{min(sizes)}-{max(sizes)} per task, TFRecord to {where}")
+    where = (
+        f"Cloud Storage gs://{config.bucket}/{config.prefix}"
+        if config.destination == "gcs"
+        else f"Google Drive folder {config.folder!r}"
+    )
+    head = (
+        f"{len(jobs)} export task(s) ({config.layout} layout) for {places} place-years, "
+        f"{min(sizes)}-{max(sizes)} per task, TFRecord to {where}"
+    )
     if config.layout == "table":
-        head += (f"; ceil({places} / points_per_task={config.points_per_task}) per imagery "
-                 f"year = {len(jobs)}")
+        head += (
+            f"; ceil({places} / points_per_task={config.points_per_task}) per imagery "
+            f"year = {len(jobs)}"
+        )
     shown = [f"  {j.description}: {len(j.locations)} place(s) -> {j.output}" for j in jobs[:5]]
     more = [f"  ... {len(jobs) - 5} more"] if len(jobs) > 5 else []
     return "\n".join([head, *shown, *more])
@@ -306,16 +335,24 @@ def status_table(in_flight: dict[str, tuple[ExportJob, dict[str, Any]]]) -> pd.D
     now = time.monotonic()
     rows = [
         {
-            "task": job.description, "id": task_id, "state": info["state"],
-            "attempt": info["attempt"], "seconds": round(now - info["since"]),
+            "task": job.description,
+            "id": task_id,
+            "state": info["state"],
+            "attempt": info["attempt"],
+            "seconds": round(now - info["since"]),
         }
         for task_id, (job, info) in in_flight.items()
     ]
     return pd.DataFrame(rows, columns=["task", "id", "state", "attempt", "seconds"])
 
 
-def _start(backend: TaskBackend, job: ExportJob, config: ExportConfig,
-           sleep: Callable[[float], None], rng: random.Random) -> str:
+def _start(
+    backend: TaskBackend,
+    job: ExportJob,
+    config: ExportConfig,
+    sleep: Callable[[float], None],
+    rng: random.Random,
+) -> str:
     """Build and start one task, retrying transient errors with backoff.
 
     Raises:
@@ -329,8 +366,9 @@ def _start(backend: TaskBackend, job: ExportJob, config: ExportConfig,
         except Exception as error:
             if not is_retryable(error) or attempt >= config.retry.max_attempts:
                 if is_network_error(error):
-                    raise GeeNetworkError(network_message(
-                        f"starting export task {job.description}", error)) from None
+                    raise GeeNetworkError(
+                        network_message(f"starting export task {job.description}", error)
+                    ) from None
                 raise
             sleep(config.retry.delay(attempt, rng))
 
@@ -353,12 +391,17 @@ class _Poller:
             self.errors.append(f"{type(error).__name__}: {error}")
             if self.failures >= self.config.max_poll_failures:
                 step = f"polling the status of {len(task_ids)} export task(s)"
-                detail = network_message(step, error) if is_network_error(error) else (
-                    f"{step} failed {self.failures} times in a row; last: {self.errors[-1]}")
+                detail = (
+                    network_message(step, error)
+                    if is_network_error(error)
+                    else (f"{step} failed {self.failures} times in a row; last: {self.errors[-1]}")
+                )
                 raise GeeNetworkError(detail) from None
-            tqdm.write(f"status poll failed ({self.errors[-1]}); the tasks keep running on "
-                       f"Earth Engine, polling again ({self.failures}/"
-                       f"{self.config.max_poll_failures})")
+            tqdm.write(
+                f"status poll failed ({self.errors[-1]}); the tasks keep running on "
+                f"Earth Engine, polling again ({self.failures}/"
+                f"{self.config.max_poll_failures})"
+            )
             return {}
         self.failures = 0
         return statuses
@@ -396,8 +439,11 @@ def run_exports(
     """
     backend = tasks or EarthEngineTasks()
     manifest = Manifest(manifest_path, flush_every_s=0.0)
-    recipe_id = check_recipe(Path(manifest_path).parent,
-                             recipe_settings(recipe, "export", config), has_work=len(manifest) > 0)
+    recipe_id = check_recipe(
+        Path(manifest_path).parent,
+        recipe_settings(recipe, "export", config),
+        has_work=len(manifest) > 0,
+    )
     report = ExportReport(manifest=str(manifest.path))
     jobs = plan_jobs(locations, recipe=recipe, config=config)
     print(plan_summary(jobs, config).splitlines()[0])
@@ -405,16 +451,20 @@ def run_exports(
     in_flight: dict[str, tuple[ExportJob, dict[str, Any]]] = {}
     attempts: dict[str, int] = {}
     for job in jobs:
-        rows = [manifest.ensure(ManifestRow(loc.cell_key, loc.year, loc.cell_id,
-                                            loc.imagery_year)) for loc in job.locations]
+        rows = [
+            manifest.ensure(ManifestRow(loc.cell_key, loc.year, loc.cell_id, loc.imagery_year))
+            for loc in job.locations
+        ]
         for row in rows:
             row.output, row.task, row.recipe = job.output, job.description, recipe_id
         ids = {row.task_id for row in rows}
         if all(row.status == DONE for row in rows):
             report.skipped += 1
         elif all(row.status == RUNNING for row in rows) and len(ids) == 1 and "" not in ids:
-            in_flight[ids.pop()] = (job, {"state": "RUNNING", "attempt": 0,
-                                          "since": time.monotonic()})
+            in_flight[ids.pop()] = (
+                job,
+                {"state": "RUNNING", "attempt": 0, "since": time.monotonic()},
+            )
         else:
             queue.append(job)
     manifest.save()
@@ -422,8 +472,12 @@ def run_exports(
     start = time.perf_counter()
     rng = random.Random(seed)
     poll = _Poller(backend, config)
-    bar = tqdm(total=len(queue) + len(in_flight), desc="export tasks", unit="task",
-               disable=not config.progress)
+    bar = tqdm(
+        total=len(queue) + len(in_flight),
+        desc="export tasks",
+        unit="task",
+        disable=not config.progress,
+    )
     display = _Display(config.progress)
 
     def rows_of(job: ExportJob) -> list[ManifestRow]:
@@ -450,9 +504,14 @@ def run_exports(
                     row.status, row.task_id, row.error = RUNNING, task_id, ""
                     row.attempts += 1
                 report.started += 1
-                in_flight[task_id] = (job, {"state": "READY",
-                                            "attempt": attempts[job.description],
-                                            "since": time.monotonic()})
+                in_flight[task_id] = (
+                    job,
+                    {
+                        "state": "READY",
+                        "attempt": attempts[job.description],
+                        "since": time.monotonic(),
+                    },
+                )
             manifest.save()  # a started task is on disk before we wait on it
             if not in_flight:
                 continue
@@ -481,8 +540,12 @@ def run_exports(
                         report.failed += 1
                         report.errors[task_id] = error
                         bar.update(1)
-            counts = {"queued": len(queue), **_state_counts(in_flight),
-                      "done": report.completed + report.skipped, "failed": report.failed}
+            counts = {
+                "queued": len(queue),
+                **_state_counts(in_flight),
+                "done": report.completed + report.skipped,
+                "failed": report.failed,
+            }
             bar.set_postfix(counts, refresh=False)
             display.show(status_table(in_flight), counts)
     finally:

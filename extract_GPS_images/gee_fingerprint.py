@@ -28,8 +28,16 @@ def recipe_settings(recipe: Any, mode: str, export: Any | None = None) -> dict[s
     """The settings that decide the outputs: the recipe, the mode, export settings."""
     settings: dict[str, Any] = {"mode": mode, "recipe": dataclasses.asdict(recipe)}
     if export is not None:
-        keep = ("layout", "points_per_task", "tile_scale", "destination", "folder", "bucket",
-                "prefix", "max_pixels")
+        keep = (
+            "layout",
+            "points_per_task",
+            "tile_scale",
+            "destination",
+            "folder",
+            "bucket",
+            "prefix",
+            "max_pixels",
+        )
         settings["export"] = {k: getattr(export, k) for k in keep}
     return json.loads(json.dumps(settings, default=list))  # tuples as lists, as stored
 

@@ -87,27 +87,40 @@ def plan_batches(locations: Sequence, *, points_per_task: int) -> list[Batch]:
 def check_odd_size(recipe: RecipeConfig) -> None:
     """Raise a ``ValueError`` for an even patch size (the kernel is centred on a pixel)."""
     if recipe.size % 2 == 0:
-        raise ValueError(f"the table export needs an odd patch size (a kernel centred on the "
-                         f"place's pixel), got size={recipe.size}; use 225 (or layout='image')")
+        raise ValueError(
+            f"the table export needs an odd patch size (a kernel centred on the "
+            f"place's pixel), got size={recipe.size}; use 225 (or layout='image')"
+        )
 
 
 def places_collection(locations: Sequence) -> ee.FeatureCollection:
     """The places as point features with the properties every record carries (and the
     WKT of each place's own grid projection)."""
-    return ee.FeatureCollection([
-        ee.Feature(ee.Geometry.Point([loc.lon, loc.lat]), {
-            CELL_KEY_FEATURE: loc.cell_key, CELL_ID_FEATURE: loc.cell_id,
-            "label": float(loc.label), "latitude": float(loc.lat),
-            "longitude": float(loc.lon), "year": int(loc.year),
-            "imagery_year": int(loc.imagery_year),
-            _CRS_PROPERTY: local_projection_wkt(lat=loc.lat, lon=loc.lon),
-        })
-        for loc in locations
-    ])
+    return ee.FeatureCollection(
+        [
+            ee.Feature(
+                ee.Geometry.Point([loc.lon, loc.lat]),
+                {
+                    CELL_KEY_FEATURE: loc.cell_key,
+                    CELL_ID_FEATURE: loc.cell_id,
+                    "label": float(loc.label),
+                    "latitude": float(loc.lat),
+                    "longitude": float(loc.lon),
+                    "year": int(loc.year),
+                    "imagery_year": int(loc.imagery_year),
+                    _CRS_PROPERTY: local_projection_wkt(lat=loc.lat, lon=loc.lon),
+                },
+            )
+            for loc in locations
+        ]
+    )
 
 
 def sampled_places(
-    places: ee.FeatureCollection, *, imagery_year: int, recipe: RecipeConfig,
+    places: ee.FeatureCollection,
+    *,
+    imagery_year: int,
+    recipe: RecipeConfig,
     tile_scale: float = 1.0,
 ) -> ee.FeatureCollection:
     """One feature per place: every pixel band as a ``size`` x ``size`` array
@@ -123,13 +136,17 @@ def sampled_places(
 
     def sample(feature: Any) -> ee.Feature:
         place = ee.Feature(feature)
-        image, numbers = place_parts(point=place.geometry(), imagery_year=imagery_year,
-                                     config=recipe)
+        image, numbers = place_parts(
+            point=place.geometry(), imagery_year=imagery_year, config=recipe
+        )
         projection = ee.Projection(place.get(_CRS_PROPERTY), transform)
         arrays = image.neighborhoodToArray(kernel)
         one = arrays.sampleRegions(
-            collection=ee.FeatureCollection([place]), properties=list(PLACE_PROPERTIES),
-            projection=projection, tileScale=tile_scale, geometries=False,
+            collection=ee.FeatureCollection([place]),
+            properties=list(PLACE_PROPERTIES),
+            projection=projection,
+            tileScale=tile_scale,
+            geometries=False,
         )
         return ee.Feature(one.first()).set(numbers)
 
@@ -138,24 +155,39 @@ def sampled_places(
 
 def table_selectors(recipe: RecipeConfig) -> list[str]:
     """Columns of the export: pixel bands and masks (arrays), then the scalars."""
-    return [*recipe.channel_names, *recipe.valid_names, *PLACE_PROPERTIES,
-            *recipe.clear_names, "s2_fallback"]
+    return [
+        *recipe.channel_names,
+        *recipe.valid_names,
+        *PLACE_PROPERTIES,
+        *recipe.clear_names,
+        "s2_fallback",
+    ]
 
 
 def table_task(
-    batch: Batch, *, recipe: RecipeConfig, destination: str, folder: str,
-    bucket: str | None, prefix: str, tile_scale: float,
+    batch: Batch,
+    *,
+    recipe: RecipeConfig,
+    destination: str,
+    folder: str,
+    bucket: str | None,
+    prefix: str,
+    tile_scale: float,
 ) -> ee.batch.Task:
     """The unstarted TFRecord table-export task of one batch of places."""
-    collection = sampled_places(places_collection(batch.locations),
-                                imagery_year=batch.imagery_year, recipe=recipe,
-                                tile_scale=tile_scale)
+    collection = sampled_places(
+        places_collection(batch.locations),
+        imagery_year=batch.imagery_year,
+        recipe=recipe,
+        tile_scale=tile_scale,
+    )
     params: dict[str, Any] = dict(
-        collection=collection, description=batch.description(prefix),
-        fileNamePrefix=batch.stem(prefix), fileFormat="TFRecord",
+        collection=collection,
+        description=batch.description(prefix),
+        fileNamePrefix=batch.stem(prefix),
+        fileFormat="TFRecord",
         selectors=table_selectors(recipe),
     )
     if destination == "gcs":
         return ee.batch.Export.table.toCloudStorage(bucket=bucket, **params)
     return ee.batch.Export.table.toDrive(folder=folder, **params)
-

@@ -94,9 +94,7 @@ def all_band_names(
     return [*image_band_names(bands, periods), *META_BANDS]
 
 
-def valid_band_names(
-    periods: tuple[str, ...] = QUARTERS, extra: tuple[str, ...] = ()
-) -> list[str]:
+def valid_band_names(periods: tuple[str, ...] = QUARTERS, extra: tuple[str, ...] = ()) -> list[str]:
     """Valid-pixel mask bands: one per Sentinel-2 period, one for ``DW`` (and one per
     ``extra`` channel such as ``NL``)."""
     return [f"{VALID_PREFIX}{name}" for name in (*periods, DW_BAND, *extra)]

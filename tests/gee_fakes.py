@@ -24,8 +24,16 @@ import requests
 from ee import apitestcase
 from googleapiclient.errors import HttpError
 
-NETWORK_CALLS = ("computePixels", "exportImage", "exportTable", "getTaskStatus", "newTaskId",
-                 "getOperation", "listOperations", "computeValue")
+NETWORK_CALLS = (
+    "computePixels",
+    "exportImage",
+    "exportTable",
+    "getTaskStatus",
+    "newTaskId",
+    "getOperation",
+    "listOperations",
+    "computeValue",
+)
 
 
 class _Case(apitestcase.ApiTestCase):
@@ -102,8 +110,13 @@ class FakeComputePixels:
     """
 
     def __init__(
-        self, names: list[str], size: int, *, latency_s: float = 0.0,
-        failures: dict[str, list[str]] | None = None, fallback_code: float = 0.0,
+        self,
+        names: list[str],
+        size: int,
+        *,
+        latency_s: float = 0.0,
+        failures: dict[str, list[str]] | None = None,
+        fallback_code: float = 0.0,
     ) -> None:
         self.names, self.size, self.latency_s = names, size, latency_s
         self.failures = {k: list(v) for k, v in (failures or {}).items()}
@@ -141,7 +154,8 @@ class FakeComputePixels:
                 raise requests.exceptions.ConnectionError(
                     "HTTPSConnectionPool(host='earthengine.googleapis.com', port=443): Max "
                     "retries exceeded (Failed to establish a new connection: [Errno -3] "
-                    "Temporary failure in name resolution)")
+                    "Temporary failure in name resolution)"
+                )
             if failure == "timeout":
                 raise TimeoutError("The read operation timed out")
             if failure == "permanent":
@@ -164,9 +178,14 @@ class FakeTasks:
     of ``start_errors``, in order (the network failing under a running export).
     """
 
-    def __init__(self, *, polls_to_finish: int = 2, fail_first: list[str] | None = None,
-                 poll_errors: list[BaseException] | None = None,
-                 start_errors: list[BaseException] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        polls_to_finish: int = 2,
+        fail_first: list[str] | None = None,
+        poll_errors: list[BaseException] | None = None,
+        start_errors: list[BaseException] | None = None,
+    ) -> None:
         self.polls_to_finish = polls_to_finish
         self.fail_first = list(fail_first or [])
         self.poll_errors = list(poll_errors or [])

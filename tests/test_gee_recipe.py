@@ -17,8 +17,15 @@ from extract_GPS_images.gee_download import Location, pixels_request
 from extract_GPS_images.gee_export import ExportConfig, export_task, task_description
 from extract_GPS_images.schema import META_BANDS, s2_channel_names
 
-LOC = Location(cell_key="c0123456789abcdef", cell_id="POLYGON ((1 2, 3 4))", year=2014,
-               imagery_year=2016, lat=21.0285, lon=105.8542, label=1.75)
+LOC = Location(
+    cell_key="c0123456789abcdef",
+    cell_id="POLYGON ((1 2, 3 4))",
+    year=2014,
+    imagery_year=2016,
+    lat=21.0285,
+    lon=105.8542,
+    label=1.75,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -50,10 +57,16 @@ def const(arg: dict) -> Any:
 
 
 def image_graph(config: recipe.RecipeConfig | None = None) -> dict:
-    return graph(recipe.location_image(
-        lat=LOC.lat, lon=LOC.lon, label=LOC.label, year=LOC.year,
-        imagery_year=LOC.imagery_year, config=config or recipe.RecipeConfig(),
-    ))
+    return graph(
+        recipe.location_image(
+            lat=LOC.lat,
+            lon=LOC.lon,
+            label=LOC.label,
+            year=LOC.year,
+            imagery_year=LOC.imagery_year,
+            config=config or recipe.RecipeConfig(),
+        )
+    )
 
 
 def loaded_collections(g: dict) -> set[str]:
@@ -67,8 +80,7 @@ def date_ranges(g: dict) -> set[tuple[str, str]]:
 def test_default_collections_bands_and_scaling():
     g = image_graph()
     # Cloud Score+ is linked to the Sentinel-2 scenes and scores them by default.
-    assert loaded_collections(g) == {recipe.S2_L1C, recipe.CLOUD_SCORE_PLUS,
-                                     recipe.DYNAMIC_WORLD}
+    assert loaded_collections(g) == {recipe.S2_L1C, recipe.CLOUD_SCORE_PLUS, recipe.DYNAMIC_WORLD}
     links = list(calls(g, "Image.linkCollection"))
     assert links and all(const(a["linkedBands"]) == ["cs_cdf"] for a in links)
     selections = [a["bandSelectors"] for a in calls(g, "Image.select") if "bandSelectors" in a]
@@ -84,20 +96,37 @@ def test_default_collections_bands_and_scaling():
 
 def test_qa60_option_and_its_gap_years():
     g = image_graph(recipe.RecipeConfig(cloud_method="qa60"))  # imagery 2016: no gap
-    selections = [const(a["bandSelectors"]) for a in calls(g, "Image.select")
-                  if "constantValue" in a.get("bandSelectors", {})]
+    selections = [
+        const(a["bandSelectors"])
+        for a in calls(g, "Image.select")
+        if "constantValue" in a.get("bandSelectors", {})
+    ]
     assert ["QA60"] in selections and not list(calls(g, "Image.linkCollection"))
     assert "3072" in json.dumps(list(calls(g, "Image.bitwiseAnd")))
     for year in (2022, 2023, 2024):
         with pytest.raises(ValueError, match="QA60 band .* is masked from 2022-02-01"):
-            recipe.location_image(lat=1.0, lon=2.0, label=1.0, year=year, imagery_year=year,
-                                  config=recipe.RecipeConfig(cloud_method="qa60"))
+            recipe.location_image(
+                lat=1.0,
+                lon=2.0,
+                label=1.0,
+                year=year,
+                imagery_year=year,
+                config=recipe.RecipeConfig(cloud_method="qa60"),
+            )
     with pytest.warns(UserWarning, match="QA60 GAP"):
-        recipe.location_image(lat=1.0, lon=2.0, label=1.0, year=2023, imagery_year=2023,
-                              config=recipe.RecipeConfig(cloud_method="qa60", qa60_gap="warn"))
+        recipe.location_image(
+            lat=1.0,
+            lon=2.0,
+            label=1.0,
+            year=2023,
+            imagery_year=2023,
+            config=recipe.RecipeConfig(cloud_method="qa60", qa60_gap="warn"),
+        )
     # Cloud Score+ has no such gap; QA60 outside it neither refuses nor warns.
-    for config, year in ((recipe.RecipeConfig(), 2023), (recipe.RecipeConfig(cloud_method="qa60"),
-                                                         2021)):
+    for config, year in (
+        (recipe.RecipeConfig(), 2023),
+        (recipe.RecipeConfig(cloud_method="qa60"), 2021),
+    ):
         recipe.check_cloud_method(config, year)
 
 
@@ -117,19 +146,25 @@ def test_valid_masks_clear_shares_and_dw_nodata_in_the_graph():
     sets = json.dumps(list(calls(g, "Element.set")))
     assert '"clear_share"' in sets
     params = pixels_request(LOC, config)
-    final = const(graph(params["expression"])["functionInvocationValue"]["arguments"][
-        "bandSelectors"])
+    final = const(
+        graph(params["expression"])["functionInvocationValue"]["arguments"]["bandSelectors"]
+    )
     assert final == config.record_bands
 
 
 def test_night_lights_option():
-    for kind, collection, band in (("annual", recipe.VIIRS_ANNUAL, "average"),
-                                   ("monthly", recipe.VIIRS_MONTHLY, "avg_rad")):
+    for kind, collection, band in (
+        ("annual", recipe.VIIRS_ANNUAL, "average"),
+        ("monthly", recipe.VIIRS_MONTHLY, "avg_rad"),
+    ):
         config = recipe.RecipeConfig(night_lights=kind)
         g = image_graph(config)
         assert collection in loaded_collections(g)
-        assert [band] in [const(a["bandSelectors"]) for a in calls(g, "Image.select")
-                          if "constantValue" in a.get("bandSelectors", {})]
+        assert [band] in [
+            const(a["bandSelectors"])
+            for a in calls(g, "Image.select")
+            if "constantValue" in a.get("bandSelectors", {})
+        ]
         assert config.channel_names[-2:] == ["DW", "NL"] and "valid_NL" in config.valid_names
         assert ("2016-01-01", "2017-01-01") in date_ranges(g)
         means = list(calls(g, "reduce.mean"))  # the mean over the year's composites
@@ -141,8 +176,12 @@ def test_night_lights_option():
 def test_quarter_month_and_year_date_filters():
     g = image_graph()
     imagery = LOC.imagery_year  # label year 2014 -> 2016 imagery
-    quarters = {("2016-01-01", "2016-04-01"), ("2016-04-01", "2016-07-01"),
-                ("2016-07-01", "2016-10-01"), ("2016-10-01", "2017-01-01")}
+    quarters = {
+        ("2016-01-01", "2016-04-01"),
+        ("2016-04-01", "2016-07-01"),
+        ("2016-07-01", "2016-10-01"),
+        ("2016-10-01", "2017-01-01"),
+    }
     year = (f"{imagery}-01-01", f"{imagery + 1}-01-01")
     assert date_ranges(g) == quarters | {year}
     months = date_ranges(image_graph(recipe.RecipeConfig(periods="month")))
@@ -161,8 +200,9 @@ def test_fallback_is_decided_on_the_server():
     offsets = {const(a["right"]) for a in calls(g, "Number.add") if "constantValue" in a["right"]}
     assert recipe._YEAR_RANK_OFFSET in offsets
     # The per-quarter sources are packed 2 bits per quarter into the s2_fallback band.
-    factors = {const(a["right"]) for a in calls(g, "Number.multiply")
-               if "constantValue" in a["right"]}
+    factors = {
+        const(a["right"]) for a in calls(g, "Number.multiply") if "constantValue" in a["right"]
+    }
     assert {1, 4, 16, 64} <= factors
     assert not list(calls(g, "Algorithms.If"))
 
@@ -175,8 +215,9 @@ def test_dynamic_world_mode_and_median():
 
 def test_metadata_bands_are_constants_of_the_location():
     g = image_graph()
-    constants = [const(a["value"]) for a in calls(g, "Image.constant")
-                 if "constantValue" in a["value"]]
+    constants = [
+        const(a["value"]) for a in calls(g, "Image.constant") if "constantValue" in a["value"]
+    ]
     assert [LOC.label, LOC.lat, LOC.lon, 2014.0, 2016.0] in constants
     renames = [const(a["names"]) for a in calls(g, "Image.rename") if "constantValue" in a["names"]]
     assert list(META_BANDS) in renames
@@ -188,27 +229,52 @@ def test_download_request_grid_and_band_order():
     assert params["fileFormat"] == "NUMPY_NDARRAY"
     grid = params["grid"]
     assert grid["dimensions"] == {"width": 225, "height": 225}
-    assert grid["affineTransform"] == {"scaleX": 30.0, "shearX": 0.0, "translateX": -3375.0,
-                                       "shearY": 0.0, "scaleY": -30.0, "translateY": 3375.0}
+    assert grid["affineTransform"] == {
+        "scaleX": 30.0,
+        "shearX": 0.0,
+        "translateX": -3375.0,
+        "shearY": 0.0,
+        "scaleY": -30.0,
+        "translateY": 3375.0,
+    }
     assert "21.02850000" in grid["crsWkt"] and "105.85420000" in grid["crsWkt"]
     g = graph(params["expression"])
     final = const(g["functionInvocationValue"]["arguments"]["bandSelectors"])
-    assert final == [*s2_channel_names(), "DW", "valid_q1", "valid_q2", "valid_q3", "valid_q4",
-                     "valid_DW", "clear_q1", "clear_q2", "clear_q3", "clear_q4", "s2_fallback"]
+    assert final == [
+        *s2_channel_names(),
+        "DW",
+        "valid_q1",
+        "valid_q2",
+        "valid_q3",
+        "valid_q4",
+        "valid_DW",
+        "clear_q1",
+        "clear_q2",
+        "clear_q3",
+        "clear_q4",
+        "s2_fallback",
+    ]
     assert final[:7] == ["B2_q1", "B3_q1", "B4_q1", "B8_q1", "B11_q1", "B12_q1", "B2_q2"]
 
 
 def test_export_task_parameters_drive_and_cloud_storage():
-    task = export_task(location=LOC, recipe=recipe.RecipeConfig(size=64, scale=10),
-                       config=ExportConfig(folder="myfolder"))
+    task = export_task(
+        location=LOC,
+        recipe=recipe.RecipeConfig(size=64, scale=10),
+        config=ExportConfig(folder="myfolder"),
+    )
     config = task.config
     assert config["description"] == "c0123456789abcdef_2014"
     options = config["fileExportOptions"]
     assert options["fileFormat"] == "TF_RECORD_IMAGE"
-    assert options["driveDestination"] == {"folder": "myfolder",
-                                           "filenamePrefix": "c0123456789abcdef_2014"}
-    assert options["tfRecordOptions"] == {"tileDimensions": {"width": 64, "height": 64},
-                                          "compress": True}
+    assert options["driveDestination"] == {
+        "folder": "myfolder",
+        "filenamePrefix": "c0123456789abcdef_2014",
+    }
+    assert options["tfRecordOptions"] == {
+        "tileDimensions": {"width": 64, "height": 64},
+        "compress": True,
+    }
     # The pixel grid is folded into the expression: fixed projection, 64 x 64 patch.
     g = graph(config["expression"])
     clip = next(calls(g, "Image.clipToBoundsAndScale"))
@@ -217,8 +283,11 @@ def test_export_task_parameters_drive_and_cloud_storage():
     assert const(reproject["crsTransform"]) == [10.0, 0.0, -320.0, 0.0, -10.0, 320.0]
     assert "Transverse_Mercator" in json.dumps(reproject["crs"])
 
-    gcs = export_task(location=LOC, recipe=recipe.RecipeConfig(),
-                      config=ExportConfig(destination="gcs", bucket="bkt", prefix="run1/"))
+    gcs = export_task(
+        location=LOC,
+        recipe=recipe.RecipeConfig(),
+        config=ExportConfig(destination="gcs", bucket="bkt", prefix="run1/"),
+    )
     dest = gcs.config["fileExportOptions"]["cloudStorageDestination"]
     assert dest == {"bucket": "bkt", "filenamePrefix": "run1/c0123456789abcdef_2014"}
     assert gcs.config["description"] == "run1_c0123456789abcdef_2014"
@@ -238,15 +307,21 @@ def test_period_ranges_and_fallback_codes():
     assert recipe.period_ranges(year=2019)[1] == ("q2", "2019-04-01", "2019-07-01")
     code = recipe.SOURCE_YEAR * 4 + recipe.SOURCE_NONE * 4**3
     assert recipe.decode_fallback(code, recipe.PERIODS["quarter"]) == {
-        "q1": "period", "q2": "year", "q3": "period", "q4": "none"}
+        "q1": "period",
+        "q2": "year",
+        "q3": "period",
+        "q4": "none",
+    }
     assert recipe.fallback_summary(code, recipe.PERIODS["quarter"]) == "q2:year;q4:none"
     assert recipe.fallback_summary(0, recipe.PERIODS["quarter"]) == ""
 
 
 def definitions(node: Any) -> Iterator[dict]:
     if isinstance(node, dict):
-        if "functionDefinitionValue" in node and "point" in node[
-                "functionDefinitionValue"]["argumentNames"]:
+        if (
+            "functionDefinitionValue" in node
+            and "point" in node["functionDefinitionValue"]["argumentNames"]
+        ):
             yield node["functionDefinitionValue"]
         for value in node.values():
             yield from definitions(value)
@@ -258,10 +333,16 @@ def definitions(node: Any) -> Iterator[dict]:
 def test_recipe_is_one_function_per_imagery_year_called_per_location():
     config = recipe.RecipeConfig()
     assert recipe.recipe_function(config, 2019) is recipe.recipe_function(config, 2019)
-    one, two = (graph(recipe.location_image(lat=lat, lon=lon, label=1.0, year=2019,
-                                            imagery_year=2019, config=config))
-                for lat, lon in ((10.0, 100.0), (-5.5, 30.25)))
+    one, two = (
+        graph(
+            recipe.location_image(
+                lat=lat, lon=lon, label=1.0, year=2019, imagery_year=2019, config=config
+            )
+        )
+        for lat, lon in ((10.0, 100.0), (-5.5, 30.25))
+    )
     assert list(definitions(one)) == list(definitions(two)) and len(list(definitions(one))) == 1
-    points = [const(a["coordinates"]) for g in (one, two)
-              for a in calls(g, "GeometryConstructors.Point")]
+    points = [
+        const(a["coordinates"]) for g in (one, two) for a in calls(g, "GeometryConstructors.Point")
+    ]
     assert points == [[100.0, 10.0], [30.25, -5.5]]

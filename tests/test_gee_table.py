@@ -38,10 +38,18 @@ def _ee():
 
 
 def places(n: int, *, years=(2019,)) -> list[Location]:
-    return [Location(cell_key=f"k{i:05d}", cell_id=f"POLYGON (({i} 0, {i} 1))",
-                     year=years[i % len(years)], imagery_year=max(years[i % len(years)], 2016),
-                     lat=8 + (i % 100) / 10, lon=102 + (i // 100) / 10, label=0.3 + i / 1000)
-            for i in range(n)]
+    return [
+        Location(
+            cell_key=f"k{i:05d}",
+            cell_id=f"POLYGON (({i} 0, {i} 1))",
+            year=years[i % len(years)],
+            imagery_year=max(years[i % len(years)], 2016),
+            lat=8 + (i % 100) / 10,
+            lon=102 + (i // 100) / 10,
+            label=0.3 + i / 1000,
+        )
+        for i in range(n)
+    ]
 
 
 def calls(node, name):
@@ -85,13 +93,21 @@ def test_2000_places_make_ceil_n_over_points_per_task_table_tasks():
     assert len(features) == 300
     first = features[0]["metadata"]["constantValue"]
     loc = locations[0]
-    assert (first["cell_key"], first["cell_id"], first["label"], first["year"],
-            first["imagery_year"]) == (loc.cell_key, loc.cell_id, loc.label, 2019, 2019)
+    assert (
+        first["cell_key"],
+        first["cell_id"],
+        first["label"],
+        first["year"],
+        first["imagery_year"],
+    ) == (loc.cell_key, loc.cell_id, loc.label, 2019, 2019)
     assert first["crs_wkt"] == local_projection_wkt(lat=loc.lat, lon=loc.lon)
     assert "GOOGLE/CLOUD_SCORE_PLUS/V1/S2_HARMONIZED" in text
     # Cloud Storage, and the option of one task per place
-    gcs = plan_jobs(locations[:10], recipe=recipe,
-                    config=ExportConfig(destination="gcs", bucket="b", prefix="run/"))
+    gcs = plan_jobs(
+        locations[:10],
+        recipe=recipe,
+        config=ExportConfig(destination="gcs", bucket="b", prefix="run/"),
+    )
     options = gcs[0].build().config["fileExportOptions"]
     assert options["cloudStorageDestination"]["filenamePrefix"].startswith("run/places_2019_")
     per_place = plan_jobs(locations[:10], recipe=recipe, config=ExportConfig(layout="image"))
@@ -104,8 +120,14 @@ def test_table_layout_runs_and_the_manifest_maps_places_to_task_and_file(tmp_pat
     locations = places(23, years=(2014, 2019))  # two imagery years: 2016 and 2019
     fake = FakeTasks(polls_to_finish=1)
     config = ExportConfig(points_per_task=5, poll_interval_s=0, progress=False)
-    report = run_exports(locations, manifest_path=tmp_path / "m.csv", recipe=RecipeConfig(size=9),
-                         config=config, tasks=fake, sleep=lambda s: None)
+    report = run_exports(
+        locations,
+        manifest_path=tmp_path / "m.csv",
+        recipe=RecipeConfig(size=9),
+        config=config,
+        tasks=fake,
+        sleep=lambda s: None,
+    )
     assert "6 export task(s) (table layout) for 23 place-years" in capsys.readouterr().out
     assert report.started == report.completed == 6 == math.ceil(12 / 5) + math.ceil(11 / 5)
     rows = {(r.cell_key, r.year): r for r in Manifest(tmp_path / "m.csv")}
@@ -118,8 +140,14 @@ def test_table_layout_runs_and_the_manifest_maps_places_to_task_and_file(tmp_pat
     for task_id, cfg in fake.configs.items():
         assert cfg["fileExportOptions"]["fileFormat"] == "TF_RECORD_TABLE"
         assert {r.task_id for r in rows.values() if r.task == cfg["description"]} == {task_id}
-    again = run_exports(locations, manifest_path=tmp_path / "m.csv", recipe=RecipeConfig(size=9),
-                        config=config, tasks=fake, sleep=lambda s: None)
+    again = run_exports(
+        locations,
+        manifest_path=tmp_path / "m.csv",
+        recipe=RecipeConfig(size=9),
+        config=config,
+        tasks=fake,
+        sleep=lambda s: None,
+    )
     assert again.started == 0 and again.skipped == 6
 
 
@@ -129,10 +157,26 @@ def test_dry_run_prints_the_plan_without_network(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(ee, "Initialize", no_network)
     labels = tmp_path / "labels.csv"
-    labels.write_text("year,cell id,centroid latitude,centroid longitude,label\n" + "".join(
-        f"2019,C{i},{10 + i / 10},{105 + i / 10},{1 + i / 10}\n" for i in range(7)))
-    cli(["gee", "--labels", str(labels), "--out", str(tmp_path / "out"), "--mode", "export",
-         "--dry-run", "--points-per-task", "3", "--folder", "myexports"])
+    labels.write_text(
+        "year,cell id,centroid latitude,centroid longitude,label\n"
+        + "".join(f"2019,C{i},{10 + i / 10},{105 + i / 10},{1 + i / 10}\n" for i in range(7))
+    )
+    cli(
+        [
+            "gee",
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "out"),
+            "--mode",
+            "export",
+            "--dry-run",
+            "--points-per-task",
+            "3",
+            "--folder",
+            "myexports",
+        ]
+    )
     out = capsys.readouterr().out
     assert "dry run, nothing sent: 3 export task(s) (table layout) for 7 place-years" in out
     assert "1-3 per task" in out and "Google Drive folder 'myexports'" in out
@@ -146,9 +190,13 @@ def test_a_changed_recipe_into_an_old_folder_is_refused(tmp_path):
 
     def download(size: int) -> None:
         recipe = RecipeConfig(size=size)
-        download_locations(locations, out_dir=out, recipe=recipe,
-                           compute_pixels=FakeComputePixels(recipe.record_bands, size),
-                           config=DownloadConfig(progress=False))
+        download_locations(
+            locations,
+            out_dir=out,
+            recipe=recipe,
+            compute_pixels=FakeComputePixels(recipe.record_bands, size),
+            config=DownloadConfig(progress=False),
+        )
 
     download(8)
     assert (out / RECIPE_FILE).is_file()
@@ -159,8 +207,12 @@ def test_a_changed_recipe_into_an_old_folder_is_refused(tmp_path):
     download(8)  # the same settings resume
     # exports: other places per task into the same folder are refused too
     fake = FakeTasks(polls_to_finish=1)
-    kw = dict(manifest_path=tmp_path / "x" / "m.csv", recipe=RecipeConfig(size=9), tasks=fake,
-              sleep=lambda s: None)
+    kw = dict(
+        manifest_path=tmp_path / "x" / "m.csv",
+        recipe=RecipeConfig(size=9),
+        tasks=fake,
+        sleep=lambda s: None,
+    )
     (tmp_path / "x").mkdir()
     run_exports(locations, config=ExportConfig(points_per_task=2, progress=False), **kw)
     with pytest.raises(RecipeMismatch, match=r"export\.points_per_task: 2 -> 3"):
@@ -176,17 +228,25 @@ def test_503_after_the_librarys_retries_is_retried_and_no_network_is_one_sentenc
     recipe = RecipeConfig(size=8)
     key = local_projection_wkt(lat=locations[0].lat, lon=locations[0].lon)
     fake = FakeComputePixels(recipe.record_bands, 8, failures={key: ["503", "503"]})
-    report = download_locations(locations, out_dir=tmp_path / "a", recipe=recipe,
-                                compute_pixels=fake, sleep=lambda s: None,
-                                config=DownloadConfig(progress=False))
+    report = download_locations(
+        locations,
+        out_dir=tmp_path / "a",
+        recipe=recipe,
+        compute_pixels=fake,
+        sleep=lambda s: None,
+        config=DownloadConfig(progress=False),
+    )
     assert (report.fetched, report.failed, report.retries) == (3, 0, 2)
-    offline = FakeComputePixels(recipe.record_bands, 8,
-                                failures={key: ["offline"] * 3})
+    offline = FakeComputePixels(recipe.record_bands, 8, failures={key: ["offline"] * 3})
     with pytest.raises(GeeNetworkError) as info:
-        download_locations(locations[:1], out_dir=tmp_path / "b", recipe=recipe,
-                           compute_pixels=offline, sleep=lambda s: None,
-                           config=DownloadConfig(progress=False,
-                                                 retry=RetryPolicy(max_attempts=3)))
+        download_locations(
+            locations[:1],
+            out_dir=tmp_path / "b",
+            recipe=recipe,
+            compute_pixels=offline,
+            sleep=lambda s: None,
+            config=DownloadConfig(progress=False, retry=RetryPolicy(max_attempts=3)),
+        )
     message = str(info.value)
     assert "could not reach Earth Engine while fetching" in message
     assert "check the internet connection" in message and "ConnectionError" in message
@@ -194,17 +254,28 @@ def test_503_after_the_librarys_retries_is_retried_and_no_network_is_one_sentenc
 
 
 def test_polling_and_start_errors_do_not_stop_the_export_loop(tmp_path):
-    fake = FakeTasks(polls_to_finish=2, poll_errors=[
-        http_error(503, "The service is currently unavailable."),
-        ee.EEException("The service is currently unavailable."),
-        http_error(500, "Internal error")],
-        start_errors=[ee.EEException("The service is currently unavailable.")])
+    fake = FakeTasks(
+        polls_to_finish=2,
+        poll_errors=[
+            http_error(503, "The service is currently unavailable."),
+            ee.EEException("The service is currently unavailable."),
+            http_error(500, "Internal error"),
+        ],
+        start_errors=[ee.EEException("The service is currently unavailable.")],
+    )
     waits: list[float] = []
-    config = ExportConfig(points_per_task=2, poll_interval_s=7, progress=False,
-                          retry=RetryPolicy(base_s=1, max_s=1))
-    report = run_exports(places(5), manifest_path=tmp_path / "m.csv",
-                         recipe=RecipeConfig(size=9), config=config, tasks=fake,
-                         sleep=waits.append, seed=0)
+    config = ExportConfig(
+        points_per_task=2, poll_interval_s=7, progress=False, retry=RetryPolicy(base_s=1, max_s=1)
+    )
+    report = run_exports(
+        places(5),
+        manifest_path=tmp_path / "m.csv",
+        recipe=RecipeConfig(size=9),
+        config=config,
+        tasks=fake,
+        sleep=waits.append,
+        seed=0,
+    )
     assert report.completed == 3 and report.failed == 0 and report.poll_errors == 3
     assert fake.poll_errors == [] and fake.start_errors == []
     assert any(0.5 <= w <= 1 for w in waits) and waits.count(7) >= 5  # backoff, then polls
@@ -212,14 +283,20 @@ def test_polling_and_start_errors_do_not_stop_the_export_loop(tmp_path):
     # a poll failing for good stops with a sentence, the manifest saved as running
     stuck = FakeTasks(poll_errors=[http_error(503, "unavailable")] * 5)
     with pytest.raises(GeeNetworkError, match="failed 3 times in a row"):
-        run_exports(places(2), manifest_path=tmp_path / "n" / "n.csv", recipe=RecipeConfig(size=9),
-                    config=ExportConfig(max_poll_failures=3, progress=False, poll_interval_s=0),
-                    tasks=stuck, sleep=lambda s: None)
+        run_exports(
+            places(2),
+            manifest_path=tmp_path / "n" / "n.csv",
+            recipe=RecipeConfig(size=9),
+            config=ExportConfig(max_poll_failures=3, progress=False, poll_interval_s=0),
+            tasks=stuck,
+            sleep=lambda s: None,
+        )
     assert Manifest(tmp_path / "n" / "n.csv").counts()["running"] == 2
 
 
-def test_initialise_names_the_step_the_key_file_and_takes_the_high_volume_url(tmp_path,
-                                                                              monkeypatch):
+def test_initialise_names_the_step_the_key_file_and_takes_the_high_volume_url(
+    tmp_path, monkeypatch
+):
     import requests
 
     seen = []
@@ -234,8 +311,11 @@ def test_initialise_names_the_step_the_key_file_and_takes_the_high_volume_url(tm
     with pytest.raises(GeeNetworkError, match="while initialising Earth Engine for project 'p'"):
         gee_auth.initialize(project="p")
     key = tmp_path / "broken-key.json"
-    key.write_text(json.dumps({"type": "service_account", "client_email": "sa@p.iam",
-                               "private_key": "not a key"}))
+    key.write_text(
+        json.dumps(
+            {"type": "service_account", "client_email": "sa@p.iam", "private_key": "not a key"}
+        )
+    )
     with pytest.raises(gee_auth.GeeAuthError, match=r"broken-key\.json cannot be used"):
         gee_auth.initialize(project="p", service_account_key=key)
 

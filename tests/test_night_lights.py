@@ -24,8 +24,10 @@ SIZE = 16
 def worlds(tmp_path_factory):
     base = tmp_path_factory.mktemp("nl")
     kw = dict(n=60, size=SIZE, seed=2, corrupt_fraction=0.0, progress=False)
-    return (generate_world(base / "lit", night_lights=True, **kw),
-            generate_world(base / "dark", **kw))
+    return (
+        generate_world(base / "lit", night_lights=True, **kw),
+        generate_world(base / "dark", **kw),
+    )
 
 
 def features(path):
@@ -69,8 +71,9 @@ def test_lights_go_through_the_shards_and_the_dataset_takes_or_leaves_them(world
     without = ShardDataset(out, "train", channels="s2", dw_mode="none")
     assert with_nl.band_names[-1] == "NL" and with_nl.num_channels == 25
     assert without.num_channels == 24 and "NL" not in without.band_names
-    np.testing.assert_allclose(with_nl[0]["image"][:24].numpy(), without[0]["image"].numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        with_nl[0]["image"][:24].numpy(), without[0]["image"].numpy(), atol=1e-6
+    )
     raw = h5py.File(with_nl.files[0])[hs.DATA][0][25]
     expected = (raw - stats["mean"][-1]) / stats["std"][-1]
     np.testing.assert_allclose(with_nl[0]["image"][24].numpy(), expected, rtol=1e-5, atol=1e-5)

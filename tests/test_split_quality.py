@@ -34,11 +34,19 @@ def image(seed: int) -> np.ndarray:
     return out
 
 
-def bands(seed: int, *, lat: float, lon: float, year: int = 2019, label: float = 1.5,
-          valid: np.ndarray | None = None, clear=(1.0, 1.0, 1.0, 1.0), img=None) -> dict:
+def bands(
+    seed: int,
+    *,
+    lat: float,
+    lon: float,
+    year: int = 2019,
+    label: float = 1.5,
+    valid: np.ndarray | None = None,
+    clear=(1.0, 1.0, 1.0, 1.0),
+    img=None,
+) -> dict:
     """A canonical record's bands with masks (valid: (5, H, W), 1 everywhere by default)."""
-    meta = {"label": label, "latitude": lat, "longitude": lon, "year": year,
-            "imagery_year": year}
+    meta = {"label": label, "latitude": lat, "longitude": lon, "year": year, "imagery_year": year}
     out = sample_bands(image(seed) if img is None else img, meta)
     valid = np.ones((5, SIZE, SIZE), np.float32) if valid is None else valid
     for name, mask in zip(schema.valid_band_names(), valid, strict=True):
@@ -60,36 +68,46 @@ def test_masks_nodata_and_clear_shares_quarantine_and_reach_the_dataset(tmp_path
     src = tmp_path / "exports"
     src.mkdir()
     for i in range(8):  # clean places
-        write_tfrecord(src / f"good{i}_2019.tfrecord.gz",
-                       [encode(bands(i, lat=10 + i, lon=105.0), cell_id=f"c{i}")])
+        write_tfrecord(
+            src / f"good{i}_2019.tfrecord.gz",
+            [encode(bands(i, lat=10 + i, lon=105.0), cell_id=f"c{i}")],
+        )
     # q2 without a scene (nodata 0, mask 0) and DW nodata in a corner: still ok
     img, valid = image(20), np.ones((5, SIZE, SIZE), np.float32)
     img[Q : 2 * Q] = 0.0
     valid[1] = 0.0
     img[24, :2, :2] = schema.DW_NODATA
     valid[4, :2, :2] = 0.0
-    write_tfrecord(src / "partial_2019.tfrecord.gz",
-                   [encode(bands(20, lat=30, lon=100, img=img, valid=valid), cell_id="partial")])
+    write_tfrecord(
+        src / "partial_2019.tfrecord.gz",
+        [encode(bands(20, lat=30, lon=100, img=img, valid=valid), cell_id="partial")],
+    )
     # three quarters and DW without data: mostly nodata
     empty = np.zeros((5, SIZE, SIZE), np.float32)
     empty[0] = 1.0
-    write_tfrecord(src / "empty_2019.tfrecord.gz",
-                   [encode(bands(21, lat=31, lon=100, valid=empty), cell_id="empty")])
+    write_tfrecord(
+        src / "empty_2019.tfrecord.gz",
+        [encode(bands(21, lat=31, lon=100, valid=empty), cell_id="empty")],
+    )
     # clear scenes in two quarters only: cloudy under min_clear 0.6
-    write_tfrecord(src / "cloudy_2019.tfrecord.gz",
-                   [encode(bands(22, lat=32, lon=100, clear=(0.9, 0.1, 0.0, 0.8)),
-                           cell_id="cloudy")])
+    write_tfrecord(
+        src / "cloudy_2019.tfrecord.gz",
+        [encode(bands(22, lat=32, lon=100, clear=(0.9, 0.1, 0.0, 0.8)), cell_id="cloudy")],
+    )
     # an older export without mask bands: nodata derived from all-zero quarters, DW 255
-    old = sample_bands(image(23), {"label": 1.0, "latitude": 33.0, "longitude": 100.0,
-                                   "year": 2019, "imagery_year": 2019})
+    old = sample_bands(
+        image(23),
+        {"label": 1.0, "latitude": 33.0, "longitude": 100.0, "year": 2019, "imagery_year": 2019},
+    )
     for name in schema.s2_channel_names()[2 * Q : 4 * Q]:
         old[name] = np.zeros((SIZE, SIZE), np.float32)
     old["DW"] = np.full((SIZE, SIZE), schema.DW_NODATA, np.float32)
     write_tfrecord(src / "old_2019.tfrecord.gz", [encode(old, cell_id="old")])
 
     out = tmp_path / "shards"
-    report = run_split_and_batch(src, out, SplitConfig(split="random", min_valid=0.5,
-                                                       min_clear=0.6, progress=False))
+    report = run_split_and_batch(
+        src, out, SplitConfig(split="random", min_valid=0.5, min_clear=0.6, progress=False)
+    )
     assert report.balanced and report.per_reason == {"mostly_nodata": 2, "cloudy": 1}
     rows = manifest(out).set_index("file")
     assert rows.loc["empty_2019.tfrecord.gz", "reason"] == "mostly_nodata"
@@ -117,8 +135,16 @@ def test_masks_nodata_and_clear_shares_quarantine_and_reach_the_dataset(tmp_path
 
 
 def test_synthetic_world_missing_and_cloudy_quarters_follow_the_convention(tmp_path: Path):
-    world = generate_world(tmp_path / "world", n=24, size=SIZE, seed=5, corrupt_fraction=0.0,
-                           progress=False, missing_probability=0.4, cloud_probability=0.5)
+    world = generate_world(
+        tmp_path / "world",
+        n=24,
+        size=SIZE,
+        seed=5,
+        corrupt_fraction=0.0,
+        progress=False,
+        missing_probability=0.4,
+        cloud_probability=0.5,
+    )
     shares = []
     for path in world.files:
         floats = example_wire.decode_example(next(iter_records(path)))
@@ -131,12 +157,21 @@ def test_synthetic_world_missing_and_cloudy_quarters_follow_the_convention(tmp_p
         assert valid[4] == 1.0
         shares.append(np.mean(valid))
     assert 0 < sum(s < 0.7 for s in shares) < len(shares)
-    report = run_split_and_batch(world.out_dir, tmp_path / "shards",
-                                 SplitConfig(split="random", min_valid=0.7, progress=False))
+    report = run_split_and_batch(
+        world.out_dir,
+        tmp_path / "shards",
+        SplitConfig(split="random", min_valid=0.7, progress=False),
+    )
     assert report.per_reason.get("mostly_nodata", 0) == sum(s < 0.7 for s in shares)
-    cloudy = [f for f in world.files if min(
-        float(example_wire.decode_example(next(iter_records(f)))[n][0])
-        for n in schema.clear_band_names()) < 1.0]
+    cloudy = [
+        f
+        for f in world.files
+        if min(
+            float(example_wire.decode_example(next(iter_records(f)))[n][0])
+            for n in schema.clear_band_names()
+        )
+        < 1.0
+    ]
     assert cloudy  # some quarters are cloudy and say so
 
 
@@ -149,9 +184,13 @@ def table_record(seed: int, *, key: str, cid: str, lat: float, lon: float, year:
         floats[name] = np.ones(PIXELS, np.float32)
     for name in (*schema.clear_band_names(), schema.FALLBACK_BAND):
         floats[name] = np.float32([0.8])
-    floats.update(label=np.float32([0.5 + seed / 10]), latitude=np.float32([lat]),
-                  longitude=np.float32([lon]), year=np.float32([year]),
-                  imagery_year=np.float32([max(year, 2016)]))
+    floats.update(
+        label=np.float32([0.5 + seed / 10]),
+        latitude=np.float32([lat]),
+        longitude=np.float32([lon]),
+        year=np.float32([year]),
+        imagery_year=np.float32([max(year, 2016)]),
+    )
     return encode(floats, cell_key=key, cell_id=cid)
 
 
@@ -161,15 +200,18 @@ def test_a_multi_place_table_export_file_gives_every_place_its_own_cell(tmp_path
     places = [(f"POLYGON (({c} 0, {c} 1))", 9.0 + c, 104.0 + c / 2) for c in range(5)]
     records, expected = [], {}
     for i, (year, (cid, lat, lon)) in enumerate(
-            (y, p) for y in (2014, 2019, 2021) for p in places[: 4 if y == 2021 else 5]):
+        (y, p) for y in (2014, 2019, 2021) for p in places[: 4 if y == 2021 else 5]
+    ):
         key = cell_key(cid)
         records.append(table_record(i, key=key, cid=cid, lat=lat, lon=lon, year=year))
         expected[i] = (key, cid, year)
     assert len(records) == 14
     write_tfrecord(src / "povmap_b2019_00000.tfrecord.gz", records)
     # canonical records without ids in one file: keyed by their coordinates, not the name
-    write_tfrecord(src / "noids_2019.tfrecord.gz", [
-        encode(bands(40 + j, lat=20.0 + j, lon=100.0)) for j in range(3)])
+    write_tfrecord(
+        src / "noids_2019.tfrecord.gz",
+        [encode(bands(40 + j, lat=20.0 + j, lon=100.0)) for j in range(3)],
+    )
     out = tmp_path / "shards"
     report = run_split_and_batch(src, out, SplitConfig(split="random", progress=False))
     assert report.ok == 17 and report.quarantined == 0
@@ -177,7 +219,10 @@ def test_a_multi_place_table_export_file_gives_every_place_its_own_cell(tmp_path
     table = rows[rows["file"] == "povmap_b2019_00000.tfrecord.gz"].set_index("record")
     for i, (key, cid, year) in expected.items():
         assert (table.loc[i, "cell_key"], table.loc[i, "cell_id"], table.loc[i, "year"]) == (
-            key, cid, year)
+            key,
+            cid,
+            year,
+        )
     assert table["cell_key"].nunique() == 5
     assert (table.groupby("cell_key")["split"].nunique() == 1).all()  # a cell stays together
     assert table.loc[0, "imagery_year"] == 2016 and table.loc[0, "label"] == pytest.approx(0.5)
@@ -204,12 +249,12 @@ def test_original_schema_file_without_year_in_its_name(tmp_path: Path):
     src.mkdir()
     write_tfrecord(src / "vietnam_2019_00001.tfrecord.gz", [original_record(1, 1.2, 10.5, 105.1)])
     write_tfrecord(src / "vietnam_2019_00002.tfrecord.gz", [original_record(2, 2.2, 11.5, 106.1)])
-    refused = run_split_and_batch(src, tmp_path / "a", SplitConfig(split="random",
-                                                                   progress=False))
+    refused = run_split_and_batch(src, tmp_path / "a", SplitConfig(split="random", progress=False))
     assert refused.per_reason == {"missing_band": 2}
     assert "no year= was given" in manifest(tmp_path / "a")["detail"].iloc[0]
-    report = run_split_and_batch(src, tmp_path / "b", SplitConfig(split="random", year=2014,
-                                                                  progress=False))
+    report = run_split_and_batch(
+        src, tmp_path / "b", SplitConfig(split="random", year=2014, progress=False)
+    )
     rows = manifest(tmp_path / "b")
     assert report.ok == 2 and set(rows["year"]) == {2014} and set(rows["imagery_year"]) == {2016}
     assert rows["cell_key"].nunique() == 2

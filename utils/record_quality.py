@@ -57,8 +57,10 @@ def record_mask(floats: dict[str, np.ndarray], image: np.ndarray) -> np.ndarray:
             raise QualityError(f"{name} holds {values.size} values, expected {height * width}")
         if not np.isin(values, (0.0, 1.0)).all():
             raise QualityError(f"{name} holds values other than 0 and 1")
-        mask[i] = np.broadcast_to(values.reshape(-1) if values.size == 1 else
-                                  values.reshape(height, width), (height, width))
+        mask[i] = np.broadcast_to(
+            values.reshape(-1) if values.size == 1 else values.reshape(height, width),
+            (height, width),
+        )
     return mask
 
 

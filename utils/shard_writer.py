@@ -116,7 +116,11 @@ def write_metadata(handle: h5py.File, meta: Sequence[dict]) -> None:
 
 
 def write_shard_attrs(
-    handle: h5py.File, *, split: str, source: str, config: dict,
+    handle: h5py.File,
+    *,
+    split: str,
+    source: str,
+    config: dict,
     bands: Sequence[str] | None = None,
 ) -> None:
     """File attributes of a final shard (``utils.hdf5_schema``); ``bands`` default to the

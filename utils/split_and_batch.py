@@ -370,8 +370,11 @@ def _stage_quality(
     width = (size * size + 7) // 8
     bits = np.array(masks, np.uint8).reshape(-1, len(rq.MASK_BANDS), width)
     handle.create_dataset(  # one chunk per sample: shards read them one by one
-        STAGED_MASK, data=bits, chunks=(1, *bits.shape[1:]) if len(bits) else None,
-        compression="gzip", compression_opts=1,
+        STAGED_MASK,
+        data=bits,
+        chunks=(1, *bits.shape[1:]) if len(bits) else None,
+        compression="gzip",
+        compression_opts=1,
     )
     handle.create_dataset(
         STAGED_CLEAR, data=np.array(clears, np.float32).reshape(-1, len(rq.CLEAR_BANDS))
@@ -384,8 +387,12 @@ def _write_quality(
     """The shard's ``mask`` (n, M, H, W) uint8 and ``clear`` (n, Q) datasets."""
     n, pixels = len(members), shape[0] * shape[1]
     masks = handle.create_dataset(
-        hs.MASK, shape=(n, len(rq.MASK_BANDS), *shape), dtype=np.uint8,
-        chunks=(1, len(rq.MASK_BANDS), *shape), compression="gzip", compression_opts=1,
+        hs.MASK,
+        shape=(n, len(rq.MASK_BANDS), *shape),
+        dtype=np.uint8,
+        chunks=(1, len(rq.MASK_BANDS), *shape),
+        compression="gzip",
+        compression_opts=1,
     )
     clear = np.empty((n, len(rq.CLEAR_BANDS)), np.float32)
     for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
@@ -435,8 +442,9 @@ def _write_shard(
 ) -> None:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         create_sample_datasets(handle, codec, len(members))
-        write_shard_attrs(handle, split=split, source=source, config=config,
-                          bands=config.get("bands"))
+        write_shard_attrs(
+            handle, split=split, source=source, config=config, bands=config.get("bands")
+        )
         handle.attrs[ATTR_FINGERPRINT] = fingerprint
         target = handle[hs.DATA]
         for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
@@ -552,8 +560,11 @@ def run_split_and_batch(
 
     # 2. read, validate, stage
     size = cfg.size or infer_size([i.path for i in items]) or 1  # 1: nothing is readable
-    extra = (tuple(cfg.extra_channels) if cfg.extra_channels is not None
-             else infer_extra_channels([i.path for i in items]))
+    extra = (
+        tuple(cfg.extra_channels)
+        if cfg.extra_channels is not None
+        else infer_extra_channels([i.path for i in items])
+    )
     band_names = [*schema.image_band_names(), *extra]
     codec = ChunkCodec(
         (len(band_names), size, size),
@@ -563,8 +574,13 @@ def run_split_and_batch(
         cfg.shuffle,
     )
     rules = RecordRules(
-        size, cfg.label_range, imagery_year_floor=cfg.imagery_year_floor, year=cfg.year,
-        min_valid=cfg.min_valid, min_clear=cfg.min_clear, extra=extra,
+        size,
+        cfg.label_range,
+        imagery_year_floor=cfg.imagery_year_floor,
+        year=cfg.year,
+        min_valid=cfg.min_valid,
+        min_clear=cfg.min_clear,
+        extra=extra,
     )
     worker = _PartWorker(rules, codec, quarantine)
     groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
@@ -686,12 +702,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--label-range", type=float, nargs=2, default=list(d.label_range), metavar=("LOW", "HIGH")
     )
-    parser.add_argument("--year", type=int, default=None,
-                        help="year of original-study files whose name lacks it")
-    parser.add_argument("--min-valid", type=float, default=d.min_valid,
-                        help="quarantine patches with a smaller valid-pixel share")
-    parser.add_argument("--min-clear", type=float, default=d.min_clear,
-                        help="quarantine patches with a smaller clear share (0: off)")
+    parser.add_argument(
+        "--year", type=int, default=None, help="year of original-study files whose name lacks it"
+    )
+    parser.add_argument(
+        "--min-valid",
+        type=float,
+        default=d.min_valid,
+        help="quarantine patches with a smaller valid-pixel share",
+    )
+    parser.add_argument(
+        "--min-clear",
+        type=float,
+        default=d.min_clear,
+        help="quarantine patches with a smaller clear share (0: off)",
+    )
     parser.add_argument("--part-files", type=int, default=d.part_files)
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--no-progress", action="store_true")

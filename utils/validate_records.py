@@ -347,8 +347,20 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
     clear = rq.clear_shares(floats)
     _check_quality(mask, clear, rules)
     return Sample(
-        image, label, lat, lon, year, imagery_year, cell_id, key, schema_name, band_min,
-        band_max, mask, clear, from_name,
+        image,
+        label,
+        lat,
+        lon,
+        year,
+        imagery_year,
+        cell_id,
+        key,
+        schema_name,
+        band_min,
+        band_max,
+        mask,
+        clear,
+        from_name,
     )
 
 
