@@ -61,7 +61,13 @@ from utils.shard_writer import (
 )
 from utils.spatial_split import MODES, assign_splits, check_ratios
 from utils.unzip import ARCHIVE_SUFFIX, extract_archives
-from utils.validate_records import RecordError, RecordRules, infer_size, read_file
+from utils.validate_records import (
+    RecordError,
+    RecordResult,
+    RecordRules,
+    infer_size,
+    iter_results,
+)
 
 RECORD_SUFFIXES: tuple[str, ...] = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
 EXTRACTED_DIR = "extracted"
@@ -113,6 +119,8 @@ class SplitConfig:
     size: int | None = None  # patch side in pixels; None: inferred from the records
     label_range: tuple[float, float] = (-1000.0, 1000.0)
     imagery_year_floor: int = FIRST_IMAGERY_YEAR
+    check_crc: bool = True  # both masked CRC-32C of every TFRecord record
+    max_inflate_bytes: int | None = None  # per input file; None: derived from the size
     part_files: int = 256  # input files per staging part (the unit of resumption)
     workers: int = 2  # reader threads (no effect on the result)
     progress: bool = True  # progress bars (no effect on the result)
@@ -256,22 +264,38 @@ class _PartWorker:
         self.grid_shape = (codec.shape[0], len(range(0, rules.size * rules.size, self.stride)))
 
     def __call__(self, item: InputFile) -> tuple[list, list[SampleSummary], list[dict]]:
-        """Encoded chunks and summaries of the valid samples, manifest rows of every record."""
-        result = read_file(item.path, self.rules)
-        single_bad = len(result.records) == 1 and result.records[0].sample is None
-        kept_file = (
-            keep_file(self.quarantine, item.name, item.path)
-            if result.file_error is not None or single_bad
-            else ""
-        )
+        """Encoded chunks and summaries of the valid samples, manifest rows of every record.
+
+        Records stream through one at a time (an image is encoded, then dropped); a bad
+        record is written to the quarantine as it comes, except the first, held until a
+        second record shows the file holds more than one (a one-record file, or a file
+        that fails as a whole, is copied whole; an ``oversized`` one is not copied)."""
         rows: list[dict] = []
         chunks, summaries = [], []
-        for rec in result.records:
-            if rec.sample is None:
-                kept = kept_file or keep_bytes(self.quarantine, item.name, rec.payload, rec.index)
-                rows.append(
-                    _quarantine_row(item.name, rec.index, RecordError(rec.reason, rec.detail), kept)
+        held: RecordResult | None = None  # the first bad record, until a second record
+        count = 0
+        for rec in iter_results(item.path, self.rules):
+            if rec.file_level:
+                kept = (
+                    ""
+                    if rec.reason == "oversized"
+                    else keep_file(self.quarantine, item.name, item.path)
                 )
+                if held is not None:
+                    rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
+                rows.append(_quarantine_row(item.name, rec.index, _error(rec), kept))
+                return chunks, summaries, rows
+            count += 1
+            if held is not None and count == 2:
+                kept = keep_bytes(self.quarantine, item.name, held.payload, held.index)
+                rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
+                held = None
+            if rec.sample is None:
+                if count == 1:
+                    held = rec
+                else:
+                    kept = keep_bytes(self.quarantine, item.name, rec.payload, rec.index)
+                    rows.append(_quarantine_row(item.name, rec.index, _error(rec), kept))
                 continue
             s = rec.sample
             chunks.append(self.codec.encode(s.image))
@@ -293,11 +317,14 @@ class _PartWorker:
                     longitude=s.longitude,
                 )
             )
-        if result.file_error is not None:
-            rows.append(
-                _quarantine_row(item.name, len(result.records), result.file_error, kept_file)
-            )
+        if held is not None:  # a one-record file whose record is bad: keep the file
+            kept = keep_file(self.quarantine, item.name, item.path)
+            rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
         return chunks, summaries, rows
+
+
+def _error(rec: RecordResult) -> RecordError:
+    return RecordError(rec.reason, rec.detail)
 
 
 def _chunks_path(part: Path) -> Path:
@@ -497,7 +524,13 @@ def run_split_and_batch(
         cfg.compression_level,
         cfg.shuffle,
     )
-    rules = RecordRules(size, cfg.label_range, imagery_year_floor=cfg.imagery_year_floor)
+    rules = RecordRules(
+        size,
+        cfg.label_range,
+        imagery_year_floor=cfg.imagery_year_floor,
+        check_crc=cfg.check_crc,
+        max_inflate_bytes=cfg.max_inflate_bytes,
+    )
     worker = _PartWorker(rules, codec, quarantine)
     groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
     part_paths = [staging / f"part_{k:05d}.h5" for k in range(len(groups))]

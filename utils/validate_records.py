@@ -35,6 +35,7 @@ from isal import isal_zlib
 from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from extract_GPS_images.labels import cell_key as make_cell_key
+from utils.crc32c import masked_crc
 from utils.example_wire import ExampleDecodeError, decode_example
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -42,6 +43,18 @@ GZIP_MAGIC = b"\x1f\x8b"
 #: threads do in parallel; a fixed 1 MiB buffer per read did not scale), a larger one
 #: streams in blocks of this size.
 READ_BLOCK = 16 << 20
+#: Most bytes one inflate call may return: a bomb inflates in steps of this size, so
+#: memory stays bounded whatever the stream expands to.
+INFLATE_STEP = 64 << 20
+#: Features of a record (30 canonical bands, with room for a few more) and the bytes of
+#: its headers, for the default caps derived from the patch size.
+RECORD_BANDS = 32
+RECORD_OVERHEAD = 64 << 10
+#: Generous bound on the records of one file (Earth Engine table exports hold many
+#: places): the default inflate cap of a file is this many records of the patch size.
+RECORDS_PER_FILE = 4096
+#: Patch side assumed for the record-length cap while the patch size is not yet known.
+MAX_PATCH = 1024
 #: Plausible label/imagery years (Landsat era to far future): outside is out_of_range.
 YEAR_RANGE: tuple[int, int] = (1980, 2100)
 LATITUDE_RANGE: tuple[float, float] = (-90.0, 90.0)
@@ -86,6 +99,41 @@ class RecordRules:
     imagery_year_floor: int = (
         FIRST_IMAGERY_YEAR  # label years before it use this imagery year (original files)
     )
+    check_crc: bool = True  # both masked CRC-32C of every record
+    max_inflate_bytes: int | None = None  # per file; None: inflate_cap(size)
+
+    @property
+    def limits(self) -> ReadLimits:
+        """The read limits these rules imply."""
+        return ReadLimits.for_size(self.size, self.max_inflate_bytes, self.check_crc)
+
+
+def record_bytes(size: int) -> int:
+    """Bytes of one record of a ``size`` x ``size`` patch (with room for extra bands)."""
+    return RECORD_BANDS * size * size * 4 + RECORD_OVERHEAD
+
+
+def inflate_cap(size: int, records_per_file: int = RECORDS_PER_FILE) -> int:
+    """Default cap on what one file may inflate to: ``records_per_file`` records."""
+    return records_per_file * record_bytes(size)
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much one file may hold: a record's declared length (twice a record of the
+    patch size) and the whole inflated stream; and whether the CRCs are checked."""
+
+    max_record_bytes: int = 2 * record_bytes(MAX_PATCH)
+    max_inflate_bytes: int = inflate_cap(MAX_PATCH)
+    check_crc: bool = True
+
+    @classmethod
+    def for_size(
+        cls, size: int, max_inflate_bytes: int | None = None, check_crc: bool = True
+    ) -> ReadLimits:
+        """Limits for patches of ``size`` pixels (``max_inflate_bytes`` overrides the cap)."""
+        cap = max_inflate_bytes if max_inflate_bytes is not None else inflate_cap(size)
+        return cls(min(2 * record_bytes(size), cap), cap, check_crc)
 
 
 @dataclass
@@ -114,6 +162,7 @@ class RecordResult:
     reason: str = ""
     detail: str = ""
     payload: bytes | None = None  # raw bytes of a rejected record
+    file_level: bool = False  # a file-level error: reading stopped before this record
 
 
 @dataclass
@@ -127,52 +176,104 @@ class FileResult:
 # ---------------------------------------------------------------------------- reading
 
 
-def _gzip_blocks(handle, block_size: int) -> Iterator[bytes]:
-    """Inflate a (possibly multi-member) gzip stream block by block (ISA-L: the same
-    deflate format as zlib at about twice its speed)."""
+def _gzip_blocks(handle, block_size: int, cap: int) -> Iterator[bytes]:
+    """Inflate a (possibly multi-member) gzip stream in steps of at most
+    :data:`INFLATE_STEP` bytes (ISA-L: the same deflate format as zlib at about twice
+    its speed), stopping with ``oversized`` once more than ``cap`` bytes came out."""
     inflater = isal_zlib.decompressobj(31)
-    while block := handle.read(block_size):
-        while block:
-            yield inflater.decompress(block)
-            block = b""
-            if inflater.eof and inflater.unused_data:  # another gzip member follows
-                block = inflater.unused_data
+    total = 0
+    while data := handle.read(block_size):
+        while data:
+            out = inflater.decompress(data, INFLATE_STEP)
+            data = inflater.unconsumed_tail
+            if inflater.eof and not data and inflater.unused_data:  # another member follows
+                data = inflater.unused_data
                 inflater = isal_zlib.decompressobj(31)
+            total += len(out)
+            if total > cap:
+                raise RecordError(
+                    "oversized",
+                    f"inflates to more than {cap} bytes (max_inflate_bytes; stopped after "
+                    f"{handle.tell()} compressed bytes)",
+                )
+            if out:
+                yield out
     if not inflater.eof:
         raise RecordError("truncated", "the gzip stream ends before its end marker")
 
 
-def _frame(data: bytes | bytearray, start: int) -> tuple[int, int, int] | None:
+def _frame(
+    data: bytes | bytearray, start: int, limits: ReadLimits, index: int
+) -> tuple[int, int, int] | None:
     """``(payload start, payload end, record end)`` of the record at ``start``, or
-    ``None`` when ``data`` ends before it does."""
+    ``None`` when ``data`` ends before it does. The length is trusted only when its
+    CRC matches (so garbage stops at once) and it is within ``limits``."""
     if len(data) - start < 12:
         return None
     (length,) = struct.unpack_from("<Q", data, start)
-    if length > (1 << 34):
-        raise RecordError("unreadable", f"implausible record length {length}")
+    if limits.check_crc:
+        (stored,) = struct.unpack_from("<I", data, start + 8)
+        computed = masked_crc(memoryview(data)[start : start + 8])
+        if stored != computed:
+            raise RecordError(
+                "unreadable",
+                f"record {index}: length CRC mismatch (stored {stored:#010x}, computed "
+                f"{computed:#010x}); the rest of the file cannot be framed",
+            )
+    if length > limits.max_record_bytes:
+        reason = "oversized" if limits.check_crc else "unreadable"
+        raise RecordError(
+            reason,
+            f"record {index} declares {length} bytes, more than the {limits.max_record_bytes} "
+            "a record of this patch size may hold",
+        )
     end = start + 12 + length + 4
     return (start + 12, start + 12 + length, end) if end <= len(data) else None
 
 
-def iter_records(path: str | Path) -> Iterator[bytes | memoryview]:
-    """Yield the serialised records of a TFRecord file (gzip or uncompressed), streaming.
+def _payload_problem(data: bytes | bytearray, where: tuple[int, int, int], index: int) -> str:
+    """``""`` when the payload's CRC matches, else the detail of the mismatch."""
+    (stored,) = struct.unpack_from("<I", data, where[1])
+    computed = masked_crc(memoryview(data)[where[0] : where[1]])
+    if stored == computed:
+        return ""
+    return (
+        f"record {index}: payload CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
+    )
+
+
+def iter_frames(
+    path: str | Path, limits: ReadLimits | None = None
+) -> Iterator[tuple[bytes | memoryview, str]]:
+    """Yield ``(record, crc_problem)`` for each record of a TFRecord file (gzip or
+    uncompressed), streaming; ``crc_problem`` is ``""`` or names the failed payload CRC
+    (the record is then still framed, so the next ones are read).
 
     Records that lie inside one inflated block come as zero-copy ``memoryview`` slices of
-    it, the rare one cut by a block boundary as ``bytes``.
+    it, the rare one cut by a block boundary as ``bytes``. Memory stays within a few
+    blocks and one record, whatever the file inflates to.
 
     Raises:
-        RecordError: ``empty_file``, ``truncated`` (gzip stream or record cut short) or
-            ``unreadable`` (not a TFRecord, corrupt gzip data).
+        RecordError: ``empty_file``, ``truncated`` (gzip stream or record cut short),
+            ``unreadable`` (not a TFRecord, length CRC mismatch, corrupt gzip data) or
+            ``oversized`` (a record or the inflated file over ``limits``).
     """
-    path = Path(path)
+    path, limits = Path(path), limits or ReadLimits()
+    index = 0
     with open(path, "rb") as handle:
         head = handle.read(2)
         if not head:
             raise RecordError("empty_file", "the file holds 0 bytes")
         handle.seek(0)
-        block_size = max(1, min(READ_BLOCK, os.fstat(handle.fileno()).st_size))
+        size = os.fstat(handle.fileno()).st_size
+        block_size = max(1, min(READ_BLOCK, size))
+        if head != GZIP_MAGIC and size > limits.max_inflate_bytes:
+            raise RecordError(
+                "oversized",
+                f"{size} bytes, more than {limits.max_inflate_bytes} (max_inflate_bytes)",
+            )
         blocks = (
-            _gzip_blocks(handle, block_size)
+            _gzip_blocks(handle, block_size, limits.max_inflate_bytes)
             if head == GZIP_MAGIC
             else iter(lambda: handle.read(block_size), b"")
         )
@@ -182,15 +283,19 @@ def iter_records(path: str | Path) -> Iterator[bytes | memoryview]:
                 pos = 0
                 if pending:
                     pending += block
-                    while (where := _frame(pending, pos)) is not None:
-                        yield bytes(pending[where[0] : where[1]])
-                        pos = where[2]
+                    while (where := _frame(pending, pos, limits, index)) is not None:
+                        problem = (
+                            _payload_problem(pending, where, index) if limits.check_crc else ""
+                        )
+                        yield bytes(pending[where[0] : where[1]]), problem
+                        pos, index = where[2], index + 1
                     del pending[:pos]
                     continue
                 view = memoryview(block)
-                while (where := _frame(block, pos)) is not None:
-                    yield view[where[0] : where[1]]
-                    pos = where[2]
+                while (where := _frame(block, pos, limits, index)) is not None:
+                    problem = _payload_problem(block, where, index) if limits.check_crc else ""
+                    yield view[where[0] : where[1]], problem
+                    pos, index = where[2], index + 1
                 pending += view[pos:]
         except isal_zlib.error as err:
             raise RecordError("unreadable", f"corrupt gzip data ({err})") from None
@@ -198,6 +303,20 @@ def iter_records(path: str | Path) -> Iterator[bytes | memoryview]:
             raise RecordError(
                 "truncated", f"the last record is cut short ({len(pending)} bytes left)"
             )
+
+
+def iter_records(
+    path: str | Path, limits: ReadLimits | None = None
+) -> Iterator[bytes | memoryview]:
+    """Yield the serialised records of a TFRecord file (see :func:`iter_frames`).
+
+    Raises:
+        RecordError: as :func:`iter_frames`, and ``unreadable`` at a payload CRC mismatch.
+    """
+    for record, problem in iter_frames(path, limits):
+        if problem:
+            raise RecordError("unreadable", problem)
+        yield record
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -411,23 +530,43 @@ def infer_size(paths: list[Path], limit: int = 32) -> int | None:
     return side
 
 
-def read_file(path: Path, rules: RecordRules) -> FileResult:
-    """Read and validate every record of one file; a file-level error stops reading
-    and is kept in ``FileResult.file_error`` (records read before it are kept)."""
-    result = FileResult()
+def iter_results(path: Path, rules: RecordRules) -> Iterator[RecordResult]:
+    """Read and validate the records of one file, one :class:`RecordResult` at a time
+    (so a caller can drop each image before the next is read). A file-level error that
+    stops reading comes last, as a result with ``file_level`` set and the index of the
+    record after the last one read; a file without records gives ``empty_file``."""
+    count = 0
     try:
-        for index, serialized in enumerate(iter_records(path)):
-            try:
-                sample = decode_record(serialized, rules, path.name)
-                result.records.append(RecordResult(index, sample))
-            except RecordError as err:
-                result.records.append(
-                    RecordResult(index, None, err.reason, err.detail, payload=bytes(serialized))
-                )
+        for serialized, problem in iter_frames(path, rules.limits):
+            if problem:
+                yield RecordResult(count, None, "unreadable", problem, bytes(serialized))
+            else:
+                try:
+                    yield RecordResult(count, decode_record(serialized, rules, path.name))
+                except RecordError as err:
+                    yield RecordResult(count, None, err.reason, err.detail, bytes(serialized))
+            count += 1
     except RecordError as err:
-        result.file_error = err
+        yield RecordResult(count, None, err.reason, err.detail, file_level=True)
+        return
     except OSError as err:
-        result.file_error = RecordError("unreadable", f"cannot read the file ({err})")
-    if not result.records and result.file_error is None:
-        result.file_error = RecordError("empty_file", "a valid TFRecord file holding no record")
+        yield RecordResult(
+            count, None, "unreadable", f"cannot read the file ({err})", file_level=True
+        )
+        return
+    if count == 0:
+        yield RecordResult(
+            0, None, "empty_file", "a valid TFRecord file holding no record", file_level=True
+        )
+
+
+def read_file(path: Path, rules: RecordRules) -> FileResult:
+    """Read and validate every record of one file into memory (see
+    :func:`iter_results`; a file-level error is kept in ``FileResult.file_error``)."""
+    result = FileResult()
+    for rec in iter_results(path, rules):
+        if rec.file_level:
+            result.file_error = RecordError(rec.reason, rec.detail)
+        else:
+            result.records.append(rec)
     return result
