@@ -23,8 +23,15 @@ import numpy as np
 from ee import apitestcase
 from googleapiclient.errors import HttpError
 
-NETWORK_CALLS = ("computePixels", "exportImage", "getTaskStatus", "newTaskId", "getOperation",
-                 "listOperations", "computeValue")
+NETWORK_CALLS = (
+    "computePixels",
+    "exportImage",
+    "getTaskStatus",
+    "newTaskId",
+    "getOperation",
+    "listOperations",
+    "computeValue",
+)
 
 
 class _Case(apitestcase.ApiTestCase):
@@ -90,8 +97,13 @@ class FakeComputePixels:
     """
 
     def __init__(
-        self, names: list[str], size: int, *, latency_s: float = 0.0,
-        failures: dict[str, list[str]] | None = None, fallback_code: float = 0.0,
+        self,
+        names: list[str],
+        size: int,
+        *,
+        latency_s: float = 0.0,
+        failures: dict[str, list[str]] | None = None,
+        fallback_code: float = 0.0,
     ) -> None:
         self.names, self.size, self.latency_s = names, size, latency_s
         self.failures = {k: list(v) for k, v in (failures or {}).items()}

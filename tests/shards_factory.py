@@ -22,9 +22,7 @@ from utils import hdf5_schema as hs
 BUILT = DW_CLASSES.index("built")
 
 
-def _split_arrays(
-    n: int, size: int, rng: np.random.Generator, start: int
-) -> dict[str, np.ndarray]:
+def _split_arrays(n: int, size: int, rng: np.random.Generator, start: int) -> dict[str, np.ndarray]:
     bands = image_band_names()
     data = rng.normal(0.1, 0.03, size=(n, len(bands), size, size)).astype(np.float32)
     wealth = rng.beta(5, 2, size=n)  # left-skewed in (0, 1)
@@ -41,9 +39,7 @@ def _split_arrays(
         "labels": labels,
         "locations": np.stack([rng.uniform(8, 23, n), rng.uniform(102, 109, n)], 1),
         "cell_id": np.array([f"POLYGON (({i} 0, {i} 1, {i + 1} 1, {i} 0))" for i in ids]),
-        "cell_key": np.array(
-            ["c" + hashlib.sha1(str(i).encode()).hexdigest()[:12] for i in ids]
-        ),
+        "cell_key": np.array(["c" + hashlib.sha1(str(i).encode()).hexdigest()[:12] for i in ids]),
         "year": np.full(n, 2019, np.int32),
     }
 
@@ -54,9 +50,7 @@ def write_shard(path: Path, arrays: dict[str, np.ndarray], split: str) -> None:
     n, c, h, w = arrays["data"].shape
     text = h5py.string_dtype("utf-8")
     with h5py.File(path, "w") as f:
-        f.create_dataset(
-            hs.DATA, data=arrays["data"], chunks=(1, c, h, w), compression="gzip"
-        )
+        f.create_dataset(hs.DATA, data=arrays["data"], chunks=(1, c, h, w), compression="gzip")
         f.create_dataset(hs.LABELS, data=arrays["labels"].astype(np.float32))
         f.create_dataset(hs.LOCATIONS, data=arrays["locations"].astype(np.float64))
         f.create_dataset(hs.CELL_ID, data=arrays["cell_id"].astype(object), dtype=text)

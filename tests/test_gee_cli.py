@@ -33,23 +33,43 @@ def _ee(monkeypatch):
 def run(tmp_path: Path, text: str, *extra: str) -> None:
     labels = tmp_path / "labels_in.csv"
     labels.write_text(text)
-    cli(["gee", "--labels", str(labels), "--out", str(tmp_path / "out"), "--project", "p",
-         "--size", "8", "--no-progress", *extra])
+    cli(
+        [
+            "gee",
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "out"),
+            "--project",
+            "p",
+            "--size",
+            "8",
+            "--no-progress",
+            *extra,
+        ]
+    )
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("year,cell id,centroid latitude,label\n2019,A,1,1\n",
-         r"lacks column\(s\) 'longitude'"),
-        (HEADER + "2019,A,north,105.8,1.2\n",
-         r"line 2, column 'centroid latitude': not a number: 'north'"),
-        (HEADER + "2019,A,95.0,105.8,1.2\n",
-         r"line 2, column 'centroid latitude': 95.0 is outside \[-90, 90\]"),
-        (HEADER + "2019,A,1,200,1.2\n",
-         r"line 2, column 'centroid longitude': 200.0 is outside \[-180, 180\]"),
-        (HEADER + "2019,A,1,1,1.2\n2019,A,1,1,1.3\n",
-         r"line 3: duplicate \(cell id, year\) = \('A', 2019\), first at line 2"),
+        ("year,cell id,centroid latitude,label\n2019,A,1,1\n", r"lacks column\(s\) 'longitude'"),
+        (
+            HEADER + "2019,A,north,105.8,1.2\n",
+            r"line 2, column 'centroid latitude': not a number: 'north'",
+        ),
+        (
+            HEADER + "2019,A,95.0,105.8,1.2\n",
+            r"line 2, column 'centroid latitude': 95.0 is outside \[-90, 90\]",
+        ),
+        (
+            HEADER + "2019,A,1,200,1.2\n",
+            r"line 2, column 'centroid longitude': 200.0 is outside \[-180, 180\]",
+        ),
+        (
+            HEADER + "2019,A,1,1,1.2\n2019,A,1,1,1.3\n",
+            r"line 3: duplicate \(cell id, year\) = \('A', 2019\), first at line 2",
+        ),
         (HEADER + "2999,A,1,1,1.2\n", r"line 2, column 'year': year 2999 is after"),
         (HEADER + "2019,A,1,1,\n", r"line 2, column 'label': not a number: ''"),
     ],
@@ -68,7 +88,10 @@ def test_download_mode_end_to_end(tmp_path, monkeypatch, capsys, _ee):
         run(tmp_path, GOOD, "--concurrency", "2")
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("*.tfrecord.gz")) == [
-        "A1_2019.tfrecord.gz", "B2_2014.tfrecord.gz", "B2_2019.tfrecord.gz"]
+        "A1_2019.tfrecord.gz",
+        "B2_2014.tfrecord.gz",
+        "B2_2019.tfrecord.gz",
+    ]
     rows = {(r.cell_key, r.year): r for r in Manifest(out / "gee_manifest.csv")}
     assert rows[("B2", 2014)].imagery_year == 2016 and rows[("B2", 2014)].status == "done"
     assert (out / "labels.csv").is_file()
@@ -85,11 +108,22 @@ def test_export_mode_end_to_end(tmp_path, monkeypatch, capsys):
         return {"name": f"projects/p/operations/T{len(started)}"}
 
     monkeypatch.setattr(ee.data, "exportImage", export_image)
-    monkeypatch.setattr(ee.data, "getTaskStatus",
-                        lambda ids: [{"id": i, "state": "COMPLETED"} for i in ids])
+    monkeypatch.setattr(
+        ee.data, "getTaskStatus", lambda ids: [{"id": i, "state": "COMPLETED"} for i in ids]
+    )
     with pytest.warns(UserWarning):
-        run(tmp_path, GOOD, "--mode", "export", "--folder", "f", "--poll-interval", "0",
-            "--max-in-flight", "2")
+        run(
+            tmp_path,
+            GOOD,
+            "--mode",
+            "export",
+            "--folder",
+            "f",
+            "--poll-interval",
+            "0",
+            "--max-in-flight",
+            "2",
+        )
     assert sorted(started) == ["A1_2019", "B2_2014", "B2_2019"]
     assert "3 completed" in capsys.readouterr().out
 
@@ -102,8 +136,10 @@ def test_missing_project_and_credentials_say_how_to_authenticate(monkeypatch):
         gee_auth.initialize()
 
     def refuse(*args, **kwargs):
-        raise ee.EEException("Please authorize access to your Earth Engine account by running "
-                             "\n\nearthengine authenticate\n\n")
+        raise ee.EEException(
+            "Please authorize access to your Earth Engine account by running "
+            "\n\nearthengine authenticate\n\n"
+        )
 
     monkeypatch.setattr(ee, "Initialize", refuse)
     monkeypatch.setenv("EE_PROJECT", "from-env")
@@ -113,15 +149,18 @@ def test_missing_project_and_credentials_say_how_to_authenticate(monkeypatch):
     assert "--project" in str(info.value)
 
 
-def test_service_account_key_is_used_and_never_shown(tmp_path, monkeypatch, capsys, caplog,
-                                                     _ee):
+def test_service_account_key_is_used_and_never_shown(tmp_path, monkeypatch, capsys, caplog, _ee):
     key = tmp_path / "key.json"
     secret = "-----BEGIN PRIVATE KEY-----SECRET-----END PRIVATE KEY-----"
-    key.write_text(json.dumps({"type": "service_account", "client_email": "sa@p.iam",
-                               "private_key": secret}))
+    key.write_text(
+        json.dumps({"type": "service_account", "client_email": "sa@p.iam", "private_key": secret})
+    )
     made = []
-    monkeypatch.setattr(ee, "ServiceAccountCredentials",
-                        lambda email, key_file: made.append((email, key_file)) or "CREDS")
+    monkeypatch.setattr(
+        ee,
+        "ServiceAccountCredentials",
+        lambda email, key_file: made.append((email, key_file)) or "CREDS",
+    )
     monkeypatch.setattr(ee.data, "setDeadline", lambda ms: made.append(ms))
     caplog.set_level(logging.DEBUG)
     text = gee_auth.initialize(project="p", service_account_key=key, deadline_s=60)
@@ -137,9 +176,18 @@ def test_service_account_key_is_used_and_never_shown(tmp_path, monkeypatch, caps
 
 
 def test_flat_parameters_and_unknown_names():
-    config = GeeConfig.from_flat(labels="l.csv", out_dir="o", mode="export", periods="month",
-                                 cloud_method="cloud_score_plus", concurrency=4, max_attempts=2,
-                                 bucket="b", destination="gcs", progress=False)
+    config = GeeConfig.from_flat(
+        labels="l.csv",
+        out_dir="o",
+        mode="export",
+        periods="month",
+        cloud_method="cloud_score_plus",
+        concurrency=4,
+        max_attempts=2,
+        bucket="b",
+        destination="gcs",
+        progress=False,
+    )
     assert config.recipe.periods == "month" and config.download.concurrency == 4
     assert config.download.retry.max_attempts == 2 and config.export.max_attempts == 2
     assert config.export.bucket == "b" and not config.download.progress

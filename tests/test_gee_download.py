@@ -37,14 +37,17 @@ TESTS = Path(__file__).resolve().parent
 
 
 def write_labels_csv(path: Path, n: int) -> Path:
-    pd.DataFrame({
-        "year": [2014 if i % 3 == 0 else 2019 for i in range(n)],
-        "cell id": [f"POLYGON (({200000 + i} 2472214.68, {200100 + i} 2472214.68))"
-                    for i in range(n)],
-        "centroid latitude": [10.0 + i / 100 for i in range(n)],
-        "centroid longitude": [105.0 + i / 100 for i in range(n)],
-        "label": [0.5 + i / 10 for i in range(n)],
-    }).to_csv(path, index=False)
+    pd.DataFrame(
+        {
+            "year": [2014 if i % 3 == 0 else 2019 for i in range(n)],
+            "cell id": [
+                f"POLYGON (({200000 + i} 2472214.68, {200100 + i} 2472214.68))" for i in range(n)
+            ],
+            "centroid latitude": [10.0 + i / 100 for i in range(n)],
+            "centroid longitude": [105.0 + i / 100 for i in range(n)],
+            "label": [0.5 + i / 10 for i in range(n)],
+        }
+    ).to_csv(path, index=False)
     return path
 
 
@@ -76,14 +79,23 @@ def parse(path: Path) -> dict[str, np.ndarray]:
 
 def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locations):
     out = tmp_path / "exports"
-    failures = {key(locations[0]): ["429", "429"], key(locations[1]): ["500"],
-                key(locations[2]): ["timeout"], key(locations[3]): ["permanent"]}
+    failures = {
+        key(locations[0]): ["429", "429"],
+        key(locations[1]): ["500"],
+        key(locations[2]): ["timeout"],
+        key(locations[3]): ["permanent"],
+    }
     fake = FakeComputePixels(NAMES, SIZE, failures=failures, fallback_code=1 + 2 * 64)
     delays: list[float] = []
     policy = RetryPolicy(max_attempts=4, base_s=1.0, max_s=1.5)
     report = download_locations(
-        locations, out_dir=out, recipe=RECIPE, compute_pixels=fake, sleep=delays.append,
-        config=DownloadConfig(concurrency=3, retry=policy, progress=False), seed=0,
+        locations,
+        out_dir=out,
+        recipe=RECIPE,
+        compute_pixels=fake,
+        sleep=delays.append,
+        config=DownloadConfig(concurrency=3, retry=policy, progress=False),
+        seed=0,
     )
     assert (report.fetched, report.failed, report.skipped, report.retries) == (5, 1, 0, 4)
     assert len(fake.calls) == 6 + 4
@@ -104,7 +116,8 @@ def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locat
         assert np.all(record["label"] == np.float32(loc.label))
         assert np.all(record["latitude"] == np.float32(loc.lat))
         assert record["year"][0, 0] == loc.year and record["imagery_year"][0, 0] == (
-            2016 if loc.year == 2014 else 2019)
+            2016 if loc.year == 2014 else 2019
+        )
         assert record["cell_id"].decode() == loc.cell_id
 
     rows = {r.cell_key: r for r in Manifest(out / MANIFEST_NAME)}
@@ -116,8 +129,13 @@ def test_download_writes_schema_records_and_retries_with_backoff(tmp_path, locat
 
     # A re-run fetches only what is missing (the failed location).
     again = FakeComputePixels(NAMES, SIZE)
-    report = download_locations(locations, out_dir=out, recipe=RECIPE, compute_pixels=again,
-                                config=DownloadConfig(progress=False))
+    report = download_locations(
+        locations,
+        out_dir=out,
+        recipe=RECIPE,
+        compute_pixels=again,
+        config=DownloadConfig(progress=False),
+    )
     assert (report.fetched, report.skipped) == (1, 5)
     assert again.keys == [key(locations[3])]
     assert Manifest(out / MANIFEST_NAME).counts()["done"] == 6
@@ -127,7 +145,10 @@ def test_gives_up_after_max_attempts_and_respects_concurrency(tmp_path, location
     failures = {key(locations[0]): ["429"] * 10}
     fake = FakeComputePixels(NAMES, SIZE, latency_s=0.05, failures=failures)
     report = download_locations(
-        locations * 1, out_dir=tmp_path, recipe=RECIPE, compute_pixels=fake,
+        locations * 1,
+        out_dir=tmp_path,
+        recipe=RECIPE,
+        compute_pixels=fake,
         sleep=lambda s: None,
         config=DownloadConfig(concurrency=2, retry=RetryPolicy(max_attempts=3), progress=False),
     )
@@ -172,11 +193,15 @@ def test_killed_run_resumes_with_only_the_rest(tmp_path):
     labels = write_labels_csv(tmp_path / "labels.csv", 16)
     out = tmp_path / "exports"
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(KILLED_RUN).format(
-        tests=str(TESTS), size=SIZE, labels=str(labels), out=str(out)))
+    script.write_text(
+        textwrap.dedent(KILLED_RUN).format(
+            tests=str(TESTS), size=SIZE, labels=str(labels), out=str(out)
+        )
+    )
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=TESTS.parent,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], env=env, cwd=TESTS.parent, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 90
     while len(list(out.glob("*.tfrecord.gz"))) < 4:
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -193,11 +218,17 @@ def test_killed_run_resumes_with_only_the_rest(tmp_path):
     with pytest.warns(UserWarning):
         locations = locations_from_labels(read_labels(labels))
     fake = FakeComputePixels(NAMES, SIZE)
-    report = download_locations(locations, out_dir=out, recipe=RECIPE, compute_pixels=fake,
-                                config=DownloadConfig(progress=False))
+    report = download_locations(
+        locations,
+        out_dir=out,
+        recipe=RECIPE,
+        compute_pixels=fake,
+        config=DownloadConfig(progress=False),
+    )
     assert report.skipped == len(before) and report.fetched == 16 - len(before)
-    fetched = {record_file_name(loc.cell_key, loc.year) for loc in locations
-               if key(loc) in set(fake.keys)}
+    fetched = {
+        record_file_name(loc.cell_key, loc.year) for loc in locations if key(loc) in set(fake.keys)
+    }
     assert fetched.isdisjoint(before) and len(fake.keys) == 16 - len(before)
     assert not list(out.glob(".tmp-*"))
     assert Manifest(out / MANIFEST_NAME).counts()["done"] == 16

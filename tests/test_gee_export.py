@@ -12,9 +12,18 @@ from extract_GPS_images.gee_manifest import Manifest
 from extract_GPS_images.gee_recipe import RecipeConfig
 
 RECIPE = RecipeConfig(size=16)
-LOCATIONS = [Location(cell_key=f"cell{i}", cell_id=f"POLYGON (({i} 0))", year=2019,
-                      imagery_year=2019, lat=10 + i / 10, lon=100 + i / 10, label=1.0 + i)
-             for i in range(7)]
+LOCATIONS = [
+    Location(
+        cell_key=f"cell{i}",
+        cell_id=f"POLYGON (({i} 0))",
+        year=2019,
+        imagery_year=2019,
+        lat=10 + i / 10,
+        lon=100 + i / 10,
+        label=1.0 + i,
+    )
+    for i in range(7)
+]
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +39,14 @@ def config(**kw) -> ExportConfig:
 def test_cap_on_tasks_in_flight_and_all_complete(tmp_path):
     fake = FakeTasks(polls_to_finish=2)
     polls: list[float] = []
-    report = run_exports(LOCATIONS, manifest_path=tmp_path / "m.csv", recipe=RECIPE,
-                         config=config(poll_interval_s=5), tasks=fake, sleep=polls.append)
+    report = run_exports(
+        LOCATIONS,
+        manifest_path=tmp_path / "m.csv",
+        recipe=RECIPE,
+        config=config(poll_interval_s=5),
+        tasks=fake,
+        sleep=polls.append,
+    )
     assert report.completed == 7 and report.failed == 0 and report.started == 7
     assert fake.max_active == 3
     assert set(polls) == {5}
@@ -44,10 +59,18 @@ def test_cap_on_tasks_in_flight_and_all_complete(tmp_path):
 
 
 def test_failed_tasks_are_retried_then_recorded(tmp_path):
-    fake = FakeTasks(polls_to_finish=1, fail_first=["cell0_2019", "cell0_2019",
-                                                     "cell1_2019", "cell1_2019", "cell1_2019"])
-    report = run_exports(LOCATIONS, manifest_path=tmp_path / "m.csv", recipe=RECIPE,
-                         config=config(max_attempts=3), tasks=fake, sleep=lambda s: None)
+    fake = FakeTasks(
+        polls_to_finish=1,
+        fail_first=["cell0_2019", "cell0_2019", "cell1_2019", "cell1_2019", "cell1_2019"],
+    )
+    report = run_exports(
+        LOCATIONS,
+        manifest_path=tmp_path / "m.csv",
+        recipe=RECIPE,
+        config=config(max_attempts=3),
+        tasks=fake,
+        sleep=lambda s: None,
+    )
     assert fake.started.count("cell0_2019") == 3 and fake.started.count("cell1_2019") == 3
     assert (report.completed, report.failed, report.retried) == (6, 1, 4)
     rows = {r.cell_key: r for r in Manifest(tmp_path / "m.csv")}
@@ -65,18 +88,36 @@ def test_interrupted_run_resumes_without_restarting_tasks(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_exports(LOCATIONS, manifest_path=tmp_path / "m.csv", recipe=RECIPE,
-                    config=config(), tasks=fake, sleep=interrupt)
+        run_exports(
+            LOCATIONS,
+            manifest_path=tmp_path / "m.csv",
+            recipe=RECIPE,
+            config=config(),
+            tasks=fake,
+            sleep=interrupt,
+        )
     counts = Manifest(tmp_path / "m.csv").counts()
     assert counts["done"] == 3 and counts["running"] == 3 and counts["pending"] == 1
-    report = run_exports(LOCATIONS, manifest_path=tmp_path / "m.csv", recipe=RECIPE,
-                         config=config(), tasks=fake, sleep=lambda s: None)
+    report = run_exports(
+        LOCATIONS,
+        manifest_path=tmp_path / "m.csv",
+        recipe=RECIPE,
+        config=config(),
+        tasks=fake,
+        sleep=lambda s: None,
+    )
     assert sorted(fake.started) == sorted(f"cell{i}_2019" for i in range(7))  # no duplicate
     assert report.skipped == 3 and report.completed == 4
     assert Manifest(tmp_path / "m.csv").counts()["done"] == 7
     # A third run starts nothing.
-    again = run_exports(LOCATIONS, manifest_path=tmp_path / "m.csv", recipe=RECIPE,
-                        config=config(), tasks=fake, sleep=lambda s: None)
+    again = run_exports(
+        LOCATIONS,
+        manifest_path=tmp_path / "m.csv",
+        recipe=RECIPE,
+        config=config(),
+        tasks=fake,
+        sleep=lambda s: None,
+    )
     assert again.started == 0 and again.skipped == 7
 
 
@@ -96,8 +137,13 @@ def test_real_task_backend_starts_and_polls_through_ee_data(tmp_path, monkeypatc
 
     monkeypatch.setattr(ee.data, "exportImage", export_image)
     monkeypatch.setattr(ee.data, "getTaskStatus", get_task_status)
-    report = run_exports(LOCATIONS[:2], manifest_path=tmp_path / "m.csv", recipe=RECIPE,
-                         config=config(destination="gcs", bucket="b"), sleep=lambda s: None)
+    report = run_exports(
+        LOCATIONS[:2],
+        manifest_path=tmp_path / "m.csv",
+        recipe=RECIPE,
+        config=config(destination="gcs", bucket="b"),
+        sleep=lambda s: None,
+    )
     assert report.completed == 2 and polled == [["OP1", "OP2"]]
     assert exported[0]["fileExportOptions"]["cloudStorageDestination"]["bucket"] == "b"
     assert {r.task_id for r in Manifest(tmp_path / "m.csv")} == {"OP1", "OP2"}

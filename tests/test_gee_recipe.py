@@ -16,8 +16,15 @@ from extract_GPS_images.gee_download import Location, pixels_request
 from extract_GPS_images.gee_export import ExportConfig, export_task, task_description
 from extract_GPS_images.schema import META_BANDS, s2_channel_names
 
-LOC = Location(cell_key="c0123456789abcdef", cell_id="POLYGON ((1 2, 3 4))", year=2014,
-               imagery_year=2016, lat=21.0285, lon=105.8542, label=1.75)
+LOC = Location(
+    cell_key="c0123456789abcdef",
+    cell_id="POLYGON ((1 2, 3 4))",
+    year=2014,
+    imagery_year=2016,
+    lat=21.0285,
+    lon=105.8542,
+    label=1.75,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -49,10 +56,16 @@ def const(arg: dict) -> Any:
 
 
 def image_graph(config: recipe.RecipeConfig | None = None) -> dict:
-    return graph(recipe.location_image(
-        lat=LOC.lat, lon=LOC.lon, label=LOC.label, year=LOC.year,
-        imagery_year=LOC.imagery_year, config=config or recipe.RecipeConfig(),
-    ))
+    return graph(
+        recipe.location_image(
+            lat=LOC.lat,
+            lon=LOC.lon,
+            label=LOC.label,
+            year=LOC.year,
+            imagery_year=LOC.imagery_year,
+            config=config or recipe.RecipeConfig(),
+        )
+    )
 
 
 def loaded_collections(g: dict) -> set[str]:
@@ -77,8 +90,11 @@ def test_default_collections_bands_and_scaling():
 
 
 def test_surface_reflectance_and_cloud_score_plus_options():
-    g = image_graph(recipe.RecipeConfig(collection=recipe.S2_SR, cloud_method="cloud_score_plus",
-                                        cs_threshold=0.65))
+    g = image_graph(
+        recipe.RecipeConfig(
+            collection=recipe.S2_SR, cloud_method="cloud_score_plus", cs_threshold=0.65
+        )
+    )
     assert loaded_collections(g) == {recipe.S2_SR, recipe.CLOUD_SCORE_PLUS, recipe.DYNAMIC_WORLD}
     assert list(calls(g, "Image.linkCollection"))
     assert not list(calls(g, "Image.bitwiseAnd"))
@@ -88,8 +104,12 @@ def test_surface_reflectance_and_cloud_score_plus_options():
 def test_quarter_month_and_year_date_filters():
     g = image_graph()
     imagery = LOC.imagery_year  # label year 2014 -> 2016 imagery
-    quarters = {("2016-01-01", "2016-04-01"), ("2016-04-01", "2016-07-01"),
-                ("2016-07-01", "2016-10-01"), ("2016-10-01", "2017-01-01")}
+    quarters = {
+        ("2016-01-01", "2016-04-01"),
+        ("2016-04-01", "2016-07-01"),
+        ("2016-07-01", "2016-10-01"),
+        ("2016-10-01", "2017-01-01"),
+    }
     year = (f"{imagery}-01-01", f"{imagery + 1}-01-01")
     assert date_ranges(g) == quarters | {year}
     months = date_ranges(image_graph(recipe.RecipeConfig(periods="month")))
@@ -108,8 +128,9 @@ def test_fallback_is_decided_on_the_server():
     offsets = {const(a["right"]) for a in calls(g, "Number.add") if "constantValue" in a["right"]}
     assert recipe._YEAR_RANK_OFFSET in offsets
     # The per-quarter sources are packed 2 bits per quarter into the s2_fallback band.
-    factors = {const(a["right"]) for a in calls(g, "Number.multiply")
-               if "constantValue" in a["right"]}
+    factors = {
+        const(a["right"]) for a in calls(g, "Number.multiply") if "constantValue" in a["right"]
+    }
     assert {1, 4, 16, 64} <= factors
     assert not list(calls(g, "Algorithms.If"))
 
@@ -122,8 +143,9 @@ def test_dynamic_world_mode_and_median():
 
 def test_metadata_bands_are_constants_of_the_location():
     g = image_graph()
-    constants = [const(a["value"]) for a in calls(g, "Image.constant")
-                 if "constantValue" in a["value"]]
+    constants = [
+        const(a["value"]) for a in calls(g, "Image.constant") if "constantValue" in a["value"]
+    ]
     assert [LOC.label, LOC.lat, LOC.lon, 2014.0, 2016.0] in constants
     renames = [const(a["names"]) for a in calls(g, "Image.rename") if "constantValue" in a["names"]]
     assert list(META_BANDS) in renames
@@ -135,8 +157,14 @@ def test_download_request_grid_and_band_order():
     assert params["fileFormat"] == "NUMPY_NDARRAY"
     grid = params["grid"]
     assert grid["dimensions"] == {"width": 225, "height": 225}
-    assert grid["affineTransform"] == {"scaleX": 30.0, "shearX": 0.0, "translateX": -3375.0,
-                                       "shearY": 0.0, "scaleY": -30.0, "translateY": 3375.0}
+    assert grid["affineTransform"] == {
+        "scaleX": 30.0,
+        "shearX": 0.0,
+        "translateX": -3375.0,
+        "shearY": 0.0,
+        "scaleY": -30.0,
+        "translateY": 3375.0,
+    }
     assert "21.02850000" in grid["crsWkt"] and "105.85420000" in grid["crsWkt"]
     g = graph(params["expression"])
     final = const(g["functionInvocationValue"]["arguments"]["bandSelectors"])
@@ -145,16 +173,23 @@ def test_download_request_grid_and_band_order():
 
 
 def test_export_task_parameters_drive_and_cloud_storage():
-    task = export_task(location=LOC, recipe=recipe.RecipeConfig(size=64, scale=10),
-                       config=ExportConfig(folder="myfolder"))
+    task = export_task(
+        location=LOC,
+        recipe=recipe.RecipeConfig(size=64, scale=10),
+        config=ExportConfig(folder="myfolder"),
+    )
     config = task.config
     assert config["description"] == "c0123456789abcdef_2014"
     options = config["fileExportOptions"]
     assert options["fileFormat"] == "TF_RECORD_IMAGE"
-    assert options["driveDestination"] == {"folder": "myfolder",
-                                           "filenamePrefix": "c0123456789abcdef_2014"}
-    assert options["tfRecordOptions"] == {"tileDimensions": {"width": 64, "height": 64},
-                                          "compress": True}
+    assert options["driveDestination"] == {
+        "folder": "myfolder",
+        "filenamePrefix": "c0123456789abcdef_2014",
+    }
+    assert options["tfRecordOptions"] == {
+        "tileDimensions": {"width": 64, "height": 64},
+        "compress": True,
+    }
     # The pixel grid is folded into the expression: fixed projection, 64 x 64 patch.
     g = graph(config["expression"])
     clip = next(calls(g, "Image.clipToBoundsAndScale"))
@@ -163,8 +198,11 @@ def test_export_task_parameters_drive_and_cloud_storage():
     assert const(reproject["crsTransform"]) == [10.0, 0.0, -320.0, 0.0, -10.0, 320.0]
     assert "Transverse_Mercator" in json.dumps(reproject["crs"])
 
-    gcs = export_task(location=LOC, recipe=recipe.RecipeConfig(),
-                      config=ExportConfig(destination="gcs", bucket="bkt", prefix="run1/"))
+    gcs = export_task(
+        location=LOC,
+        recipe=recipe.RecipeConfig(),
+        config=ExportConfig(destination="gcs", bucket="bkt", prefix="run1/"),
+    )
     dest = gcs.config["fileExportOptions"]["cloudStorageDestination"]
     assert dest == {"bucket": "bkt", "filenamePrefix": "run1/c0123456789abcdef_2014"}
     assert gcs.config["description"] == "run1_c0123456789abcdef_2014"
@@ -184,15 +222,21 @@ def test_period_ranges_and_fallback_codes():
     assert recipe.period_ranges(year=2019)[1] == ("q2", "2019-04-01", "2019-07-01")
     code = recipe.SOURCE_YEAR * 4 + recipe.SOURCE_NONE * 4**3
     assert recipe.decode_fallback(code, recipe.PERIODS["quarter"]) == {
-        "q1": "period", "q2": "year", "q3": "period", "q4": "none"}
+        "q1": "period",
+        "q2": "year",
+        "q3": "period",
+        "q4": "none",
+    }
     assert recipe.fallback_summary(code, recipe.PERIODS["quarter"]) == "q2:year;q4:none"
     assert recipe.fallback_summary(0, recipe.PERIODS["quarter"]) == ""
 
 
 def definitions(node: Any) -> Iterator[dict]:
     if isinstance(node, dict):
-        if "functionDefinitionValue" in node and "point" in node[
-                "functionDefinitionValue"]["argumentNames"]:
+        if (
+            "functionDefinitionValue" in node
+            and "point" in node["functionDefinitionValue"]["argumentNames"]
+        ):
             yield node["functionDefinitionValue"]
         for value in node.values():
             yield from definitions(value)
@@ -204,10 +248,16 @@ def definitions(node: Any) -> Iterator[dict]:
 def test_recipe_is_one_function_per_imagery_year_called_per_location():
     config = recipe.RecipeConfig()
     assert recipe.recipe_function(config, 2019) is recipe.recipe_function(config, 2019)
-    one, two = (graph(recipe.location_image(lat=lat, lon=lon, label=1.0, year=2019,
-                                            imagery_year=2019, config=config))
-                for lat, lon in ((10.0, 100.0), (-5.5, 30.25)))
+    one, two = (
+        graph(
+            recipe.location_image(
+                lat=lat, lon=lon, label=1.0, year=2019, imagery_year=2019, config=config
+            )
+        )
+        for lat, lon in ((10.0, 100.0), (-5.5, 30.25))
+    )
     assert list(definitions(one)) == list(definitions(two)) and len(list(definitions(one))) == 1
-    points = [const(a["coordinates"]) for g in (one, two)
-              for a in calls(g, "GeometryConstructors.Point")]
+    points = [
+        const(a["coordinates"]) for g in (one, two) for a in calls(g, "GeometryConstructors.Point")
+    ]
     assert points == [[100.0, 10.0], [30.25, -5.5]]

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import zipfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from hostile_factory import flip_byte, spread_records, write_framed
+from hostile_factory import (
+    flip_byte,
+    gzip_bomb,
+    huge_frame_header,
+    spread_records,
+    write_framed,
+)
 
 from extract_GPS_images.tfrecord import frame_record, write_tfrecord
 from utils import hdf5_schema as hs
+from utils import validate_records
 from utils.split_and_batch import SplitConfig, run_split_and_batch
+from utils.unzip import extract_archives
 from utils.validate_records import RecordError, iter_records
 
 CFG = SplitConfig(split="random", shard_size=8, progress=False)
@@ -47,3 +58,89 @@ def test_crc_mismatches_quarantine_the_record_and_keep_the_rest(tmp_path: Path) 
     assert report.ok == 12 + 4 and report.balanced
     with pytest.raises(RecordError, match="payload CRC"):
         list(iter_records(src / "payload.tfrecord.gz"))
+
+
+def test_bombs_are_one_quarantined_input_each(tmp_path: Path, monkeypatch) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _good_files(src)
+    gzip_bomb(src / "zeros.tfrecord.gz", 64 << 20)  # garbage: stops at the first length CRC
+    gzip_bomb(src / "huge_record.tfrecord.gz", 8 << 20, prefix=huge_frame_header(1 << 40))
+    many = [frame_record(r) for r in spread_records(1, first_seed=70)] * 400  # ~3 MB inflated
+    write_framed(src / "many.tfrecord.gz", many)
+    with zipfile.ZipFile(src / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.tfrecord", bytes(8 << 20))  # declares more than the cap
+    with zipfile.ZipFile(src / "ratio.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("dense.tfrecord", bytes(1 << 20))  # 1000:1 past the floor
+    monkeypatch.setattr("utils.unzip.RATIO_FLOOR", 1 << 19)
+    out = tmp_path / "out"
+    report = run_split_and_batch(src, out, dataclasses.replace(CFG, max_inflate_bytes=2 << 20))
+    rows = _manifest(out).set_index("file")
+    expected = {
+        "zeros.tfrecord.gz": ("unreadable", "length CRC"),
+        "huge_record.tfrecord.gz": ("oversized", "declares 1099511627776 bytes"),
+        "many.tfrecord.gz": ("oversized", "max_inflate_bytes"),
+        "bomb.zip!big.tfrecord": ("oversized", "more than the cap"),
+        "ratio.zip!dense.tfrecord": ("oversized", ":1"),
+    }
+    for name, (reason, detail) in expected.items():
+        row = rows.loc[[name]]
+        assert len(row) == 1, name  # one input, never a record per block of zeros
+        assert (row["reason"].iloc[0], row["status"].iloc[0]) == (reason, "quarantined"), name
+        assert detail in row["detail"].iloc[0], (name, row["detail"].iloc[0])
+    kept = sorted(p.name for p in (out / "quarantine").iterdir())
+    assert kept == ["reasons.csv", "zeros.tfrecord.gz"]  # oversized inputs are not copied
+    assert not list((out / "extracted").rglob("*.tfrecord"))  # nothing of a bomb written
+    assert report.ok == 12 and report.balanced
+
+
+def test_inflate_steps_are_bounded(tmp_path: Path, monkeypatch) -> None:
+    """A stream of valid records inflates in steps of INFLATE_STEP, not all at once."""
+    monkeypatch.setattr("utils.validate_records.INFLATE_STEP", 4096)
+    seen: list[int] = []
+    real = validate_records._frame
+
+    def spy(data, start, limits, index):
+        seen.append(len(data))
+        return real(data, start, limits, index)
+
+    monkeypatch.setattr("utils.validate_records._frame", spy)
+    frames = [frame_record(r) for r in spread_records(1)] * 50
+    path = write_framed(tmp_path / "many.tfrecord.gz", frames)
+    assert len(list(iter_records(path))) == 50
+    assert max(seen) <= 4096 + len(frames[0])  # one step plus one cut record
+
+
+def test_unsafe_entries_are_never_read(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("../escape.tfrecord.gz", b"secret")
+        archive.writestr("ok/x.tfrecord.gz", b"fine")
+    opened: list[str] = []
+    real_open = zipfile.ZipFile.open
+
+    def spy(self, name, *args, **kw):
+        opened.append(getattr(name, "filename", name))
+        return real_open(self, name, *args, **kw)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", spy)
+    report = extract_archives(tmp_path, tmp_path.parent / "dest")
+    assert [p.reason for p in report.problems] == ["unsafe_archive_entry"]
+    assert opened == ["ok/x.tfrecord.gz"]
+
+
+def test_leftovers_of_a_killed_unzip_are_removed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _good_files(src)
+    with zipfile.ZipFile(src / "more.zip", "w") as archive:
+        for i, rec in enumerate(spread_records(3, first_seed=30)):
+            archive.writestr(f"m{i}_2019.tfrecord", frame_record(rec))
+    out = tmp_path / "out"
+    run_split_and_batch(src, out, CFG)
+    stale = out / "extracted" / "more" / ".tmp-m0_2019.tfrecord.abc123"
+    stale.write_bytes(b"half an entry")
+    (src / "more.zip").touch()  # a changed input: the next run starts over
+    os.utime(src / "more.zip", ns=(1, 1))
+    report = run_split_and_batch(src, out, CFG)
+    assert not stale.exists() and report.ok == 15

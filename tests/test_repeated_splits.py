@@ -44,12 +44,20 @@ def test_split_config_is_read_from_the_shards(run_dir: Path, tmp_path: Path) -> 
 
 def test_study_over_two_splits(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     train = TrainConfig(
-        run_dir=str(run_dir), model="tiny_cnn", epochs=1, batch_size=16, progress=False,
-        tensorboard=False, augment=False,
+        run_dir=str(run_dir),
+        model="tiny_cnn",
+        epochs=1,
+        batch_size=16,
+        progress=False,
+        tensorboard=False,
+        augment=False,
     )
     cfg = StudyConfig(
-        run_dir=str(run_dir), experiments=["L2", "L3"], out_name="rs",
-        calibration_alphas=(0.5,), train=train,
+        run_dir=str(run_dir),
+        experiments=["L2", "L3"],
+        out_name="rs",
+        calibration_alphas=(0.5,),
+        train=train,
     )
     outputs = repeated_split_study(cfg, (42, 7))
     other = run_dir / "shards_split7"

@@ -34,8 +34,15 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(run_dir: Path, shards: Path, **overrides) -> TrainConfig:
     values = {
-        "run_dir": str(run_dir), "shards_dir": str(shards), "model": "tiny_cnn", "crop": 10,
-        "epochs": 3, "batch_size": 8, "lr": 3e-3, "progress": False, "tensorboard": False,
+        "run_dir": str(run_dir),
+        "shards_dir": str(shards),
+        "model": "tiny_cnn",
+        "crop": 10,
+        "epochs": 3,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "progress": False,
+        "tensorboard": False,
     }
     return TrainConfig(**{**values, **overrides})
 
@@ -74,8 +81,9 @@ def test_dataset_errors_name_the_problem(shards: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_two_workers_yield_every_sample_once(shards: Path, context: str) -> None:
     ds = ShardDataset(shards, "train", crop=10, train=True, augment=True)
-    loader = make_loader(ds, batch_size=5, shuffle=True, num_workers=2, seed=1,
-                         multiprocessing_context=context)
+    loader = make_loader(
+        ds, batch_size=5, shuffle=True, num_workers=2, seed=1, multiprocessing_context=context
+    )
     seen = Counter(i for batch in loader for i in batch["index"].tolist())
     assert sorted(seen) == list(range(len(ds))) and set(seen.values()) == {1}
 
@@ -130,8 +138,15 @@ def test_fit_learns_and_beats_the_mean_predictor(shards: Path, tmp_path: Path) -
     assert config["band_names"][0] == "B2_q1" and config["crop_px"] == 10
     table, report = evaluate_checkpoint(result.best_checkpoint, split="val")
     assert report["mae"] == pytest.approx(result.best["val_mae"], rel=1e-5)
-    assert list(table.columns[:7]) == ["cell_id", "cell_key", "latitude", "longitude", "year",
-                                       "label", "prediction"]
+    assert list(table.columns[:7]) == [
+        "cell_id",
+        "cell_key",
+        "latitude",
+        "longitude",
+        "year",
+        "label",
+        "prediction",
+    ]
     loader = make_loader(ShardDataset(shards, "val", crop=10), batch_size=4)
     assert np.allclose(predict(model, loader)["prediction"], table["prediction"], atol=1e-6)
 
@@ -169,8 +184,12 @@ def test_weights_sampler_loss_module_and_early_stopping(shards: Path, tmp_path: 
 
     n = len(ShardDataset(shards, "train").labels)
     weights = np.linspace(0.5, 1.5, n)
-    fit(tiny_config(tmp_path / "w", shards, epochs=1), loss=recording_mse,
-        sample_weights=weights, sampler_weights=weights)
+    fit(
+        tiny_config(tmp_path / "w", shards, epochs=1),
+        loss=recording_mse,
+        sample_weights=weights,
+        sampler_weights=weights,
+    )
     assert calls[0] is not None and calls[0].shape == (8,)
     bmc = get_loss("bmc")
     sigma = [p.detach().clone() for p in bmc.parameters()]
@@ -204,10 +223,32 @@ def test_checkpoint_with_an_arbitrary_pickle_is_refused(tmp_path: Path) -> None:
 
 # --- command line and torchrun -------------------------------------------------------------
 def test_cli_trains_and_evaluates_test(shards: Path, tmp_path: Path, capsys) -> None:
-    result = main(["--run-dir", str(tmp_path), "--shards-dir", str(shards), "--model",
-                   "tiny_cnn", "--epochs", "1", "--crop", "10", "--batch-size", "8",
-                   "--channels", '["B4_q1", "B3_q1", "B2_q1"]', "--dw-mode", "none",
-                   "--tensorboard", "false", "--progress", "false", "--experiment", "cli"])
+    result = main(
+        [
+            "--run-dir",
+            str(tmp_path),
+            "--shards-dir",
+            str(shards),
+            "--model",
+            "tiny_cnn",
+            "--epochs",
+            "1",
+            "--crop",
+            "10",
+            "--batch-size",
+            "8",
+            "--channels",
+            '["B4_q1", "B3_q1", "B2_q1"]',
+            "--dw-mode",
+            "none",
+            "--tensorboard",
+            "false",
+            "--progress",
+            "false",
+            "--experiment",
+            "cli",
+        ]
+    )
     assert result.out_dir == tmp_path / "train" / "cli"
     assert (result.out_dir / "predictions_test.csv").is_file()
     assert "test: b-MAE" in capsys.readouterr().out
@@ -215,13 +256,35 @@ def test_cli_trains_and_evaluates_test(shards: Path, tmp_path: Path, capsys) -> 
 
 def test_torchrun_two_processes(shards: Path, tmp_path: Path) -> None:
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m",
-           "utils.train", "--run-dir", str(tmp_path), "--shards-dir", str(shards),
-           "--model", "tiny_cnn", "--epochs", "2", "--crop", "10", "--batch-size", "8",
-           "--tensorboard", "false", "--progress", "false", "--no-test"]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "utils.train",
+        "--run-dir",
+        str(tmp_path),
+        "--shards-dir",
+        str(shards),
+        "--model",
+        "tiny_cnn",
+        "--epochs",
+        "2",
+        "--crop",
+        "10",
+        "--batch-size",
+        "8",
+        "--tensorboard",
+        "false",
+        "--progress",
+        "false",
+        "--no-test",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=project_root(), env=env, capture_output=True, text=True,
-                          timeout=240)
+    done = subprocess.run(
+        cmd, cwd=project_root(), env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     history = pd.read_csv(tmp_path / "train" / "l2_baseline" / "history.csv")
     assert len(history) == 2 and np.isfinite(history["val_bmae"]).all()
@@ -258,11 +321,19 @@ def test_torchrun_weighted_sampler(shards: Path, tmp_path: Path) -> None:
     script = tmp_path / "ddp_weighted.py"
     script.write_text(DDP_WEIGHTED_SCRIPT)
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script),
-           str(tmp_path), str(shards)]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(script),
+        str(tmp_path),
+        str(shards),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(project_root())}
-    done = subprocess.run(cmd, cwd=project_root(), env=env, capture_output=True, text=True,
-                          timeout=240)
+    done = subprocess.run(
+        cmd, cwd=project_root(), env=env, capture_output=True, text=True, timeout=240
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):  # each rank drew its half of one weighted draw and trained 1 epoch
         assert (tmp_path / f"rank{rank}.txt").read_text() == "ok 1"

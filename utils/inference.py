@@ -26,7 +26,13 @@ from utils.checkpoint import load_model_from_checkpoint
 from utils.dataloader import ShardDataset, make_loader
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
-    "cell_id", "cell_key", "latitude", "longitude", "year", "label", "prediction",
+    "cell_id",
+    "cell_key",
+    "latitude",
+    "longitude",
+    "year",
+    "label",
+    "prediction",
 )
 
 
@@ -98,14 +104,17 @@ def evaluate_checkpoint(
         raise ValueError(
             f"{shards} gives bands {dataset.band_names}; the model takes {cfg['band_names']}"
         )
-    loader = make_loader(dataset, batch_size=batch_size or cfg["batch_size"],
-                         num_workers=num_workers)
+    loader = make_loader(
+        dataset, batch_size=batch_size or cfg["batch_size"], num_workers=num_workers
+    )
     table = predict(model, loader, device=dev, amp=bool(cfg.get("amp")))
     train_labels = ShardDataset(shards, "train", **kwargs).labels
     label_range = cfg.get("label_range")
     report = regression_report(
-        table["prediction"].to_numpy(np.float64), table["label"].to_numpy(np.float64),
-        train_labels=train_labels, bins=cfg.get("bins", 6),
+        table["prediction"].to_numpy(np.float64),
+        table["label"].to_numpy(np.float64),
+        train_labels=train_labels,
+        bins=cfg.get("bins", 6),
         value_range=tuple(label_range) if label_range else None,
         quantile=bool(cfg.get("quantile_bins")),
     )

@@ -208,7 +208,11 @@ def build_model(
     else:
         old = net.get_submodule(first)
         conv = nn.Conv2d(
-            in_channels, old.out_channels, old.kernel_size, old.stride, old.padding,
+            in_channels,
+            old.out_channels,
+            old.kernel_size,
+            old.stride,
+            old.padding,
             bias=old.bias is not None,
         )
     _replace(net, first, conv)

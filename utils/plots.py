@@ -71,8 +71,13 @@ def per_bin_mae_bars(report: dict[str, Any], path: str | Path | None = None) -> 
     bars = ax.bar(labels, np.nan_to_num(values), color="tab:blue")
     for bar, count, value in zip(bars, report["bin_counts"], values, strict=True):
         text = "empty" if np.isnan(value) else f"n={count}"
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
+        ax.annotate(
+            text,
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.axhline(report["bmae"], color="k", ls="--", lw=1, label=f"b-MAE {report['bmae']:.3f}")
     ax.set(xlabel="label bin", ylabel="MAE", title="MAE per label bin")
     ax.tick_params(axis="x", labelrotation=30)
@@ -86,8 +91,15 @@ def residual_map(table: pd.DataFrame, path: str | Path | None = None) -> Figure:
     residual = table["prediction"] - table["label"]
     limit = float(np.nanmax(np.abs(residual))) or 1.0
     fig, ax = plt.subplots(figsize=(5, 5))
-    points = ax.scatter(table["longitude"], table["latitude"], c=residual, cmap="RdBu_r",
-                        vmin=-limit, vmax=limit, s=12)
+    points = ax.scatter(
+        table["longitude"],
+        table["latitude"],
+        c=residual,
+        cmap="RdBu_r",
+        vmin=-limit,
+        vmax=limit,
+        s=12,
+    )
     fig.colorbar(points, ax=ax, label="prediction - label")
     ax.set(xlabel="longitude", ylabel="latitude", title="residuals")
     ax.set_aspect("equal", adjustable="datalim")

@@ -66,6 +66,7 @@ from utils.validate_records import (
     RecordResult,
     RecordRules,
     infer_size,
+    inflate_cap,
     iter_results,
 )
 
@@ -81,6 +82,9 @@ CHUNK_SPANS = "chunk_spans"
 STAGING_VERSION = 3
 REPORT_FILE = "report.json"
 DONE_FILE = ".split_and_batch.done"
+#: Patch side assumed for the zip-entry cap while the size is not known yet (the
+#: default recipe's 225 px).
+DEFAULT_PATCH = 225
 ATTR_FINGERPRINT = "run_fingerprint"
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "file",
@@ -275,12 +279,13 @@ class _PartWorker:
         held: RecordResult | None = None  # the first bad record, until a second record
         count = 0
         for rec in iter_results(item.path, self.rules):
+            if rec.file_level and rec.reason == "oversized":  # a bomb: one input, not copied
+                for row in rows:
+                    if row["quarantine_file"]:
+                        (self.quarantine / row["quarantine_file"]).unlink(missing_ok=True)
+                return [], [], [_quarantine_row(item.name, "", _error(rec), "")]
             if rec.file_level:
-                kept = (
-                    ""
-                    if rec.reason == "oversized"
-                    else keep_file(self.quarantine, item.name, item.path)
-                )
+                kept = keep_file(self.quarantine, item.name, item.path)
                 if held is not None:
                     rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
                 rows.append(_quarantine_row(item.name, rec.index, _error(rec), kept))
@@ -439,6 +444,13 @@ def _clear_outputs(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _inflate_cap(cfg: SplitConfig, size: int | None = None) -> int:
+    """What one input file (or archive entry) may inflate to under ``cfg``."""
+    if cfg.max_inflate_bytes is not None:
+        return cfg.max_inflate_bytes
+    return inflate_cap(size or cfg.size or DEFAULT_PATCH)
+
+
 # ----------------------------------------------------------------------------- the run
 
 
@@ -490,15 +502,12 @@ def run_split_and_batch(
             remove_stale_temporaries(folder)
 
     # 1. unzip
-    unzipped = extract_archives(src, out / EXTRACTED_DIR)
+    unzipped = extract_archives(src, out / EXTRACTED_DIR, _inflate_cap(cfg))
     rows: list[dict] = []
     for problem in unzipped.problems:
         name = problem.archive.relative_to(out if problem.archive.is_relative_to(out) else src)
         name = name.as_posix() + (f"!{problem.entry}" if problem.entry else "")
-        if problem.payload is not None:
-            kept = keep_bytes(quarantine, name, problem.payload)
-        else:
-            kept = keep_file(quarantine, name, problem.archive) if not problem.entry else ""
+        kept = keep_file(quarantine, name, problem.archive) if not problem.entry else ""
         rows.append(_quarantine_row(name, "", RecordError(problem.reason, problem.detail), kept))
     items = [InputFile(p.relative_to(src).as_posix(), p) for p in record_files]
     for archive in unzipped.archives:

@@ -478,21 +478,30 @@ def calibrated_rows(
         test = pd.read_csv(folder / TEST_PREDICTIONS)
         for alpha in alphas:
             calibration = BalancedCalibration.fit(
-                val["prediction"], val["label"], train_labels, alpha=alpha,
-                bins=cfg.bins, value_range=cfg.label_range,
+                val["prediction"],
+                val["label"],
+                train_labels,
+                alpha=alpha,
+                bins=cfg.bins,
+                value_range=cfg.label_range,
             )
             report = regression_report(
-                calibration(test["prediction"]), test["label"], train_labels=train_labels,
-                bins=cfg.bins, quantile=cfg.quantile_bins,
+                calibration(test["prediction"]),
+                test["label"],
+                train_labels=train_labels,
+                bins=cfg.bins,
+                quantile=cfg.quantile_bins,
                 value_range=tuple(cfg.label_range) if cfg.label_range is not None else None,
             )
-            rows.append({
-                **run.to_dict(),
-                "name": f"{base} + calibration a={alpha:g}",
-                **{m: report.get(m, float("nan")) for m in TABLE_METRICS},
-                "per_bin_mae": _json_ready(report)["per_bin_mae"],
-                "train_seconds": 0.0,
-            })
+            rows.append(
+                {
+                    **run.to_dict(),
+                    "name": f"{base} + calibration a={alpha:g}",
+                    **{m: report.get(m, float("nan")) for m in TABLE_METRICS},
+                    "per_bin_mae": _json_ready(report)["per_bin_mae"],
+                    "train_seconds": 0.0,
+                }
+            )
     return pd.DataFrame(rows, columns=results.columns)
 
 

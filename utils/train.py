@@ -411,9 +411,7 @@ def _train_sampler(
             )
         return weighted_sampler(sampler_weights, generator=torch.Generator())
     if info.enabled and sampler is None:
-        return DistributedSampler(
-            train_ds, info.world_size, info.rank, shuffle=True, seed=cfg.seed
-        )
+        return DistributedSampler(train_ds, info.world_size, info.rank, shuffle=True, seed=cfg.seed)
     return sampler
 
 
@@ -441,8 +439,11 @@ def _stored_config(cfg: TrainConfig, train_ds: ShardDataset, model: nn.Module) -
 def _check_resumable(stored: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     free = {"epochs", "resume", "progress", "num_workers", "early_stopping", "tensorboard"}
     now = cfg.to_dict()
-    changed = sorted(k for k in now if k not in free and k in stored and stored[k] != now[k]
-                     and k != "shards_dir")
+    changed = sorted(
+        k
+        for k in now
+        if k not in free and k in stored and stored[k] != now[k] and k != "shards_dir"
+    )
     if changed:
         raise ValueError(
             f"cannot resume from {path}: config differs in {changed}; "
@@ -483,8 +484,9 @@ def fit(
     """
     info, own_group = init_distributed(cfg.device)
     try:
-        return _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model,
-                    datasets, out_dir)
+        return _fit(
+            cfg, info, loss, sample_weights, sampler, sampler_weights, model, datasets, out_dir
+        )
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -505,16 +507,27 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     # items already kept on a device (utils.study.MemoryCachedDataset) are not pinned
     pin = device.type == "cuda" and getattr(train_ds, "device", None) is None
     train_loader = make_loader(
-        train_ds, batch_size=cfg.batch_size, shuffle=train_sampler is None,
-        sampler=train_sampler, num_workers=cfg.num_workers, seed=cfg.seed, pin_memory=pin,
+        train_ds,
+        batch_size=cfg.batch_size,
+        shuffle=train_sampler is None,
+        sampler=train_sampler,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
+        pin_memory=pin,
     )
     val_loader = make_loader(
-        val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
+        val_ds,
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        seed=cfg.seed,
         pin_memory=pin,
     )
     model = model or build_model(
-        cfg.model, train_ds.num_channels, pretrained_path=cfg.pretrained_path,
-        dropout=cfg.dropout, band_names=train_ds.band_names,
+        cfg.model,
+        train_ds.num_channels,
+        pretrained_path=cfg.pretrained_path,
+        dropout=cfg.dropout,
+        band_names=train_ds.band_names,
     )
     model.to(device)
     loss_fn = _resolve_loss(cfg, loss)
@@ -560,42 +573,76 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
 
             writer = SummaryWriter(str(out / TB_DIR))
     metric_kwargs = {
-        "train_labels": train_labels, "bins": cfg.bins, "label_range": cfg.label_range,
+        "train_labels": train_labels,
+        "bins": cfg.bins,
+        "label_range": cfg.label_range,
         "quantile_bins": cfg.quantile_bins,
     }
     stopped = False
     progress = cfg.progress and info.is_main
-    epochs = tqdm(range(start_epoch, cfg.epochs), desc=cfg.experiment, disable=not progress,
-                  initial=start_epoch, total=cfg.epochs)
+    epochs = tqdm(
+        range(start_epoch, cfg.epochs),
+        desc=cfg.experiment,
+        disable=not progress,
+        initial=start_epoch,
+        total=cfg.epochs,
+    )
     for epoch in epochs:
         t0 = time.perf_counter()
         train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
         _reseed_sampler(train_loader.sampler, cfg.seed, epoch)
         lr = optimizer.param_groups[0]["lr"]
         train = train_one_epoch(
-            model, train_loader, loss_fn, optimizer, device=device, scaler=scaler, amp=amp,
-            grad_clip=cfg.grad_clip, sample_weights=sample_weights, clip_params=clip_params,
-            progress=progress, desc=f"epoch {epoch + 1} train",
+            model,
+            train_loader,
+            loss_fn,
+            optimizer,
+            device=device,
+            scaler=scaler,
+            amp=amp,
+            grad_clip=cfg.grad_clip,
+            sample_weights=sample_weights,
+            clip_params=clip_params,
+            progress=progress,
+            desc=f"epoch {epoch + 1} train",
         )
         if hasattr(unwrap(model), "end_epoch"):
             unwrap(model).end_epoch(epoch)
         scheduler.step()
         loss_sum, n = _all_reduce_sum([train["loss"] * train["n"], train["n"]], info, device)
         train_report = regression_report(
-            train["pred"], train["target"], train_labels=train_labels, bins=cfg.bins,
+            train["pred"],
+            train["target"],
+            train_labels=train_labels,
+            bins=cfg.bins,
             value_range=tuple(cfg.label_range) if cfg.label_range else None,
             quantile=cfg.quantile_bins,
         )
         val_report, _, _ = evaluate(
-            unwrap(model), val_loader, loss_fn, device=device, amp=amp, progress=progress,
-            desc=f"epoch {epoch + 1} val", **metric_kwargs,
+            unwrap(model),
+            val_loader,
+            loss_fn,
+            device=device,
+            amp=amp,
+            progress=progress,
+            desc=f"epoch {epoch + 1} val",
+            **metric_kwargs,
         )
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum / n,
-               "val_loss": val_report["loss"]}
+        row = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_loss": loss_sum / n,
+            "val_loss": val_report["loss"],
+        }
         row.update({f"train_{k}": v for k, v in scalar_metrics(train_report).items()})
         row.update({f"val_{k}": v for k, v in scalar_metrics(val_report).items()})
-        row.update({"data_s": train["data_s"], "compute_s": train["compute_s"],
-                    "epoch_s": time.perf_counter() - t0})
+        row.update(
+            {
+                "data_s": train["data_s"],
+                "compute_s": train["compute_s"],
+                "epoch_s": time.perf_counter() - t0,
+            }
+        )
         history.append(row)
         improved = row[SELECTION_METRIC] < best_bmae
         if improved:
@@ -604,11 +651,22 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
             stale += 1
         stop = bool(cfg.early_stopping and stale >= cfg.early_stopping)
         if info.is_main:
-            extra = {"history": history, "best": best_row, "best_bmae": best_bmae,
-                     "stale": stale, "val_report": val_report}
-            state = {"model": model, "config": stored_config, "optimizer": optimizer,
-                     "scaler": scaler, "scheduler": scheduler, "loss_module": loss_module,
-                     "extra": extra}
+            extra = {
+                "history": history,
+                "best": best_row,
+                "best_bmae": best_bmae,
+                "stale": stale,
+                "val_report": val_report,
+            }
+            state = {
+                "model": model,
+                "config": stored_config,
+                "optimizer": optimizer,
+                "scaler": scaler,
+                "scheduler": scheduler,
+                "loss_module": loss_module,
+                "extra": extra,
+            }
             if improved:
                 save_checkpoint(best_path, epoch=epoch + 1, **state)
             save_checkpoint(last_path, epoch=epoch + 1, **state)
@@ -627,8 +685,10 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
         if stop:
             stopped = True
             if info.is_main:
-                print(f"early stopping after epoch {epoch + 1}: no better val b-MAE for "
-                      f"{cfg.early_stopping} epochs (best {best_bmae:.4f})")
+                print(
+                    f"early stopping after epoch {epoch + 1}: no better val b-MAE for "
+                    f"{cfg.early_stopping} epochs (best {best_bmae:.4f})"
+                )
             break
     if writer is not None:
         writer.close()
@@ -654,11 +714,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     for f in fields(TrainConfig):
         default = f.default if f.default is not MISSING else f.default_factory()
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=_parse_value, default=default,
-            metavar=f.name.upper(), help=f"({f.type})",
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_parse_value,
+            default=default,
+            metavar=f.name.upper(),
+            help=f"({f.type})",
         )
-    parser.add_argument("--no-test", action="store_true",
-                        help="skip the test-split evaluation after training")
+    parser.add_argument(
+        "--no-test", action="store_true", help="skip the test-split evaluation after training"
+    )
     return parser
 
 
@@ -671,15 +736,16 @@ def main(argv: list[str] | None = None) -> FitResult:
     if int(os.environ.get("RANK", "0")) != 0:
         return result
     best = result.best
-    print(f"best epoch {int(best['epoch'])}: val b-MAE {best['val_bmae']:.4f}, "
-          f"MAE {best['val_mae']:.4f}, R2 {best['val_r2']:.3f}; files in {result.out_dir}")
+    print(
+        f"best epoch {int(best['epoch'])}: val b-MAE {best['val_bmae']:.4f}, "
+        f"MAE {best['val_mae']:.4f}, R2 {best['val_r2']:.3f}; files in {result.out_dir}"
+    )
     test_dir = cfg.resolved_shards_dir() / "test"
     if not skip_test and any(test_dir.glob("test_*.h5")):
         from utils.inference import evaluate_checkpoint  # noqa: PLC0415
 
         _, report = evaluate_checkpoint(result.best_checkpoint, split="test", device=cfg.device)
-        print(f"test: b-MAE {report['bmae']:.4f}, MAE {report['mae']:.4f}, "
-              f"R2 {report['r2']:.3f}")
+        print(f"test: b-MAE {report['bmae']:.4f}, MAE {report['mae']:.4f}, R2 {report['r2']:.3f}")
     return result
 
 

@@ -184,18 +184,18 @@ def _gzip_blocks(handle, block_size: int, cap: int) -> Iterator[bytes]:
     total = 0
     while data := handle.read(block_size):
         while data:
-            out = inflater.decompress(data, INFLATE_STEP)
-            data = inflater.unconsumed_tail
-            if inflater.eof and not data and inflater.unused_data:  # another member follows
-                data = inflater.unused_data
-                inflater = isal_zlib.decompressobj(31)
-            total += len(out)
-            if total > cap:
+            if total > cap:  # checked after the records before it were framed
                 raise RecordError(
                     "oversized",
                     f"inflates to more than {cap} bytes (max_inflate_bytes; stopped after "
                     f"{handle.tell()} compressed bytes)",
                 )
+            out = inflater.decompress(data, min(INFLATE_STEP, cap + 1 - total))
+            data = inflater.unconsumed_tail
+            if inflater.eof and not data and inflater.unused_data:  # another member follows
+                data = inflater.unused_data
+                inflater = isal_zlib.decompressobj(31)
+            total += len(out)
             if out:
                 yield out
     if not inflater.eof:
