@@ -7,12 +7,14 @@ import os
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hostile_factory import (
     flip_byte,
     gzip_bomb,
     huge_frame_header,
+    record,
     spread_records,
     write_framed,
 )
@@ -20,7 +22,7 @@ from hostile_factory import (
 from extract_GPS_images.tfrecord import frame_record, write_tfrecord
 from utils import hdf5_schema as hs
 from utils import validate_records
-from utils.split_and_batch import SplitConfig, run_split_and_batch
+from utils.split_and_batch import InputError, SplitConfig, run_split_and_batch
 from utils.unzip import extract_archives
 from utils.validate_records import RecordError, iter_records
 
@@ -40,11 +42,11 @@ def test_crc_mismatches_quarantine_the_record_and_keep_the_rest(tmp_path: Path) 
     src = tmp_path / "src"
     src.mkdir()
     _good_files(src)
-    a, b, c, d = (frame_record(r) for r in spread_records(4, first_seed=50))
+    a, b, c, d, e = (frame_record(r) for r in spread_records(5, first_seed=50))
     # payload CRC: one byte of the second record's payload flipped; the others are kept
     write_framed(src / "payload.tfrecord.gz", [a, flip_byte(b, 40), c])
     # length CRC: the third record's length field damaged; the two before are kept
-    write_framed(src / "length.tfrecord.gz", [d, c, flip_byte(a, 0)])
+    write_framed(src / "length.tfrecord.gz", [d, e, flip_byte(a, 0)])
     out = tmp_path / "out"
     report = run_split_and_batch(src, out, CFG)
     rows = _manifest(out)
@@ -144,3 +146,135 @@ def test_leftovers_of_a_killed_unzip_are_removed(tmp_path: Path) -> None:
     os.utime(src / "more.zip", ns=(1, 1))
     report = run_split_and_batch(src, out, CFG)
     assert not stale.exists() and report.ok == 15
+
+
+def _bad_folder(root: Path) -> tuple[Path, Path]:
+    """An input folder with good files and every kind of hostile entry beside them, and
+    a secret file outside it."""
+    src, secret = root / "src", root / "secret.tfrecord.gz"
+    src.mkdir()
+    _good_files(src)
+    write_tfrecord(secret, spread_records(1, first_seed=90))
+    (src / "outside_link.tfrecord.gz").symlink_to(secret)
+    (src / "zero_link.tfrecord.gz").symlink_to("/dev/zero")
+    (src / "dangling.tfrecord.gz").symlink_to(root / "nowhere")
+    (src / "sub").mkdir()
+    (src / "sub" / "inside_link_2019.tfrecord.gz").symlink_to(src / "good000_2019.tfrecord.gz")
+    (src / "folder_link").symlink_to(root)
+    os.mkfifo(src / "pipe.tfrecord.gz")
+    (src / "labels.csv").write_text("year,cell_id\n")
+    (src / "notes.txt").write_text("hello")
+    (src / "map.png").write_bytes(b"\x89PNG")
+    gzip_bomb(src / "zeros.tfrecord.gz", 16 << 20)
+    (src / "empty.tfrecord.gz").write_bytes(b"")
+    return src, secret
+
+
+def _snapshot(root: Path, skip: Path) -> dict[str, tuple]:
+    found = {}
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            path = Path(folder) / name
+            if path == skip or skip in path.parents:
+                continue
+            st = os.lstat(path)
+            found[str(path)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def test_links_and_special_files_are_listed_never_followed(tmp_path: Path) -> None:
+    src, _ = _bad_folder(tmp_path)
+    out = tmp_path / "out"
+    before = _snapshot(tmp_path, out)
+    report = run_split_and_batch(src, out, CFG)
+    rows = _manifest(out).set_index("file")
+    for name in (
+        "outside_link.tfrecord.gz",
+        "zero_link.tfrecord.gz",
+        "dangling.tfrecord.gz",
+        "sub/inside_link_2019.tfrecord.gz",
+        "folder_link",
+    ):
+        assert (rows.loc[name, "reason"], rows.loc[name, "quarantine_file"]) == ("link", np.nan)
+    assert (
+        "dangling" in rows.loc["dangling.tfrecord.gz", "detail"]
+        or "not followed" in rows.loc["dangling.tfrecord.gz", "detail"]
+    )
+    assert rows.loc["pipe.tfrecord.gz", "reason"] == "special_file"
+    assert "FIFO" in rows.loc["pipe.tfrecord.gz", "detail"]
+    kept = {p.name for p in (out / "quarantine").iterdir()}
+    assert not any("link" in k or "pipe" in k for k in kept)  # nothing of a link copied
+    assert report.skipped_kinds == {".csv": 1, ".png": 1, ".txt": 1}
+    assert (rows.loc[["labels.csv", "notes.txt", "map.png"], "status"] == "skipped").all()
+    # every entry under the input folder is in the manifest, once per single-record entry
+    entries = [Path(f) / n for f, d, fs in os.walk(src) for n in [*d, *fs]]
+    entries = [p for p in entries if p.is_symlink() or not p.is_dir()]
+    counts = rows["status"].value_counts()
+    assert (
+        counts["ok"] + counts["quarantined"] + counts["skipped"] == len(entries) == report.entries
+    )
+    assert sorted(rows.index) == sorted(p.relative_to(src).as_posix() for p in entries)
+    assert _snapshot(tmp_path, out) == before  # nothing written outside the output folder
+
+    followed = run_split_and_batch(
+        src, tmp_path / "out2", dataclasses.replace(CFG, follow_links=True)
+    )
+    rows = _manifest(tmp_path / "out2").set_index("file")
+    inside = rows.loc["sub/inside_link_2019.tfrecord.gz"]
+    assert inside["reason"] == "duplicate" and "identical" in inside["detail"]  # read, same cell
+    for name in ("outside_link.tfrecord.gz", "zero_link.tfrecord.gz", "dangling.tfrecord.gz"):
+        assert rows.loc[name, "reason"] == "link", name
+    assert followed.ok == report.ok
+
+
+def test_duplicates_keep_one_per_cell_and_year(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _good_files(src)
+    twice = frame_record(spread_records(1, first_seed=40)[0])
+    write_framed(src / "twice.tfrecord.gz", [twice, twice])
+    write_tfrecord(src / "a_2019.tfrecord.gz", [spread_records(1, 41, cell_id="same")[0]])
+    other = record(42, label=2.5, lat=30.0, lon=110.0, cell_id="same")  # same cell, other data
+    write_tfrecord(src / "b_2019.tfrecord.gz", [other])
+    write_tfrecord(
+        src / "c_2020.tfrecord.gz", [record(43, year=2020, cell_id="same")]
+    )  # other year
+    out = tmp_path / "out"
+    report = run_split_and_batch(src, out, CFG)
+    rows = _manifest(out)
+    twice_rows = rows[rows["file"] == "twice.tfrecord.gz"].set_index("record")
+    assert twice_rows["status"].tolist() == ["ok", "quarantined"]
+    assert "twice.tfrecord.gz record 0; content identical" in twice_rows.loc[1, "detail"]
+    b = rows.set_index("file").loc["b_2019.tfrecord.gz"]
+    assert (
+        b["reason"] == "duplicate" and "a_2019.tfrecord.gz record 0; content differs" in b["detail"]
+    )
+    assert rows.set_index("file").loc["c_2020.tfrecord.gz", "status"] == "ok"
+    assert report.ok == 12 + 3 and report.per_reason == {"duplicate": 2}
+    ok = rows[rows["status"] == "ok"]
+    assert not ok.duplicated(["cell_key", "year"]).any()
+
+
+def test_empty_or_foreign_inputs_are_errors(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no TFRecord"):
+        run_split_and_batch(empty, tmp_path / "o1", CFG)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "a.txt").write_text("x")
+    (foreign / "b.png").write_bytes(b"x")
+    with pytest.raises(
+        InputError, match=r"2 entries: 1 \.txt, 1 \.png|2 entries: 1 \.png, 1 \.txt"
+    ):
+        run_split_and_batch(foreign, tmp_path / "o2", CFG)
+    few = tmp_path / "few"
+    few.mkdir()
+    _good_files(few, n=2)
+    with pytest.raises(InputError, match=r"split\(s\) \[.*\] would be empty"):
+        run_split_and_batch(few, tmp_path / "o3", CFG)
+    assert (tmp_path / "o3" / hs.MANIFEST_FILE).is_file()  # the manifest says what was read
+    report = run_split_and_batch(
+        few, tmp_path / "o4", dataclasses.replace(CFG, ratios=(0.5, 0.5, 0))
+    )
+    assert report.per_split == {"train": 1, "val": 1, "test": 0}

@@ -43,6 +43,8 @@ from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from utils import hdf5_schema as hs
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
+from utils.duplicates import mark_duplicates
+from utils.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.paths import resolve
 from utils.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.shard_writer import (
@@ -60,7 +62,7 @@ from utils.shard_writer import (
     write_shard_attrs,
 )
 from utils.spatial_split import MODES, assign_splits, check_ratios
-from utils.unzip import ARCHIVE_SUFFIX, extract_archives
+from utils.unzip import extract_archives
 from utils.validate_records import (
     RecordError,
     RecordResult,
@@ -70,7 +72,8 @@ from utils.validate_records import (
     iter_results,
 )
 
-RECORD_SUFFIXES: tuple[str, ...] = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
+#: The manifest's reason of a skipped entry (a file that is no TFRecord or archive).
+SKIP_REASON = "not_an_input"
 EXTRACTED_DIR = "extracted"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = ".staging"
@@ -124,6 +127,7 @@ class SplitConfig:
     label_range: tuple[float, float] = (-1000.0, 1000.0)
     imagery_year_floor: int = FIRST_IMAGERY_YEAR
     check_crc: bool = True  # both masked CRC-32C of every TFRecord record
+    follow_links: bool = False  # read symbolic links whose target lies inside the source
     max_inflate_bytes: int | None = None  # per input file; None: derived from the size
     part_files: int = 256  # input files per staging part (the unit of resumption)
     workers: int = 2  # reader threads (no effect on the result)
@@ -161,7 +165,10 @@ class SplitReport:
     uncovered: list[list] = field(default_factory=list)
     n_blocks: int = 0
     seconds: float = 0.0
-    skipped: bool = False
+    skipped: bool = False  # nothing to do: the outputs were up to date
+    skipped_files: int = 0  # entries of other kinds (labels.csv, .png, ...), in the manifest
+    skipped_kinds: dict[str, int] = field(default_factory=dict)  # their count per suffix
+    entries: int = 0  # entries (non-folders) under the source folder
 
     @property
     def balanced(self) -> bool:
@@ -181,6 +188,12 @@ class SplitReport:
             "splits: "
             + ", ".join(f"{s} {n} ({self.shards[s]} shards)" for s, n in self.per_split.items()),
             "quarantine: " + (", ".join(f"{r} {n}" for r, n in self.per_reason.items()) or "none"),
+            f"skipped {self.skipped_files} file(s) of other kinds"
+            + (
+                f": {', '.join(f'{k} {n}' for k, n in self.skipped_kinds.items())}"
+                if self.skipped_kinds
+                else ""
+            ),
         ]
         if self.uncovered:
             lines.append(f"label bins missing from a split: {self.uncovered}")
@@ -204,26 +217,44 @@ class InputFile:
 
 
 def _is_record_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(RECORD_SUFFIXES)
+    return path.is_file() and not path.is_symlink() and file_kind(path.name) == "record"
 
 
-def list_inputs(src: Path) -> tuple[list[Path], list[Path]]:
-    """Archives and record files under ``src`` (recursive, sorted)."""
-    files = sorted(p for p in src.rglob("*") if p.is_file())
-    archives = [p for p in files if p.name.lower().endswith(ARCHIVE_SUFFIX)]
-    return archives, [p for p in files if _is_record_file(p)]
+def list_inputs(src: Path, follow_links: bool = False) -> tuple[list[Path], list[Path]]:
+    """Archives and record files under ``src`` (recursive, sorted; see
+    :func:`utils.input_tree.scan_inputs` for links)."""
+    entries = scan_inputs(src, follow_links)
+    return [e.path for e in entries if e.kind == "archive"], [
+        e.path for e in entries if e.kind == "record"
+    ]
 
 
-def input_fingerprint(src: Path, files: Iterable[Path], cfg: SplitConfig) -> str:
-    """Hash of the config and each input's relative path, size and modification time."""
+def input_fingerprint(src: Path, entries: Iterable[Entry], cfg: SplitConfig) -> str:
+    """Hash of the config and each entry's name, kind, size and modification time (of
+    the entry itself: a link's own, never a special file's contents)."""
     identity = {**cfg.identity(), "staging_version": STAGING_VERSION}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(
-            f"{path.relative_to(src).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode()
-        )
+    for entry in entries:
+        stat = os.stat(entry.path, follow_symlinks=False)
+        digest.update(f"{entry.name}|{entry.kind}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+class InputError(ValueError):
+    """Inputs a run cannot be made of: no records at all, or an empty split."""
+
+
+def _entry_rows(entries: list[Entry]) -> list[dict]:
+    """Manifest rows of the entries that are not read: links and special files
+    (quarantined, nothing copied) and files of other kinds (skipped)."""
+    rows = []
+    for e in entries:
+        if e.kind in ("link", "special"):
+            reason = "link" if e.kind == "link" else "special_file"
+            rows.append(_quarantine_row(e.name, "", RecordError(reason, e.detail), ""))
+        elif e.kind == "other":
+            rows.append(_row(e.name, "", status="skipped", reason=SKIP_REASON, detail=e.detail))
+    return rows
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -444,6 +475,46 @@ def _clear_outputs(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _write_manifest(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Write ``manifest.csv`` (atomically); return the table written."""
+    table = manifest[list(MANIFEST_COLUMNS)]
+    with atomic_open(out / hs.MANIFEST_FILE) as handle:
+        table.to_csv(handle, index=False, lineterminator="\n")
+    return table
+
+
+def _refuse_duplicates(manifest: pd.DataFrame, part_paths: list[Path]) -> None:
+    """Quarantine all but the first ``ok`` row of each (cell key, year)."""
+    parts = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
+    try:
+        mark_duplicates(
+            manifest,
+            lambda i: parts[int(manifest.at[i, "part"])].chunk(int(manifest.at[i, "staged"])),
+        )
+    finally:
+        for part in parts.values():
+            part.close()
+
+
+def _refuse_empty_splits(manifest: pd.DataFrame, cfg: SplitConfig, out: Path) -> None:
+    """An empty split whose ratio is not 0 is an error (the manifest is written first)."""
+    counts = {s: int((manifest["split"] == s).sum()) for s in hs.SPLITS}
+    empty = [s for s, r in zip(hs.SPLITS, cfg.ratios, strict=True) if r > 0 and not counts[s]]
+    if empty:
+        _write_manifest(out, manifest)
+        raise InputError(
+            f"split(s) {empty} would be empty (samples per split: {counts}, ratios "
+            f"{list(cfg.ratios)}): give more places, a smaller block_km, or ratio 0 for them"
+        )
+
+
+def _kinds_text(entries: list[Entry]) -> str:
+    kinds = skipped_kinds(entries)
+    others = [e.kind for e in entries if e.kind in ("link", "special")]
+    parts = [f"{n} {k}" for k, n in kinds.items()] + [f"{others.count(k)} {k}" for k in set(others)]
+    return ", ".join(parts) or "none"
+
+
 def _inflate_cap(cfg: SplitConfig, size: int | None = None) -> int:
     """What one input file (or archive entry) may inflate to under ``cfg``."""
     if cfg.max_inflate_bytes is not None:
@@ -482,8 +553,13 @@ def run_split_and_batch(
         )
     if out.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"the output folder {out} may not lie inside the source folder {src}")
-    archives, record_files = list_inputs(src)
-    fingerprint = input_fingerprint(src, [*archives, *record_files], cfg)
+    entries = scan_inputs(src, cfg.follow_links)
+    if not any(e.kind in ("record", "archive") for e in entries):
+        raise InputError(
+            f"no TFRecord (.tfrecord[.gz]) or .zip under {src} ({len(entries)} entries: "
+            f"{_kinds_text(entries)}); give the folder the exports were written to"
+        )
+    fingerprint = input_fingerprint(src, entries, cfg)
     done = out / DONE_FILE
     if done.is_file() and done.read_text() == fingerprint and (out / REPORT_FILE).is_file():
         report = SplitReport.load(out)
@@ -502,26 +578,28 @@ def run_split_and_batch(
             remove_stale_temporaries(folder)
 
     # 1. unzip
-    unzipped = extract_archives(src, out / EXTRACTED_DIR, _inflate_cap(cfg))
-    rows: list[dict] = []
+    unzipped = extract_archives(
+        src,
+        out / EXTRACTED_DIR,
+        _inflate_cap(cfg),
+        [(e.path, e.name) for e in entries if e.kind == "archive"],
+    )
+    rows: list[dict] = _entry_rows(entries)
     for problem in unzipped.problems:
         name = problem.archive.relative_to(out if problem.archive.is_relative_to(out) else src)
         name = name.as_posix() + (f"!{problem.entry}" if problem.entry else "")
         kept = keep_file(quarantine, name, problem.archive) if not problem.entry else ""
         rows.append(_quarantine_row(name, "", RecordError(problem.reason, problem.detail), kept))
-    items = [InputFile(p.relative_to(src).as_posix(), p) for p in record_files]
-    for archive in unzipped.archives:
-        target = (
-            out / EXTRACTED_DIR / archive.relative_to(src).with_suffix("")
-            if archive.is_relative_to(src)
-            else archive.with_suffix("")
-        )
-        if target.is_dir():
-            items += [
-                InputFile(p.relative_to(out).as_posix(), p)
-                for p in sorted(target.rglob("*"))
-                if _is_record_file(p)
-            ]
+    items = [InputFile(e.name, e.path) for e in entries if e.kind == "record"]
+    foreign: set[str] = set()  # extracted files that are no record or archive
+    for target in unzipped.targets:
+        for p in sorted(target.rglob("*")) if target.is_dir() else []:
+            if _is_record_file(p):
+                items.append(InputFile(p.relative_to(out).as_posix(), p))
+            elif p.is_file() and file_kind(p.name) == "other":
+                foreign.add(p.relative_to(out).as_posix())
+    extracted = [Entry(n, out / n, "other") for n in sorted(foreign)]
+    rows += _entry_rows([Entry(e.name, e.path, e.kind, f"kind {e.file_kind}") for e in extracted])
     items = sorted(set(items), key=lambda item: item.name)
 
     # 2. read, validate, stage
@@ -556,7 +634,14 @@ def run_split_and_batch(
             for text in handle["rows"].asstr()[:]:
                 rows.append({**json.loads(text), "part": k})
     manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "part", "staged"], dtype=object)
+    _refuse_duplicates(manifest, part_paths)
     ok = manifest[manifest["status"] == "ok"]
+    if ok.empty:
+        _write_manifest(out, manifest)
+        raise InputError(
+            f"no valid record among the {len(manifest)} inputs under {src}; the reasons "
+            f"are in {out / hs.MANIFEST_FILE}"
+        )
     result = assign_splits(
         ok[["cell_id", "latitude", "longitude", "label"]].astype(
             {"latitude": float, "longitude": float, "label": float}
@@ -568,6 +653,7 @@ def run_split_and_batch(
         n_bins=cfg.n_bins,
     )
     manifest.loc[ok.index, "split"] = result.split
+    _refuse_empty_splits(manifest, cfg, out)
 
     # 4. shards + train statistics
     stats = BandStats(schema.image_band_names(), rules.reflectance_range)
@@ -602,9 +688,7 @@ def run_split_and_batch(
             handle.close()
 
     # 5. manifest, reasons, stats, report
-    table = manifest[list(MANIFEST_COLUMNS)]
-    with atomic_open(out / hs.MANIFEST_FILE) as handle:
-        table.to_csv(handle, index=False, lineterminator="\n")
+    table = _write_manifest(out, manifest)
     bad = table[table["status"] == "quarantined"]
     with atomic_open(quarantine / REASONS_FILE) as handle:
         bad[["file", "record", "reason", "detail", "quarantine_file"]].to_csv(
@@ -615,9 +699,12 @@ def run_split_and_batch(
     counts = bad["reason"].value_counts()
     report = SplitReport(
         out=str(out),
-        inputs=len(table),
+        inputs=len(ok) + len(bad),
         ok=len(ok),
         quarantined=len(bad),
+        skipped_files=int((table["status"] == "skipped").sum()),
+        skipped_kinds=skipped_kinds([*entries, *extracted]),
+        entries=len(entries),
         per_split={s: int((table["split"] == s).sum()) for s in hs.SPLITS},
         per_reason={r: int(counts[r]) for r in REASONS if r in counts},
         shards=shard_counts,

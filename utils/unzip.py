@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import stat
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from utils.atomic import TMP_PREFIX, atomic_path
+from utils.input_tree import scan_inputs
 
 ARCHIVE_SUFFIX = ".zip"
 #: How deep archives inside archives are followed.
@@ -55,6 +57,7 @@ class UnzipReport:
     """What :func:`extract_archives` did."""
 
     archives: list[Path] = field(default_factory=list)
+    targets: list[Path] = field(default_factory=list)  # where each archive went
     extracted: int = 0
     skipped: int = 0
     problems: list[ArchiveProblem] = field(default_factory=list)
@@ -148,7 +151,10 @@ def _extract_one(
 
 
 def extract_archives(
-    src: str | Path, dest: str | Path, max_entry_bytes: int = MAX_ENTRY_BYTES
+    src: str | Path,
+    dest: str | Path,
+    max_entry_bytes: int = MAX_ENTRY_BYTES,
+    archives: Iterable[tuple[Path, str]] | None = None,
 ) -> UnzipReport:
     """Extract every ``.zip`` under ``src`` (recursively) into ``dest``.
 
@@ -158,6 +164,8 @@ def extract_archives(
         src: folder holding the downloads.
         dest: folder receiving the extracted files (may not lie inside ``src``).
         max_entry_bytes: cap on one entry's declared and actual size.
+        archives: ``(path to read, name under src)`` of the archives; default: every
+            regular ``.zip`` file under ``src`` (links are not followed).
 
     Returns:
         An :class:`UnzipReport` listing refused entries and unreadable archives.
@@ -165,20 +173,17 @@ def extract_archives(
     src, dest = Path(src), Path(dest)
     report = UnzipReport()
     remove_partial_extractions(dest)
-    todo = [(p, dest / p.relative_to(src).with_suffix(""), 0) for p in _archives(src)]
+    if archives is None:
+        archives = [(e.path, e.name) for e in scan_inputs(src) if e.kind == "archive"]
+    todo = [(path, dest / Path(name).with_suffix(""), 0) for path, name in archives]
     while todo:
         archive, target, depth = todo.pop(0)
         report.archives.append(archive)
+        report.targets.append(target)
         for inner in _extract_one(archive, target, report, max_entry_bytes):
             if depth + 1 <= MAX_NESTING:
                 todo.append((inner, inner.with_suffix(""), depth + 1))
     return report
-
-
-def _archives(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.name.lower().endswith(ARCHIVE_SUFFIX) and p.is_file()
-    )
 
 
 def remove_partial_extractions(dest: str | Path) -> int:
