@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from hostile_factory import (
 from extract_GPS_images.tfrecord import frame_record, write_tfrecord
 from utils import hdf5_schema as hs
 from utils import validate_records
+from utils.folder_lock import FolderLockedError
+from utils.ownership import ForeignFolderError
 from utils.split_and_batch import InputError, SplitConfig, run_split_and_batch
 from utils.unzip import extract_archives
 from utils.validate_records import RecordError, iter_records
@@ -278,3 +282,53 @@ def test_empty_or_foreign_inputs_are_errors(tmp_path: Path) -> None:
         few, tmp_path / "o4", dataclasses.replace(CFG, ratios=(0.5, 0.5, 0))
     )
     assert report.per_split == {"train": 1, "val": 1, "test": 0}
+
+
+def test_a_folder_the_stage_did_not_make_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _good_files(src)
+    run = tmp_path / "run"  # a run folder: training's checkpoints
+    (run / "train").mkdir(parents=True)
+    for name in ("best.pt", "last.pt"):
+        (run / "train" / name).write_bytes(b"weights")
+    before = _snapshot(tmp_path, src)
+    with pytest.raises(ForeignFolderError, match=f"{run}.*not made by split_and_batch.*train"):
+        run_split_and_batch(src, run, CFG)
+    assert _snapshot(tmp_path, src) == before  # not a byte changed, no lock file either
+    # its own folder: a re-run with another config replaces only the files it wrote
+    out = tmp_path / "out"
+    run_split_and_batch(src, out, CFG)
+    (out / "train" / "notes.txt").write_text("mine")
+    (out / "mine.csv").write_text("mine")
+    run_split_and_batch(src, out, dataclasses.replace(CFG, seed=7))
+    assert (out / "train" / "notes.txt").read_text() == "mine"
+    assert (out / "mine.csv").read_text() == "mine"
+
+
+def test_one_run_at_a_time(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _good_files(src)
+    out = tmp_path / "out"
+    holder = subprocess.Popen(  # another process holds the output folder
+        [sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(FolderLockedError, match=f"process {holder.pid} .*split_and_batch"):
+            run_split_and_batch(src, out, CFG)
+        assert not (out / hs.MANIFEST_FILE).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_split_and_batch(src, out, CFG).ok == 12  # a killed holder leaves no lock
+
+
+HOLD_LOCK = """
+import sys, time
+from utils.ownership import guard_output
+with guard_output(sys.argv[1], "split_and_batch"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""

@@ -59,6 +59,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {
         p.relative_to(folder).as_posix(): (p.stat().st_mtime_ns, p.stat().st_size)
         for p in folder.rglob("*")
+        if p.name != ".lock"  # the run lock's holder line is rewritten by every run
     }
 
 

@@ -45,6 +45,7 @@ from utils import hdf5_schema as hs
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
 from utils.duplicates import mark_duplicates
 from utils.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
+from utils.ownership import OutputFolder, guard_output
 from utils.paths import resolve
 from utils.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.shard_writer import (
@@ -85,6 +86,9 @@ CHUNK_SPANS = "chunk_spans"
 STAGING_VERSION = 3
 REPORT_FILE = "report.json"
 DONE_FILE = ".split_and_batch.done"
+STAGE = "split_and_batch"
+#: The files of the output folder's top level this stage writes (and may replace).
+OUTPUT_FILES: tuple[str, ...] = (hs.MANIFEST_FILE, hs.STATS_FILE, "report.json", DONE_FILE)
 #: Patch side assumed for the zip-entry cap while the size is not known yet (the
 #: default recipe's 225 px).
 DEFAULT_PATCH = 225
@@ -467,14 +471,6 @@ def _shard_done(path: Path, fingerprint: str) -> bool:
         return False
 
 
-def _clear_outputs(out: Path) -> None:
-    """Remove what an earlier run with other inputs or config left (never ``extracted/``)."""
-    for name in (*hs.SPLITS, QUARANTINE_DIR, STAGING_DIR):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in (hs.MANIFEST_FILE, hs.STATS_FILE, REPORT_FILE, DONE_FILE):
-        (out / name).unlink(missing_ok=True)
-
-
 def _write_manifest(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
     """Write ``manifest.csv`` (atomically); return the table written."""
     table = manifest[list(MANIFEST_COLUMNS)]
@@ -559,6 +555,14 @@ def run_split_and_batch(
             f"no TFRecord (.tfrecord[.gz]) or .zip under {src} ({len(entries)} entries: "
             f"{_kinds_text(entries)}); give the folder the exports were written to"
         )
+    with guard_output(out, STAGE) as owner:
+        return _convert(src, out, cfg, entries, owner, start)
+
+
+def _convert(
+    src: Path, out: Path, cfg: SplitConfig, entries: list[Entry], owner: OutputFolder, start: float
+) -> SplitReport:
+    """The body of :func:`run_split_and_batch`, under the output folder's lock."""
     fingerprint = input_fingerprint(src, entries, cfg)
     done = out / DONE_FILE
     if done.is_file() and done.read_text() == fingerprint and (out / REPORT_FILE).is_file():
@@ -569,7 +573,8 @@ def run_split_and_batch(
     staging, quarantine = out / STAGING_DIR, out / QUARANTINE_DIR
     stamp = staging / "fingerprint"
     if not (stamp.is_file() and stamp.read_text() == fingerprint):
-        _clear_outputs(out)
+        owner.remove_recorded(keep_dirs=[EXTRACTED_DIR])  # only what this stage wrote
+        owner.record(OUTPUT_FILES, (STAGING_DIR, QUARANTINE_DIR, EXTRACTED_DIR))
         staging.mkdir(parents=True)
         stamp.write_text(fingerprint)
     quarantine.mkdir(parents=True, exist_ok=True)
@@ -671,6 +676,7 @@ def run_split_and_batch(
                 path = out / split / hs.shard_name(split, j)
                 manifest.loc[chunk.index, "shard"] = f"{split}/{path.name}"
                 manifest.loc[chunk.index, "index_in_shard"] = np.arange(len(chunk))
+                owner.record([f"{split}/{path.name}"])
                 if not _shard_done(path, fingerprint):
                     _write_shard(
                         path,
