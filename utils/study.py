@@ -40,8 +40,9 @@ from utils.calibration import BalancedCalibration
 from utils.checkpoint import load_checkpoint
 from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
 from utils.models import build_model
+from utils.ownership import OutputFolder
 from utils.paths import RunPaths
-from utils.train import TrainConfig, evaluate, fit, resolve_device
+from utils.train import TRAIN_STAGE, TrainConfig, evaluate, fit, resolve_device
 
 RESULT_FILE = "result.json"
 TEST_PREDICTIONS, VAL_PREDICTIONS = "predictions_test.csv", "predictions_val.csv"
@@ -428,6 +429,7 @@ def run_study(
             print(f"[{i}/{len(experiments)}] {experiment.name}: cached ({run_dir.name})")
         else:
             if force and run_dir.exists():  # a fresh run, not a resume of the old one
+                OutputFolder.claim(run_dir, TRAIN_STAGE)  # only a folder training made
                 shutil.rmtree(run_dir)
             print(f"[{i}/{len(experiments)}] {experiment.name}: training", flush=True)
             result = run_experiment(experiment, cfg, run_dir, datasets)

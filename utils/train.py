@@ -42,6 +42,7 @@ from utils.atomic import atomic_path
 from utils.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
 from utils.dataloader import ShardDataset, build_datasets, make_loader
 from utils.models import build_model
+from utils.ownership import guard_output
 from utils.paths import RunPaths, resolve
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -49,6 +50,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
 }
 BEST_FILE, LAST_FILE, HISTORY_FILE, TB_DIR = "best.pt", "last.pt", "history.csv", "tensorboard"
+TRAIN_STAGE = "training"  # the owner of a training run folder (utils.ownership)
 #: Metric that picks the best checkpoint and drives early stopping (lower is better).
 SELECTION_METRIC = "val_bmae"
 
@@ -483,10 +485,12 @@ def fit(
         A :class:`FitResult`.
     """
     info, own_group = init_distributed(cfg.device)
+    out = Path(out_dir) if out_dir is not None else cfg.out_dir()
     try:
-        return _fit(
-            cfg, info, loss, sample_weights, sampler, sampler_weights, model, datasets, out_dir
-        )
+        with guard_output(out, TRAIN_STAGE, enabled=info.is_main):  # its own folder, one run
+            return _fit(
+                cfg, info, loss, sample_weights, sampler, sampler_weights, model, datasets, out
+            )
     finally:
         if own_group:
             dist.destroy_process_group()
