@@ -37,7 +37,7 @@ from loss.weights import sample_weights
 from metrics import regression_report
 from utils.atomic import atomic_open
 from utils.calibration import BalancedCalibration
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, load_weights
 from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
 from utils.models import build_model
 from utils.ownership import OutputFolder
@@ -320,7 +320,7 @@ def run_experiment(
     )
     seconds = time.perf_counter() - start
     device = resolve_device(cfg.device)
-    model.load_state_dict(load_checkpoint(fitted.best_checkpoint, device)["model"])
+    load_weights(model, load_checkpoint(fitted.best_checkpoint, device), fitted.best_checkpoint)
     test_loader = make_loader(datasets["test"], batch_size=cfg.batch_size, seed=cfg.seed)
     report, pred, target = evaluate(
         model.to(device),

@@ -39,7 +39,13 @@ from tqdm import tqdm
 
 from metrics import regression_report, scalar_metrics
 from utils.atomic import atomic_path
-from utils.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from utils.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
 from utils.dataloader import ShardDataset, build_datasets, make_loader
 from utils.models import build_model
 from utils.ownership import guard_output
@@ -550,7 +556,7 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     if cfg.resume and last_path.is_file():
         ckpt = load_checkpoint(last_path, map_location=device)
         _check_resumable(ckpt["config"], cfg, last_path)
-        unwrap(model).load_state_dict(ckpt["model"])
+        load_weights(model, ckpt, last_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if "scaler" in ckpt:
