@@ -332,3 +332,25 @@ with guard_output(sys.argv[1], "split_and_batch"):
     print("locked", flush=True)
     time.sleep(60)
 """
+
+
+def test_patch_size_from_all_records(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, rec in enumerate(spread_records(17, first_seed=0, size=4)):  # small, sort first
+        write_tfrecord(src / f"a{i:03d}_2019.tfrecord.gz", [rec])
+    for i, rec in enumerate(spread_records(40, first_seed=100)):
+        write_tfrecord(src / f"b{i:03d}_2019.tfrecord.gz", [rec])
+    out = tmp_path / "out"
+    report = run_split_and_batch(src, out, CFG)
+    assert report.size == 8 and report.ok == 40
+    assert report.size_mix == {"8x8": 40, "4x4": 17}
+    assert report.per_reason == {"wrong_size": 17}
+    assert "patch sizes read" in report.summary()
+    assert not [p for p in (out / "quarantine").iterdir() if p.name.startswith("b")]
+    for i, rec in enumerate(spread_records(23, first_seed=200, size=4)):  # now 40 vs 40
+        write_tfrecord(src / f"c{i:03d}_2019.tfrecord.gz", [rec])
+    with pytest.raises(InputError, match="disagree on the patch size.*give size="):
+        run_split_and_batch(src, tmp_path / "out2", CFG)
+    fixed = run_split_and_batch(src, tmp_path / "out3", dataclasses.replace(CFG, size=8))
+    assert fixed.ok == 40

@@ -24,10 +24,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,6 +87,10 @@ CHUNK_SPANS = "chunk_spans"
 STAGING_VERSION = 3
 REPORT_FILE = "report.json"
 DONE_FILE = ".split_and_batch.done"
+#: Staged rows' key holding a record's band length (for the patch size of the run).
+BAND_LENGTH = "band_length"
+#: Separates the fingerprint and the settled patch size in the staging stamp.
+SIZE_MARK = "|size="
 STAGE = "split_and_batch"
 #: The files of the output folder's top level this stage writes (and may replace).
 OUTPUT_FILES: tuple[str, ...] = (hs.MANIFEST_FILE, hs.STATS_FILE, "report.json", DONE_FILE)
@@ -173,6 +178,7 @@ class SplitReport:
     skipped_files: int = 0  # entries of other kinds (labels.csv, .png, ...), in the manifest
     skipped_kinds: dict[str, int] = field(default_factory=dict)  # their count per suffix
     entries: int = 0  # entries (non-folders) under the source folder
+    size_mix: dict[str, int] = field(default_factory=dict)  # records per patch size read
 
     @property
     def balanced(self) -> bool:
@@ -199,6 +205,8 @@ class SplitReport:
                 else ""
             ),
         ]
+        if len(self.size_mix) > 1:
+            lines.append(f"patch sizes read (records): {self.size_mix}; kept {self.size}")
         if self.uncovered:
             lines.append(f"label bins missing from a split: {self.uncovered}")
         return "\n".join(lines)
@@ -283,7 +291,7 @@ def _row(file: str, record: int | str, **values) -> dict:
 
 
 def _quarantine_row(file: str, record: int | str, err: RecordError, kept: str) -> dict:
-    return _row(
+    row = _row(
         file,
         record,
         status="quarantined",
@@ -291,6 +299,9 @@ def _quarantine_row(file: str, record: int | str, err: RecordError, kept: str) -
         detail=err.detail,
         quarantine_file=kept,
     )
+    if err.band_length is not None:
+        row[BAND_LENGTH] = err.band_length
+    return row
 
 
 class _PartWorker:
@@ -355,6 +366,7 @@ class _PartWorker:
                     label=s.label,
                     latitude=s.latitude,
                     longitude=s.longitude,
+                    **{BAND_LENGTH: rec.band_length},
                 )
             )
         if held is not None:  # a one-record file whose record is bad: keep the file
@@ -364,7 +376,9 @@ class _PartWorker:
 
 
 def _error(rec: RecordResult) -> RecordError:
-    return RecordError(rec.reason, rec.detail)
+    err = RecordError(rec.reason, rec.detail)
+    err.band_length = rec.band_length
+    return err
 
 
 def _chunks_path(part: Path) -> Path:
@@ -471,6 +485,87 @@ def _shard_done(path: Path, fingerprint: str) -> bool:
         return False
 
 
+def _stage(
+    items: list[InputFile], size: int, cfg: SplitConfig, staging: Path, quarantine: Path
+) -> tuple[list[Path], ChunkCodec, RecordRules]:
+    """Pass 1: read, validate and stage ``items`` for patches of ``size`` pixels, one
+    part per ``cfg.part_files`` inputs (finished parts are kept)."""
+    codec = ChunkCodec(
+        (len(schema.image_band_names()), size, size),
+        cfg.dtype,
+        cfg.compression,
+        cfg.compression_level,
+        cfg.shuffle,
+    )
+    rules = RecordRules(
+        size,
+        cfg.label_range,
+        imagery_year_floor=cfg.imagery_year_floor,
+        check_crc=cfg.check_crc,
+        max_inflate_bytes=cfg.max_inflate_bytes,
+    )
+    worker = _PartWorker(rules, codec, quarantine)
+    groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
+    part_paths = [staging / f"part_{k:05d}.h5" for k in range(len(groups))]
+    with tqdm(total=len(items), desc="read + validate", disable=not cfg.progress) as bar:
+        for path, group in zip(part_paths, groups, strict=True):
+            if path.is_file():
+                bar.update(len(group))
+                continue
+            _write_part(path, group, worker, cfg.workers, bar)
+    return part_paths, codec, rules
+
+
+def _staged_rows(part_paths: list[Path]) -> list[dict]:
+    rows = []
+    for k, path in enumerate(part_paths):
+        with h5py.File(path, "r") as handle:
+            for text in handle["rows"].asstr()[:]:
+                rows.append({**json.loads(text), "part": k})
+    return rows
+
+
+def size_mix(rows: list[dict]) -> dict[int, int]:
+    """Records per band length (pixels of a band) among staged rows, most common first."""
+    lengths = Counter(int(r[BAND_LENGTH]) for r in rows if r.get(BAND_LENGTH) is not None)
+    return dict(lengths.most_common())
+
+
+def _size_text(length: int) -> str:
+    side = math.isqrt(length)
+    return f"{side}x{side}" if side * side == length else f"{length} values"
+
+
+def _staged_size(stamp: Path) -> int | None:
+    """The size an earlier pass settled on (kept in the staging stamp), if any."""
+    text = stamp.read_text() if stamp.is_file() else ""
+    return int(text.split(SIZE_MARK)[1]) if SIZE_MARK in text else None
+
+
+def _majority_size(mix: dict[int, int], src: Path) -> int | None:
+    """The patch side of more than half of the records, or ``None`` without records.
+
+    Raises:
+        InputError: no length holds a majority, or the most common is not a square.
+    """
+    if not mix:
+        return None
+    total = sum(mix.values())
+    length, count = next(iter(mix.items()))
+    text = ", ".join(f"{n} record(s) of {v} values" for v, n in mix.items())
+    if 2 * count <= total:
+        raise InputError(
+            f"the records under {src} disagree on the patch size without a clear majority "
+            f"({text}); give size= (the patch side in pixels)"
+        )
+    side = math.isqrt(length)
+    if side * side != length:
+        raise InputError(
+            f"most records hold {length} values per band, not a square patch; give size="
+        )
+    return side
+
+
 def _write_manifest(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
     """Write ``manifest.csv`` (atomically); return the table written."""
     table = manifest[list(MANIFEST_COLUMNS)]
@@ -572,7 +667,7 @@ def _convert(
 
     staging, quarantine = out / STAGING_DIR, out / QUARANTINE_DIR
     stamp = staging / "fingerprint"
-    if not (stamp.is_file() and stamp.read_text() == fingerprint):
+    if not (stamp.is_file() and stamp.read_text().split(SIZE_MARK)[0] == fingerprint):
         owner.remove_recorded(keep_dirs=[EXTRACTED_DIR])  # only what this stage wrote
         owner.record(OUTPUT_FILES, (STAGING_DIR, QUARANTINE_DIR, EXTRACTED_DIR))
         staging.mkdir(parents=True)
@@ -607,37 +702,22 @@ def _convert(
     rows += _entry_rows([Entry(e.name, e.path, e.kind, f"kind {e.file_kind}") for e in extracted])
     items = sorted(set(items), key=lambda item: item.name)
 
-    # 2. read, validate, stage
-    size = cfg.size or infer_size([i.path for i in items]) or 1  # 1: nothing is readable
-    codec = ChunkCodec(
-        (len(schema.image_band_names()), size, size),
-        cfg.dtype,
-        cfg.compression,
-        cfg.compression_level,
-        cfg.shuffle,
-    )
-    rules = RecordRules(
-        size,
-        cfg.label_range,
-        imagery_year_floor=cfg.imagery_year_floor,
-        check_crc=cfg.check_crc,
-        max_inflate_bytes=cfg.max_inflate_bytes,
-    )
-    worker = _PartWorker(rules, codec, quarantine)
-    groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
-    part_paths = [staging / f"part_{k:05d}.h5" for k in range(len(groups))]
-    with tqdm(total=len(items), desc="read + validate", disable=not cfg.progress) as bar:
-        for path, group in zip(part_paths, groups, strict=True):
-            if path.is_file():
-                bar.update(len(group))
-                continue
-            _write_part(path, group, worker, cfg.workers, bar)
+    # 2. read, validate, stage (again at the most common size, if the guess was wrong)
+    size = _staged_size(stamp) or cfg.size or infer_size([i.path for i in items]) or 1
+    while True:
+        part_paths, codec, rules = _stage(items, size, cfg, staging, quarantine)
+        staged = _staged_rows(part_paths)
+        sizes = size_mix(staged)
+        best = cfg.size or _majority_size(sizes, src)
+        if best in (None, size):
+            break
+        for path in [*staging.glob("part_*"), *quarantine.iterdir()]:
+            path.unlink()
+        stamp.write_text(f"{fingerprint}{SIZE_MARK}{best}")
+        size = best
 
     # 3. split
-    for k, path in enumerate(part_paths):
-        with h5py.File(path, "r") as handle:
-            for text in handle["rows"].asstr()[:]:
-                rows.append({**json.loads(text), "part": k})
+    rows += staged
     manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "part", "staged"], dtype=object)
     _refuse_duplicates(manifest, part_paths)
     ok = manifest[manifest["status"] == "ok"]
@@ -711,6 +791,7 @@ def _convert(
         skipped_files=int((table["status"] == "skipped").sum()),
         skipped_kinds=skipped_kinds([*entries, *extracted]),
         entries=len(entries),
+        size_mix={_size_text(v): n for v, n in sizes.items()},
         per_split={s: int((table["split"] == s).sum()) for s in hs.SPLITS},
         per_reason={r: int(counts[r]) for r in REASONS if r in counts},
         shards=shard_counts,

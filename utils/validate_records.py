@@ -87,6 +87,7 @@ class RecordError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.band_length: int | None = None  # a wrong_size record's band length
 
 
 @dataclass(frozen=True)
@@ -163,6 +164,7 @@ class RecordResult:
     detail: str = ""
     payload: bytes | None = None  # raw bytes of a rejected record
     file_level: bool = False  # a file-level error: reading stopped before this record
+    band_length: int | None = None  # values per band (valid and wrong_size records)
 
 
 @dataclass
@@ -413,10 +415,12 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
         if floats[k].size != pixels and not (k in scalars and floats[k].size == 1)
     ]
     if wrong:
-        raise RecordError(
+        err = RecordError(
             "wrong_size",
             f"expected {pixels} values ({rules.size}x{rules.size}): {', '.join(wrong)}",
         )
+        err.band_length = int(floats[IMAGE_BANDS[0]].size)  # for the run's patch size
+        raise err
     image = np.empty((len(IMAGE_BANDS), pixels), np.float32)
     for row, k in zip(image.view(np.uint8), IMAGE_BANDS, strict=True):
         row[:] = floats[k].view(np.uint8)  # byte copy: wire floats are often unaligned
@@ -542,9 +546,18 @@ def iter_results(path: Path, rules: RecordRules) -> Iterator[RecordResult]:
                 yield RecordResult(count, None, "unreadable", problem, bytes(serialized))
             else:
                 try:
-                    yield RecordResult(count, decode_record(serialized, rules, path.name))
+                    sample = decode_record(serialized, rules, path.name)
+                    yield RecordResult(count, sample, band_length=rules.size * rules.size)
                 except RecordError as err:
-                    yield RecordResult(count, None, err.reason, err.detail, bytes(serialized))
+                    yield RecordResult(
+                        count,
+                        None,
+                        err.reason,
+                        err.detail,
+                        bytes(serialized),
+                        False,
+                        err.band_length,
+                    )
             count += 1
     except RecordError as err:
         yield RecordResult(count, None, err.reason, err.detail, file_level=True)
