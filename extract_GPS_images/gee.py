@@ -72,8 +72,10 @@ class GeeConfig:
 
     def __post_init__(self) -> None:
         if not self.labels:
-            raise ValueError("the Earth Engine backend needs a labels.csv (--labels FILE; "
-                             "notebook: labels_csv = 'path/to/labels.csv')")
+            raise ValueError(
+                "the Earth Engine backend needs a labels.csv (--labels FILE; "
+                "notebook: labels_csv = 'path/to/labels.csv')"
+            )
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
 
@@ -97,19 +99,27 @@ class GeeConfig:
         known = set().union(*groups.values())
         unknown = sorted(set(params) - known)
         if unknown:
-            raise ValueError(f"unknown Earth Engine parameter(s) {unknown}; accepted: "
-                             f"{sorted(known)}")
-        pick = {g: {k: v for k, v in params.items() if k in names and v is not None}
-                for g, names in groups.items()}
+            raise ValueError(
+                f"unknown Earth Engine parameter(s) {unknown}; accepted: {sorted(known)}"
+            )
+        pick = {
+            g: {k: v for k, v in params.items() if k in names and v is not None}
+            for g, names in groups.items()
+        }
         shared = pick["shared"]
         if "bands" in pick["recipe"]:
             pick["recipe"]["bands"] = tuple(pick["recipe"]["bands"])
-        retry = RetryPolicy(**{
-            name: shared[key] for key, name in (
-                ("max_attempts", "max_attempts"), ("backoff_base_s", "base_s"),
-                ("backoff_max_s", "max_s"),
-            ) if key in shared
-        })
+        retry = RetryPolicy(
+            **{
+                name: shared[key]
+                for key, name in (
+                    ("max_attempts", "max_attempts"),
+                    ("backoff_base_s", "base_s"),
+                    ("backoff_max_s", "max_s"),
+                )
+                if key in shared
+            }
+        )
         common = {k: shared[k] for k in ("progress",) if k in shared}
         export_extra = {k: shared[k] for k in ("max_attempts",) if k in shared}
         return cls(
@@ -153,8 +163,7 @@ def extract_gee(
         LabelsError: the labels file is bad (message names rows and columns).
         GeeAuthError: Earth Engine cannot be initialised (message says how to fix it).
     """
-    labels = read_labels(config.labels, on_error=config.on_error,
-                         imagery_year=config.imagery_year)
+    labels = read_labels(config.labels, on_error=config.on_error, imagery_year=config.imagery_year)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if Path(config.labels).resolve() != (out / "labels.csv").resolve():
@@ -162,17 +171,27 @@ def extract_gee(
     locations = locations_from_labels(labels)[: config.limit]
     auth = "Earth Engine initialised by the caller"
     if initialize:
-        auth = gee_auth.initialize(project=config.project,
-                                   service_account_key=config.service_account_key,
-                                   deadline_s=config.timeout_s)
+        auth = gee_auth.initialize(
+            project=config.project,
+            service_account_key=config.service_account_key,
+            deadline_s=config.timeout_s,
+        )
     if config.mode == "download":
         result: DownloadReport | ExportReport = download_locations(
-            locations, out_dir=out, recipe=config.recipe, config=config.download,
+            locations,
+            out_dir=out,
+            recipe=config.recipe,
+            config=config.download,
             compute_pixels=compute_pixels,
         )
     else:
-        result = run_exports(locations, manifest_path=str(out / MANIFEST_NAME),
-                             recipe=config.recipe, config=config.export, tasks=tasks)
+        result = run_exports(
+            locations,
+            manifest_path=str(out / MANIFEST_NAME),
+            recipe=config.recipe,
+            config=config.export,
+            tasks=tasks,
+        )
     return GeeReport(config.mode, labels.summary(), auth, result)
 
 
@@ -180,18 +199,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gee`` sub-command's arguments."""
     p = parser
     p.add_argument("--labels", required=True, help="labels.csv to extract")
-    p.add_argument("--out", required=True, dest="out_dir",
-                   help="local folder: records (download), labels.csv, gee_manifest.csv")
+    p.add_argument(
+        "--out",
+        required=True,
+        dest="out_dir",
+        help="local folder: records (download), labels.csv, gee_manifest.csv",
+    )
     p.add_argument("--mode", choices=MODES, default="download")
     p.add_argument("--project", help="Cloud project (default: $EE_PROJECT)")
     p.add_argument("--service-account-key", help="service-account JSON key file")
-    p.add_argument("--imagery-year", type=int, default=FIRST_IMAGERY_YEAR,
-                   help="imagery year for label years before Sentinel-2's first full year")
-    p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="bad labels rows: refuse the file, or skip them with a warning")
+    p.add_argument(
+        "--imagery-year",
+        type=int,
+        default=FIRST_IMAGERY_YEAR,
+        help="imagery year for label years before Sentinel-2's first full year",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("raise", "skip"),
+        default="raise",
+        help="bad labels rows: refuse the file, or skip them with a warning",
+    )
     p.add_argument("--limit", type=int, help="only the first N location-years")
-    p.add_argument("--timeout", type=float, default=300.0, dest="timeout_s",
-                   help="deadline of each Earth Engine request, seconds")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        dest="timeout_s",
+        help="deadline of each Earth Engine request, seconds",
+    )
     r = p.add_argument_group("image recipe")
     r.add_argument("--collection", default=S2_L1C, help=f"e.g. {S2_L1C} or {S2_SR}")
     r.add_argument("--bands", nargs="+", help="Sentinel-2 bands (default B2 B3 B4 B8 B11 B12)")
@@ -200,8 +236,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--periods", choices=tuple(PERIODS), help="default quarter")
     r.add_argument("--cloud-method", choices=CLOUD_METHODS, help="default qa60")
     r.add_argument("--cs-threshold", type=float, help="Cloud Score+ clear threshold (0.6)")
-    r.add_argument("--mask-clouds", action="store_true", default=None,
-                   help="mask cloudy pixels of the chosen scenes")
+    r.add_argument(
+        "--mask-clouds",
+        action="store_true",
+        default=None,
+        help="mask cloudy pixels of the chosen scenes",
+    )
     r.add_argument("--dw-reducer", choices=DW_REDUCERS, help="default mode")
     d = p.add_argument_group("download / retries")
     d.add_argument("--concurrency", type=int, help="computePixels requests in flight (16)")
@@ -212,8 +252,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--bucket", help="Cloud Storage bucket (destination gcs)")
     e.add_argument("--prefix", help="prefix of task names and file names")
     e.add_argument("--max-in-flight", type=int, help="tasks queued or running at once (100)")
-    e.add_argument("--poll-interval", type=float, dest="poll_interval_s",
-                   help="seconds between status polls (30)")
+    e.add_argument(
+        "--poll-interval",
+        type=float,
+        dest="poll_interval_s",
+        help="seconds between status polls (30)",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
 
 

@@ -70,7 +70,9 @@ def service_account_email(key_file: str | Path) -> str:
 
 
 def initialize(
-    *, project: str | None = None, service_account_key: str | Path | None = None,
+    *,
+    project: str | None = None,
+    service_account_key: str | Path | None = None,
     deadline_s: float | None = None,
 ) -> str:
     """Initialise Earth Engine; return a one-line description (project and identity).

@@ -76,8 +76,12 @@ def locations_from_labels(labels: Labels) -> list[Location]:
     frame = labels.frame
     return [
         Location(
-            cell_key=str(r.cell_key), cell_id=str(r.cell_id), year=int(r.year),
-            imagery_year=int(r.imagery_year), lat=float(r.latitude), lon=float(r.longitude),
+            cell_key=str(r.cell_key),
+            cell_id=str(r.cell_id),
+            year=int(r.year),
+            imagery_year=int(r.imagery_year),
+            lat=float(r.latitude),
+            lon=float(r.longitude),
             label=float(r.label),
         )
         for r in frame.itertuples(index=False)
@@ -133,8 +137,10 @@ class DownloadConfig:
 
     def __post_init__(self) -> None:
         if min(self.concurrency, self.writers, self.write_backlog) < 1:
-            raise ValueError(f"concurrency, writers and write_backlog must be >= 1, got "
-                             f"{self.concurrency}, {self.writers}, {self.write_backlog}")
+            raise ValueError(
+                f"concurrency, writers and write_backlog must be >= 1, got "
+                f"{self.concurrency}, {self.writers}, {self.write_backlog}"
+            )
 
 
 @dataclass
@@ -163,14 +169,19 @@ def pixels_request(location: Location, recipe: RecipeConfig) -> dict[str, Any]:
     """The ``ee.data.computePixels`` parameters of one location-year: the recipe's
     image (channels, metadata and fallback bands), NumPy format, its fixed grid."""
     image = location_image(
-        lat=location.lat, lon=location.lon, label=location.label, year=location.year,
-        imagery_year=location.imagery_year, config=recipe,
+        lat=location.lat,
+        lon=location.lon,
+        label=location.label,
+        year=location.year,
+        imagery_year=location.imagery_year,
+        config=recipe,
     )
     return {
         "expression": image.select([*recipe.channel_names, FALLBACK_BAND]),
         "fileFormat": "NUMPY_NDARRAY",
-        "grid": pixel_grid(lat=location.lat, lon=location.lon, scale=recipe.scale,
-                           size=recipe.size),
+        "grid": pixel_grid(
+            lat=location.lat, lon=location.lon, scale=recipe.scale, size=recipe.size
+        ),
     }
 
 
@@ -198,8 +209,11 @@ def write_location(path: Path, location: Location, image: np.ndarray, names: lis
     """Write one record atomically: the channels ``names`` of ``image`` (C, H, W), the
     constant metadata bands and ``cell_id``."""
     meta = {
-        "label": location.label, "latitude": location.lat, "longitude": location.lon,
-        "year": location.year, "imagery_year": location.imagery_year,
+        "label": location.label,
+        "latitude": location.lat,
+        "longitude": location.lon,
+        "year": location.year,
+        "imagery_year": location.imagery_year,
     }
     record = encode_example(sample_bands(image, meta, names), cell_id=location.cell_id)
     return write_tfrecord(path, [record])
@@ -216,8 +230,13 @@ class _Outcome:
 
 
 def _fetch_one(
-    location: Location, *, recipe: RecipeConfig, compute: ComputePixels,
-    retry: RetryPolicy, rng: random.Random, sleep: Callable[[float], None],
+    location: Location,
+    *,
+    recipe: RecipeConfig,
+    compute: ComputePixels,
+    retry: RetryPolicy,
+    rng: random.Random,
+    sleep: Callable[[float], None],
     stop: threading.Event,
 ) -> _Outcome:
     """Request one patch, retrying transient errors; the pixels are not written here."""
@@ -228,8 +247,13 @@ def _fetch_one(
         try:
             channels = to_channels(compute(pixels_request(location, recipe)), names, recipe.size)
             code = float(channels[-1].flat[0])
-            return _Outcome(location, True, attempt, channels=channels,
-                            fallback=fallback_summary(code, recipe.period_names))
+            return _Outcome(
+                location,
+                True,
+                attempt,
+                channels=channels,
+                fallback=fallback_summary(code, recipe.period_names),
+            )
         except Exception as error:  # noqa: BLE001 (classified, recorded, never lost)
             message = f"{type(error).__name__}: {error}"
             if not is_retryable(error) or attempt >= retry.max_attempts or stop.is_set():
@@ -240,8 +264,9 @@ def _fetch_one(
 def _write_one(outcome: _Outcome, *, out_dir: Path, names: list[str]) -> _Outcome:
     """Write a fetched patch (atomically); a write error fails the location."""
     try:
-        write_location(out_dir / outcome.location.file_name, outcome.location,
-                       outcome.channels, names)
+        write_location(
+            out_dir / outcome.location.file_name, outcome.location, outcome.channels, names
+        )
     except Exception as error:  # noqa: BLE001 (recorded in the manifest)
         outcome.ok, outcome.error = False, f"write failed: {type(error).__name__}: {error}"
     outcome.channels = None
@@ -307,15 +332,25 @@ def download_locations(
     try:
         while queue or fetching or writing:
             # Keep `concurrency` requests in flight unless writing falls behind.
-            while queue and len(fetching) < config.concurrency and (
-                len(writing) < config.write_backlog
+            while (
+                queue
+                and len(fetching) < config.concurrency
+                and (len(writing) < config.write_backlog)
             ):
                 loc = queue.popleft()
                 manifest.get(loc.cell_key, loc.year).status = RUNNING
-                fetching.add(fetchers.submit(
-                    _fetch_one, loc, recipe=recipe, compute=compute, retry=config.retry,
-                    rng=random.Random(rng.random()), sleep=wait_fn, stop=stop,
-                ))
+                fetching.add(
+                    fetchers.submit(
+                        _fetch_one,
+                        loc,
+                        recipe=recipe,
+                        compute=compute,
+                        retry=config.retry,
+                        rng=random.Random(rng.random()),
+                        sleep=wait_fn,
+                        stop=stop,
+                    )
+                )
             done, _ = wait(fetching | writing, return_when=FIRST_COMPLETED)
             for future in done:
                 outcome: _Outcome = future.result()

@@ -77,13 +77,16 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         if self.destination not in DESTINATIONS:
-            raise ValueError(f"destination must be one of {list(DESTINATIONS)}, "
-                             f"got {self.destination!r}")
+            raise ValueError(
+                f"destination must be one of {list(DESTINATIONS)}, got {self.destination!r}"
+            )
         if self.destination == "gcs" and not self.bucket:
             raise ValueError("destination 'gcs' needs a bucket (--bucket NAME)")
         if self.max_in_flight < 1 or self.max_attempts < 1:
-            raise ValueError(f"max_in_flight and max_attempts must be >= 1, got "
-                             f"{self.max_in_flight} and {self.max_attempts}")
+            raise ValueError(
+                f"max_in_flight and max_attempts must be >= 1, got "
+                f"{self.max_in_flight} and {self.max_attempts}"
+            )
 
 
 def task_description(*, cell_key: str, year: int, prefix: str = "") -> str:
@@ -109,14 +112,16 @@ def destination_of(location: Location, config: ExportConfig) -> str:
     return f"drive:{config.folder}/{stem}"
 
 
-def export_task(
-    *, location: Location, recipe: RecipeConfig, config: ExportConfig
-) -> ee.batch.Task:
+def export_task(*, location: Location, recipe: RecipeConfig, config: ExportConfig) -> ee.batch.Task:
     """The unstarted export task of one location-year (TFRecord, one compressed patch
     of ``size`` x ``size`` pixels on the recipe's fixed grid)."""
     image = location_image(
-        lat=location.lat, lon=location.lon, label=location.label, year=location.year,
-        imagery_year=location.imagery_year, config=recipe,
+        lat=location.lat,
+        lon=location.lon,
+        label=location.label,
+        year=location.year,
+        imagery_year=location.imagery_year,
+        config=recipe,
     )
     params: dict[str, Any] = dict(
         image=image,
@@ -213,8 +218,11 @@ def status_table(in_flight: dict[str, tuple[Location, dict[str, Any]]]) -> pd.Da
     now = time.monotonic()
     rows = [
         {
-            "task": f"{loc.cell_key}_{loc.year}", "id": task_id, "state": info["state"],
-            "attempt": info["attempt"], "seconds": round(now - info["since"]),
+            "task": f"{loc.cell_key}_{loc.year}",
+            "id": task_id,
+            "state": info["state"],
+            "attempt": info["attempt"],
+            "seconds": round(now - info["since"]),
         }
         for task_id, (loc, info) in in_flight.items()
     ]
@@ -255,15 +263,21 @@ def run_exports(
         if row.status == DONE:
             report.skipped += 1
         elif row.status == RUNNING and row.task_id:
-            in_flight[row.task_id] = (loc, {"state": "RUNNING", "attempt": 0,
-                                             "since": time.monotonic()})
+            in_flight[row.task_id] = (
+                loc,
+                {"state": "RUNNING", "attempt": 0, "since": time.monotonic()},
+            )
         else:
             queue.append(loc)
     manifest.save()
 
     start = time.perf_counter()
-    bar = tqdm(total=len(queue) + len(in_flight), desc="export tasks", unit="task",
-               disable=not config.progress)
+    bar = tqdm(
+        total=len(queue) + len(in_flight),
+        desc="export tasks",
+        unit="task",
+        disable=not config.progress,
+    )
     display = _Display(config.progress)
     try:
         while queue or in_flight:
@@ -275,8 +289,10 @@ def run_exports(
                 row.status, row.task_id, row.error = RUNNING, task_id, ""
                 row.attempts += 1
                 report.started += 1
-                in_flight[task_id] = (loc, {"state": "READY", "attempt": attempts[row.key],
-                                            "since": time.monotonic()})
+                in_flight[task_id] = (
+                    loc,
+                    {"state": "READY", "attempt": attempts[row.key], "since": time.monotonic()},
+                )
             manifest.save()  # a started task is on disk before we wait on it
             sleep(config.poll_interval_s)
             for task_id, status in backend.statuses(list(in_flight)).items():
@@ -300,8 +316,12 @@ def run_exports(
                         report.failed += 1
                         report.errors[row.task_id] = row.error
                         bar.update(1)
-            counts = {"queued": len(queue), **_state_counts(in_flight),
-                      "done": report.completed + report.skipped, "failed": report.failed}
+            counts = {
+                "queued": len(queue),
+                **_state_counts(in_flight),
+                "done": report.completed + report.skipped,
+                "failed": report.failed,
+            }
             bar.set_postfix(counts, refresh=False)
             display.show(status_table(in_flight), counts)
     finally:

@@ -50,7 +50,10 @@ class Manifest:
     """Rows keyed by (cell key, year), loaded from and saved to one CSV."""
 
     def __init__(
-        self, path: str | Path, *, flush_every_s: float = 2.0,
+        self,
+        path: str | Path,
+        *,
+        flush_every_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = Path(path)
@@ -63,7 +66,8 @@ class Manifest:
                 for record in csv.DictReader(handle):
                     values = {
                         k: (int(v) if k in _INT_COLUMNS else v)
-                        for k, v in record.items() if k in COLUMNS
+                        for k, v in record.items()
+                        if k in COLUMNS
                     }
                     row = ManifestRow(**values)
                     self.rows[row.key] = row

@@ -112,8 +112,9 @@ class RecipeConfig:
         _check_choice("cloud_method", self.cloud_method, CLOUD_METHODS)
         _check_choice("dw_reducer", self.dw_reducer, DW_REDUCERS)
         if self.size < 1 or self.scale <= 0:
-            raise ValueError(f"size must be >= 1 and scale > 0, got size={self.size}, "
-                             f"scale={self.scale}")
+            raise ValueError(
+                f"size must be >= 1 and scale > 0, got size={self.size}, scale={self.scale}"
+            )
         if not self.bands:
             raise ValueError("bands must name at least one Sentinel-2 band")
 
@@ -181,15 +182,17 @@ def pixel_grid(*, lat: float, lon: float, scale: float, size: int) -> dict[str, 
         "crsWkt": local_projection_wkt(lat=lat, lon=lon),
         "dimensions": {"width": int(size), "height": int(size)},
         "affineTransform": {
-            "scaleX": sx, "shearX": shx, "translateX": tx,
-            "shearY": shy, "scaleY": sy, "translateY": ty,
+            "scaleX": sx,
+            "shearX": shx,
+            "translateX": tx,
+            "shearY": shy,
+            "scaleY": sy,
+            "translateY": ty,
         },
     }
 
 
-def scored_scenes(
-    *, point: ee.Geometry, year: int, config: RecipeConfig
-) -> ee.ImageCollection:
+def scored_scenes(*, point: ee.Geometry, year: int, config: RecipeConfig) -> ee.ImageCollection:
     """Sentinel-2 scenes of ``year`` over ``point``: the bands scaled to reflectance,
     with ``cloud_score`` (cloudy-or-uncovered fraction of the buffer + tie-breaker), the
     same value as ``rank`` and ``s2_source`` = :data:`SOURCE_PERIOD`."""
@@ -212,19 +215,26 @@ def scored_scenes(
         clear = clear_of(scene)
         covered_clear = clear.unmask(0, False).rename("clear")
         fraction = covered_clear.reduceRegion(
-            reducer=ee.Reducer.mean(), geometry=buffer, scale=config.cloud_scale_m,
+            reducer=ee.Reducer.mean(),
+            geometry=buffer,
+            scale=config.cloud_scale_m,
             maxPixels=1e9,
         ).get("clear")
-        cloud = ee.Number(1).subtract(ee.Number(fraction)).add(
-            ee.Number(scene.get(SCENE_CLOUD_PROPERTY)).divide(100).multiply(
-                config.scene_cloud_weight
+        cloud = (
+            ee.Number(1)
+            .subtract(ee.Number(fraction))
+            .add(
+                ee.Number(scene.get(SCENE_CLOUD_PROPERTY))
+                .divide(100)
+                .multiply(config.scene_cloud_weight)
             )
         )
         reflectance = scene.select(list(config.bands)).divide(config.reflectance_scale)
         if config.mask_clouds:
             reflectance = reflectance.updateMask(clear)
         return ee.Image(
-            reflectance.rename(list(config.bands)).toFloat()
+            reflectance.rename(list(config.bands))
+            .toFloat()
             .copyProperties(scene, ["system:index", "system:time_start"])
         ).set("cloud_score", cloud, "rank", cloud, "s2_source", SOURCE_PERIOD)
 
@@ -234,14 +244,20 @@ def scored_scenes(
 def year_fallbacks(*, scenes: ee.ImageCollection, config: RecipeConfig) -> ee.ImageCollection:
     """The candidates every period falls back to: the least-cloudy scene of the year
     (ranked after any in-period scene) and an empty image (ranked last)."""
-    year_best = scenes.sort("rank").limit(1).map(
-        lambda im: im.set(
-            "rank", ee.Number(im.get("rank")).add(_YEAR_RANK_OFFSET), "s2_source", SOURCE_YEAR
+    year_best = (
+        scenes.sort("rank")
+        .limit(1)
+        .map(
+            lambda im: im.set(
+                "rank", ee.Number(im.get("rank")).add(_YEAR_RANK_OFFSET), "s2_source", SOURCE_YEAR
+            )
         )
     )
     empty = (
         ee.Image.constant([config.nodata] * len(config.bands))
-        .rename(list(config.bands)).toFloat().updateMask(0)
+        .rename(list(config.bands))
+        .toFloat()
+        .updateMask(0)
         .set("rank", _NONE_RANK, "s2_source", SOURCE_NONE, "system:index", "none")
     )
     return year_best.merge(ee.ImageCollection([empty]))
@@ -294,9 +310,11 @@ def metadata_bands(
 ) -> ee.Image:
     """Constant float bands ``label, latitude, longitude, year, imagery_year``."""
     values = dict(label=label, latitude=lat, longitude=lon, year=year, imagery_year=imagery_year)
-    return ee.Image.constant([float(values[name]) for name in META_BANDS]).rename(
-        list(META_BANDS)
-    ).toFloat()
+    return (
+        ee.Image.constant([float(values[name]) for name in META_BANDS])
+        .rename(list(META_BANDS))
+        .toFloat()
+    )
 
 
 @functools.lru_cache(maxsize=64)

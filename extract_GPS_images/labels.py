@@ -195,8 +195,9 @@ def read_labels(
         numbers[canon] = values
         bad(
             ~np.isfinite(values),
-            lambda i, c=canon, t=text: f"line {lines[i]}, column '{used[c]}': "
-            f"not a number: {t.iloc[i]!r}",
+            lambda i, c=canon, t=text: (
+                f"line {lines[i]}, column '{used[c]}': not a number: {t.iloc[i]!r}"
+            ),
         )
     years = numbers["year"]
     finite_year = np.isfinite(years)
@@ -206,15 +207,18 @@ def read_labels(
     )
     bad(
         finite_year & (years > last_year),
-        lambda i: f"line {lines[i]}, column '{used['year']}': year {int(years[i])} is after "
-        f"{last_year}, outside the life of Sentinel-2 so far",
+        lambda i: (
+            f"line {lines[i]}, column '{used['year']}': year {int(years[i])} is after "
+            f"{last_year}, outside the life of Sentinel-2 so far"
+        ),
     )
     for canon, limit in (("latitude", 90.0), ("longitude", 180.0)):
         values = numbers[canon]
         bad(
             np.isfinite(values) & (np.abs(values) > limit),
-            lambda i, c=canon, v=values, lim=limit: f"line {lines[i]}, column '{used[c]}': "
-            f"{v[i]} is outside [-{lim:g}, {lim:g}]",
+            lambda i, c=canon, v=values, lim=limit: (
+                f"line {lines[i]}, column '{used[c]}': {v[i]} is outside [-{lim:g}, {lim:g}]"
+            ),
         )
     check_plausible(numbers, lines, problems, name, plausibility)  # nodata, (0, 0), outliers
     seen: dict[tuple[str, float], int] = {}

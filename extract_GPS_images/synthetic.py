@@ -455,7 +455,7 @@ def generate_world(
     if cfg.size < 4:
         raise ValueError(f"size must be at least 4 pixels, got {cfg.size}")
     out = Path(out_dir)
-    OutputFolder.claim(out, "synthetic")  # a non-empty folder it did not make is refused
+    OutputFolder.claim(out, "synthetic", ("world.json",))  # refuses a folder not its own
     remove_stale_temporaries(out)
     if labels is None:
         table = read_labels(invent_places(cfg)).frame
@@ -493,9 +493,7 @@ def generate_world(
     return WorldReport(out, table, written, skipped, corruptions, dataclasses.asdict(cfg))
 
 
-def write_record(
-    out: Path, row: pd.Series, cfg: WorldConfig, index: int, kind: str | None
-) -> Path:
+def write_record(out: Path, row: pd.Series, cfg: WorldConfig, index: int, kind: str | None) -> Path:
     """Render the record of one labels row, damage it when ``kind`` names a damage, and
     write it to ``out / row.file`` (atomically). The bytes depend only on the arguments."""
     path = out / row.file
@@ -551,12 +549,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", help="your labels.csv: synthesise imagery for its rows")
     parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     world = WorldConfig()
-    parser.add_argument("--scene-noise", type=float, default=world.scene_noise,
-                        help="std of the wealth a scene shows around its label")
-    parser.add_argument("--tail-wealth", type=float, default=world.tail_wealth,
-                        help="unit wealth below which only clearings tell places apart")
-    parser.add_argument("--tail-noise", type=float, default=world.tail_noise,
-                        help="std of the wealth the clearings show (default: the scene's)")
+    parser.add_argument(
+        "--scene-noise",
+        type=float,
+        default=world.scene_noise,
+        help="std of the wealth a scene shows around its label",
+    )
+    parser.add_argument(
+        "--tail-wealth",
+        type=float,
+        default=world.tail_wealth,
+        help="unit wealth below which only clearings tell places apart",
+    )
+    parser.add_argument(
+        "--tail-noise",
+        type=float,
+        default=world.tail_noise,
+        help="std of the wealth the clearings show (default: the scene's)",
+    )
     parser.add_argument(
         "--skip-bad-rows", action="store_true", help="skip bad labels.csv rows instead of failing"
     )

@@ -65,3 +65,12 @@ def test_remove_recorded_deletes_only_what_the_stage_wrote(tmp_path: Path) -> No
     assert left == [".owner.json", "sub", "sub/user.txt", "user.txt"]
     with pytest.raises(ForeignFolderError, match="made by 'stage'"):
         OutputFolder.claim(owner.path, "other stage")
+
+
+def test_a_folder_an_earlier_version_made_is_adopted(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "world.json").write_text("{}")
+    (old / "a_2019.tfrecord.gz").write_bytes(b"")
+    assert OutputFolder.claim(old, "synthetic", ("world.json",)).stage == "synthetic"
+    assert (old / ".owner.json").is_file()

@@ -40,8 +40,14 @@ class OutputFolder:
     dirs: set[str] = field(default_factory=set)  # sub-folders made, owned with their contents
 
     @classmethod
-    def claim(cls, path: str | Path, stage: str) -> OutputFolder:
+    def claim(cls, path: str | Path, stage: str, markers: tuple[str, ...] = ()) -> OutputFolder:
         """Claim ``path`` for ``stage`` (created if missing).
+
+        Args:
+            path: the output folder.
+            stage: the stage's name, kept in the record.
+            markers: files only ``stage`` writes: a folder holding one of them but no
+                record was made by an earlier version of the stage and is adopted.
 
         Raises:
             ForeignFolderError: ``path`` is not empty and holds no record of ``stage``.
@@ -66,6 +72,8 @@ class OutputFolder:
             for p in (path.iterdir() if path.is_dir() else [])
             if p.name not in IGNORED and not p.name.startswith(TMP_PREFIX)
         )
+        if found and any((path / m).exists() for m in markers):
+            found = []  # made by this stage before records were kept
         if found:
             shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
             raise ForeignFolderError(
@@ -120,11 +128,12 @@ class OutputFolder:
 
 @contextlib.contextmanager
 def guard_output(
-    folder: str | Path, stage: str, *, enabled: bool = True
+    folder: str | Path, stage: str, *, enabled: bool = True, markers: tuple[str, ...] = ()
 ) -> Iterator[OutputFolder | None]:
     """Claim ``folder`` for ``stage`` and hold its lock while the block runs (the
     pattern of every stage that writes a folder). ``enabled=False`` (a non-main
-    distributed rank) does neither and yields ``None``.
+    distributed rank) does neither and yields ``None``; ``markers`` as in
+    :meth:`OutputFolder.claim`.
 
     Raises:
         ForeignFolderError: see :meth:`OutputFolder.claim`.
@@ -133,6 +142,6 @@ def guard_output(
     if not enabled:
         yield None
         return
-    owner = OutputFolder.claim(folder, stage)
+    owner = OutputFolder.claim(folder, stage, markers)
     with folder_lock(folder, stage):
         yield owner

@@ -650,7 +650,7 @@ def run_split_and_batch(
             f"no TFRecord (.tfrecord[.gz]) or .zip under {src} ({len(entries)} entries: "
             f"{_kinds_text(entries)}); give the folder the exports were written to"
         )
-    with guard_output(out, STAGE) as owner:
+    with guard_output(out, STAGE, markers=(DONE_FILE, STAGING_DIR)) as owner:
         return _convert(src, out, cfg, entries, owner, start)
 
 

@@ -42,7 +42,7 @@ from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
 from utils.models import build_model
 from utils.ownership import OutputFolder
 from utils.paths import RunPaths
-from utils.train import TRAIN_STAGE, TrainConfig, evaluate, fit, resolve_device
+from utils.train import TRAIN_MARKERS, TRAIN_STAGE, TrainConfig, evaluate, fit, resolve_device
 
 RESULT_FILE = "result.json"
 TEST_PREDICTIONS, VAL_PREDICTIONS = "predictions_test.csv", "predictions_val.csv"
@@ -429,7 +429,7 @@ def run_study(
             print(f"[{i}/{len(experiments)}] {experiment.name}: cached ({run_dir.name})")
         else:
             if force and run_dir.exists():  # a fresh run, not a resume of the old one
-                OutputFolder.claim(run_dir, TRAIN_STAGE)  # only a folder training made
+                OutputFolder.claim(run_dir, TRAIN_STAGE, TRAIN_MARKERS)  # made by training
                 shutil.rmtree(run_dir)
             print(f"[{i}/{len(experiments)}] {experiment.name}: training", flush=True)
             result = run_experiment(experiment, cfg, run_dir, datasets)

@@ -57,6 +57,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 BEST_FILE, LAST_FILE, HISTORY_FILE, TB_DIR = "best.pt", "last.pt", "history.csv", "tensorboard"
 TRAIN_STAGE = "training"  # the owner of a training run folder (utils.ownership)
+TRAIN_MARKERS = (LAST_FILE, HISTORY_FILE)  # a folder an earlier version trained in
 #: Metric that picks the best checkpoint and drives early stopping (lower is better).
 SELECTION_METRIC = "val_bmae"
 
@@ -493,7 +494,7 @@ def fit(
     info, own_group = init_distributed(cfg.device)
     out = Path(out_dir) if out_dir is not None else cfg.out_dir()
     try:
-        with guard_output(out, TRAIN_STAGE, enabled=info.is_main):  # its own folder, one run
+        with guard_output(out, TRAIN_STAGE, enabled=info.is_main, markers=TRAIN_MARKERS):
             return _fit(
                 cfg, info, loss, sample_weights, sampler, sampler_weights, model, datasets, out
             )
