@@ -49,7 +49,7 @@ INFLATE_STEP = 64 << 20
 #: Features of a record (30 canonical bands, with room for a few more) and the bytes of
 #: its headers, for the default caps derived from the patch size.
 RECORD_BANDS = 32
-RECORD_OVERHEAD = 64 << 10
+RECORD_OVERHEAD = 4 << 10
 #: Generous bound on the records of one file (Earth Engine table exports hold many
 #: places): the default inflate cap of a file is this many records of the patch size.
 RECORDS_PER_FILE = 4096
