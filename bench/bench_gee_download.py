@@ -44,14 +44,28 @@ def get_args_parser() -> argparse.ArgumentParser:
 def measure(k: int, *, latency: float, waves: int, size: int) -> tuple[float, float]:
     """(achieved downloads/s, ideal k/latency) of one run."""
     recipe = RecipeConfig(size=size)
-    locations = [Location(cell_key=f"b{i:05d}", cell_id=f"cell {i}", year=2019,
-                          imagery_year=2019, lat=10 + i * 1e-3, lon=100 + i * 1e-3, label=1.0)
-                 for i in range(k * waves)]
+    locations = [
+        Location(
+            cell_key=f"b{i:05d}",
+            cell_id=f"cell {i}",
+            year=2019,
+            imagery_year=2019,
+            lat=10 + i * 1e-3,
+            lon=100 + i * 1e-3,
+            label=1.0,
+        )
+        for i in range(k * waves)
+    ]
     fake = FakeComputePixels([*recipe.channel_names, FALLBACK_BAND], size, latency_s=latency)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        report = download_locations(locations, out_dir=out, recipe=recipe, compute_pixels=fake,
-                                    config=DownloadConfig(concurrency=k, progress=False))
+        report = download_locations(
+            locations,
+            out_dir=out,
+            recipe=recipe,
+            compute_pixels=fake,
+            config=DownloadConfig(concurrency=k, progress=False),
+        )
         seconds = time.perf_counter() - start
     assert report.fetched == len(locations), report.summary()
     return len(locations) / seconds, k / latency
@@ -61,8 +75,10 @@ def main(args: argparse.Namespace) -> float:
     """Print achieved / ideal per concurrency; return the ratio at the largest ``k``."""
     ratio = 0.0
     with offline_ee():
-        print(f"fake computePixels latency {args.latency * 1000:.0f} ms, {args.size}x{args.size} "
-              f"patches, {args.waves} waves per k")
+        print(
+            f"fake computePixels latency {args.latency * 1000:.0f} ms, {args.size}x{args.size} "
+            f"patches, {args.waves} waves per k"
+        )
         print(f"{'k':>4} {'achieved/s':>11} {'ideal/s':>8} {'ratio':>6}")
         for k in sorted(args.k):
             achieved, ideal = measure(k, latency=args.latency, waves=args.waves, size=args.size)

@@ -60,8 +60,7 @@ def synthetic_shards(folder: Path, n_train: int, size: int) -> Path:
     sys.path.insert(0, str(project_root() / "tests"))
     from shards_factory import write_tiny_shards  # noqa: PLC0415
 
-    return write_tiny_shards(folder, sizes={"train": n_train, "val": 32}, size=size,
-                             shard_size=256)
+    return write_tiny_shards(folder, sizes={"train": n_train, "val": 32}, size=size, shard_size=256)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -86,33 +85,46 @@ def main(argv: list[str] | None = None) -> None:
         shards = args.shards or synthetic_shards(Path(tmp), args.n, args.size)
         dataset = ShardDataset(shards, "train", crop=args.crop, train=True, augment=True)
         print(f"{dataset}")
-        bare = min((bare_h5py_read(shards, "train") for _ in range(args.repeats)),
-                   key=lambda r: r[1])
+        bare = min(
+            (bare_h5py_read(shards, "train") for _ in range(args.repeats)), key=lambda r: r[1]
+        )
         bare_rate = bare[0] / bare[1]
         print(f"bare h5py read          : {bare_rate:8.0f} samples/s")
         for workers in sorted({0, args.workers}):
-            n, sec = min((loader_read(dataset, args.batch_size, workers)
-                          for _ in range(args.repeats)), key=lambda r: r[1])
-            print(f"ShardDataset {workers} workers  : {n / sec:8.0f} samples/s "
-                  f"-> ratio {n / sec / bare_rate:.2f} of bare h5py (goal >= 0.8 with 2)")
+            n, sec = min(
+                (loader_read(dataset, args.batch_size, workers) for _ in range(args.repeats)),
+                key=lambda r: r[1],
+            )
+            print(
+                f"ShardDataset {workers} workers  : {n / sec:8.0f} samples/s "
+                f"-> ratio {n / sec / bare_rate:.2f} of bare h5py (goal >= 0.8 with 2)"
+            )
 
         device = resolve_device(args.device)
         torch.manual_seed(0)
         model = build_model(args.model, dataset.num_channels).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loader = make_loader(dataset, batch_size=args.batch_size, shuffle=True,
-                             num_workers=args.workers, pin_memory=device.type == "cuda")
+        loader = make_loader(
+            dataset,
+            batch_size=args.batch_size,
+            shuffle=True,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+        )
         amp = device.type == "cuda"
         scaler = torch.amp.GradScaler(device.type, enabled=amp)
         loss = torch.nn.functional.mse_loss
         train_one_epoch(model, loader, loss, optimizer, device=device, scaler=scaler, amp=amp)
-        stats = train_one_epoch(model, loader, loss, optimizer, device=device, scaler=scaler,
-                                amp=amp)  # second epoch: warm
+        stats = train_one_epoch(
+            model, loader, loss, optimizer, device=device, scaler=scaler, amp=amp
+        )  # second epoch: warm
         step = stats["data_s"] + stats["compute_s"]
-        print(f"training ({args.model}, {device}, {args.workers} workers, batch "
-              f"{args.batch_size}): data wait {stats['data_s']:.2f} s, compute "
-              f"{stats['compute_s']:.2f} s -> data wait {100 * stats['data_s'] / step:.1f} % "
-              "of the step (goal < 10 % on GPU)")
+        print(
+            f"training ({args.model}, {device}, {args.workers} workers, batch "
+            f"{args.batch_size}): data wait {stats['data_s']:.2f} s, compute "
+            f"{stats['compute_s']:.2f} s -> data wait {100 * stats['data_s'] / step:.1f} % "
+            "of the step (goal < 10 % on GPU)"
+        )
 
 
 if __name__ == "__main__":

@@ -99,7 +99,10 @@ def finite_training_table(
         labels, bins, x = draw_places(cfg, n_train, np.random.default_rng([seed, 3, r]))
         for a in scores:
             model = HistGradientBoostingRegressor(
-                max_iter=200, learning_rate=0.05, max_leaf_nodes=15, min_samples_leaf=20,
+                max_iter=200,
+                learning_rate=0.05,
+                max_leaf_nodes=15,
+                min_samples_leaf=20,
                 random_state=r,
             ).fit(x, labels, sample_weight=_bin_weights(bins, a))
             mae, per_bin = _scores(model.predict(test_x), test_labels, test_bins)
@@ -109,11 +112,16 @@ def finite_training_table(
     for a, values in scores.items():
         v = np.array(values)
         change = 100 * (v / base - 1)
-        rows.append({
-            "a": a, "bmae": float(v[:, 0].mean()), "mae": float(v[:, 1].mean()),
-            "bmae_change": float(change[:, 0].mean()), "mae_change": float(change[:, 1].mean()),
-            "bmae_change_sd": float(change[:, 0].std()),
-        })
+        rows.append(
+            {
+                "a": a,
+                "bmae": float(v[:, 0].mean()),
+                "mae": float(v[:, 1].mean()),
+                "bmae_change": float(change[:, 0].mean()),
+                "mae_change": float(change[:, 1].mean()),
+                "bmae_change_sd": float(change[:, 0].std()),
+            }
+        )
     return rows
 
 
@@ -172,17 +180,22 @@ def spread_over_test_sets(
         base_bmae = np.nanmean(base_bins)
         for a in alphas:
             mae, per_bin = _scores(predictions[a][idx], labels[idx], bins[idx])
-            changes[a].append((100 * (np.nanmean(per_bin) / base_bmae - 1),
-                               100 * (mae / base_mae - 1)))
+            changes[a].append(
+                (100 * (np.nanmean(per_bin) / base_bmae - 1), 100 * (mae / base_mae - 1))
+            )
     rows = []
     for a, values in changes.items():
         v = np.array(values)
-        rows.append({
-            "a": a,
-            "bmae_change": float(v[:, 0].mean()), "bmae_change_sd": float(v[:, 0].std()),
-            "mae_change": float(v[:, 1].mean()), "mae_change_sd": float(v[:, 1].std()),
-            "goal_share": float(np.mean((v[:, 0] <= goal[0]) & (v[:, 1] <= goal[1]))),
-        })
+        rows.append(
+            {
+                "a": a,
+                "bmae_change": float(v[:, 0].mean()),
+                "bmae_change_sd": float(v[:, 0].std()),
+                "mae_change": float(v[:, 1].mean()),
+                "mae_change_sd": float(v[:, 1].std()),
+                "goal_share": float(np.mean((v[:, 0] <= goal[0]) & (v[:, 1] <= goal[1]))),
+            }
+        )
     return rows
 
 
@@ -192,45 +205,70 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scene-noise", type=float, default=world.scene_noise)
     p.add_argument("--tail-wealth", type=float, default=world.tail_wealth)
-    p.add_argument("--tail-noise", type=float, default=world.tail_noise,
-                   help="negative: the scene's own noise (the clearings show the scene's wealth)")
+    p.add_argument(
+        "--tail-noise",
+        type=float,
+        default=world.tail_noise,
+        help="negative: the scene's own noise (the clearings show the scene's wealth)",
+    )
     p.add_argument("--n", type=int, default=1_000_000)
-    p.add_argument("--train-size", type=int, default=None,
-                   help="also: the trade-off with a perfect reading of the scene but this many "
-                   "training labels (a 5,000-place run: 2940)")
-    p.add_argument("--test-size", type=int, default=980,
-                   help="places of one test split (a 5,000-place run: 980)")
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=None,
+        help="also: the trade-off with a perfect reading of the scene but this many "
+        "training labels (a 5,000-place run: 2940)",
+    )
+    p.add_argument(
+        "--test-size",
+        type=int,
+        default=980,
+        help="places of one test split (a 5,000-place run: 980)",
+    )
     args = p.parse_args(argv)
     tail_noise = None if args.tail_noise is None or args.tail_noise < 0 else args.tail_noise
-    cfg = WorldConfig(scene_noise=args.scene_noise, tail_wealth=args.tail_wealth,
-                      tail_noise=tail_noise)
+    cfg = WorldConfig(
+        scene_noise=args.scene_noise, tail_wealth=args.tail_wealth, tail_noise=tail_noise
+    )
     rows = ideal_table(cfg, n=args.n)
     l2 = rows[0]
-    print(f"scene_noise {cfg.scene_noise}, tail_wealth {cfg.tail_wealth}, tail_noise "
-          f"{cfg.tail_noise}; b-MAE / MAE of the ideal L2 model "
-          f"{l2['bmae']:.3f} / {l2['mae']:.3f} (ratio {l2['bmae'] / l2['mae']:.2f})")
+    print(
+        f"scene_noise {cfg.scene_noise}, tail_wealth {cfg.tail_wealth}, tail_noise "
+        f"{cfg.tail_noise}; b-MAE / MAE of the ideal L2 model "
+        f"{l2['bmae']:.3f} / {l2['mae']:.3f} (ratio {l2['bmae'] / l2['mae']:.2f})"
+    )
     print("| weights (1/share)^a | b-MAE | MAE | b-MAE vs L2 % | MAE vs L2 % | per-bin MAE |")
     print("|---|---:|---:|---:|---:|---|")
     for row in rows:
         per_bin = " ".join(f"{row[f'bin{b}']:.2f}" for b in range(1, 7))
-        print(f"| {'L2' if row['a'] == 0 else row['a']} | {row['bmae']:.3f} | {row['mae']:.3f} | "
-              f"{row['bmae_change']:+.1f} | {row['mae_change']:+.1f} | {per_bin} |")
-    print(f"\nthe same changes read on one test set of {args.test_size} random places "
-          "(500 test sets): mean, sd, share of test sets meeting -15 % at <= +10 % MAE")
+        print(
+            f"| {'L2' if row['a'] == 0 else row['a']} | {row['bmae']:.3f} | {row['mae']:.3f} | "
+            f"{row['bmae_change']:+.1f} | {row['mae_change']:+.1f} | {per_bin} |"
+        )
+    print(
+        f"\nthe same changes read on one test set of {args.test_size} random places "
+        "(500 test sets): mean, sd, share of test sets meeting -15 % at <= +10 % MAE"
+    )
     print("| a | b-MAE vs L2 % | sd | MAE vs L2 % | sd | share meeting the goal |")
     print("|---|---:|---:|---:|---:|---:|")
     for row in spread_over_test_sets(cfg, (0.5, 0.75, 1.0), n_test=args.test_size, n=args.n):
-        print(f"| {row['a']} | {row['bmae_change']:+.1f} | {row['bmae_change_sd']:.1f} | "
-              f"{row['mae_change']:+.1f} | {row['mae_change_sd']:.1f} | {row['goal_share']:.2f} |")
+        print(
+            f"| {row['a']} | {row['bmae_change']:+.1f} | {row['bmae_change_sd']:.1f} | "
+            f"{row['mae_change']:+.1f} | {row['mae_change_sd']:.1f} | {row['goal_share']:.2f} |"
+        )
     if args.train_size:
-        print(f"\na perfect reading of the scene, {args.train_size} training labels "
-              "(gradient boosting on the two scene numbers, 3 training sets, 200,000 test places)")
+        print(
+            f"\na perfect reading of the scene, {args.train_size} training labels "
+            "(gradient boosting on the two scene numbers, 3 training sets, 200,000 test places)"
+        )
         print("| weights (1/share)^a | b-MAE | MAE | b-MAE vs L2 % | sd | MAE vs L2 % |")
         print("|---|---:|---:|---:|---:|---:|")
         for row in finite_training_table(cfg, args.train_size):
-            print(f"| {'L2' if row['a'] == 0 else row['a']} | {row['bmae']:.3f} | "
-                  f"{row['mae']:.3f} | {row['bmae_change']:+.1f} | {row['bmae_change_sd']:.1f} | "
-                  f"{row['mae_change']:+.1f} |")
+            print(
+                f"| {'L2' if row['a'] == 0 else row['a']} | {row['bmae']:.3f} | "
+                f"{row['mae']:.3f} | {row['bmae_change']:+.1f} | {row['bmae_change_sd']:.1f} | "
+                f"{row['mae_change']:+.1f} |"
+            )
     return rows
 
 

@@ -44,15 +44,23 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--seeds", nargs="+", type=int, default=None, help="several seeds: means and spread"
     )
     p.add_argument(
-        "--calibration-alphas", nargs="*", type=float, default=list(DEFAULT_ALPHAS),
+        "--calibration-alphas",
+        nargs="*",
+        type=float,
+        default=list(DEFAULT_ALPHAS),
         help="balanced calibration after training, one row per a (none: no rows)",
     )
     p.add_argument(
-        "--calibrate", nargs="+", default=list(StudyConfig.calibrate),
+        "--calibrate",
+        nargs="+",
+        default=list(StudyConfig.calibrate),
         help="experiments whose predictions get the calibration rows",
     )
     p.add_argument(
-        "--split-seeds", nargs="+", type=int, default=None,
+        "--split-seeds",
+        nargs="+",
+        type=int,
+        default=None,
         help="re-split the places with each seed and run the study on every split "
         "(utils.repeated_splits; the run's own split seed reuses its shards)",
     )

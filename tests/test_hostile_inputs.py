@@ -171,6 +171,12 @@ def _bad_folder(root: Path) -> tuple[Path, Path]:
     (src / "map.png").write_bytes(b"\x89PNG")
     gzip_bomb(src / "zeros.tfrecord.gz", 16 << 20)
     (src / "empty.tfrecord.gz").write_bytes(b"")
+    bad_crc = flip_byte(frame_record(spread_records(1, first_seed=95)[0]), 30)
+    write_framed(src / "bad_crc.tfrecord.gz", [bad_crc])
+    with zipfile.ZipFile(src / "slip.zip", "w") as archive:
+        archive.writestr("../slip.tfrecord", b"never read")
+    with zipfile.ZipFile(src / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("big.tfrecord", bytes(100 << 20))  # 1000:1 past the ratio floor
     return src, secret
 
 
@@ -217,7 +223,11 @@ def test_links_and_special_files_are_listed_never_followed(tmp_path: Path) -> No
     assert (
         counts["ok"] + counts["quarantined"] + counts["skipped"] == len(entries) == report.entries
     )
-    assert sorted(rows.index) == sorted(p.relative_to(src).as_posix() for p in entries)
+    names = sorted(p.relative_to(src).as_posix() for p in entries)
+    assert sorted(name.split("!")[0] for name in rows.index) == names  # archives: their entry
+    assert rows.loc["bomb.zip!big.tfrecord", "reason"] == "oversized"
+    assert rows.loc["slip.zip!../slip.tfrecord", "reason"] == "unsafe_archive_entry"
+    assert rows.loc["bad_crc.tfrecord.gz", "reason"] == "unreadable"
     assert _snapshot(tmp_path, out) == before  # nothing written outside the output folder
 
     followed = run_split_and_batch(

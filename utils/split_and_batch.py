@@ -835,6 +835,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--label-range", type=float, nargs=2, default=list(d.label_range), metavar=("LOW", "HIGH")
     )
     parser.add_argument("--part-files", type=int, default=d.part_files)
+    parser.add_argument(
+        "--follow-links", action="store_true", help="read links that stay inside SRC"
+    )
+    parser.add_argument(
+        "--max-inflate-bytes", type=int, default=None, help="cap on one file (default: from size)"
+    )
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -855,6 +861,8 @@ def config_from_args(args: argparse.Namespace) -> SplitConfig:
         size=args.size,
         label_range=tuple(args.label_range),
         part_files=args.part_files,
+        follow_links=args.follow_links,
+        max_inflate_bytes=args.max_inflate_bytes,
         workers=args.workers,
         progress=not args.no_progress,
     )
