@@ -35,8 +35,10 @@ BAD = [
 
 def test_nodata_codes_are_missing_values(tmp_path: Path) -> None:
     path = _csv(tmp_path, BAD)
-    with pytest.raises(LabelsError, match="line 22: label -9999 is a nodata code"):
-        read_labels(path)
+    with warnings.catch_warnings():  # the warnings are checked below, with on_error="skip"
+        warnings.simplefilter("ignore")
+        with pytest.raises(LabelsError, match="line 22: label -9999 is a nodata code"):
+            read_labels(path)
     with pytest.warns(UserWarning) as caught:
         labels = read_labels(path, on_error="skip")
     assert "nodata" not in set(labels.frame["cell_id"]) and len(labels) == 23
@@ -57,7 +59,8 @@ def test_bounding_box_refuses_places_outside(tmp_path: Path) -> None:
     vietnam = PlausibilityRules(bbox=(102.0, 8.0, 110.0, 24.0))
     with pytest.raises(LabelsError, match=r"line 22: \(51.5, -0.1\) is outside the bounding box"):
         read_labels(path, plausibility=vietnam)
-    assert len(read_labels(path, plausibility=vietnam, on_error="skip")) == 20
+    with pytest.warns(UserWarning, match="skipping line 22"):
+        assert len(read_labels(path, plausibility=vietnam, on_error="skip")) == 20
 
 
 def test_robust_z_and_nearest_distance() -> None:
