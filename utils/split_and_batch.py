@@ -45,7 +45,7 @@ from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from utils import hdf5_schema as hs
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
 from utils.duplicates import mark_duplicates
-from utils.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
+from utils.input_tree import RECORD_SUFFIXES, Entry, file_kind, scan_inputs, skipped_kinds  # noqa: F401 (re-export)
 from utils.ownership import OutputFolder, guard_output
 from utils.paths import resolve
 from utils.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
@@ -93,7 +93,7 @@ BAND_LENGTH = "band_length"
 SIZE_MARK = "|size="
 STAGE = "split_and_batch"
 #: The files of the output folder's top level this stage writes (and may replace).
-OUTPUT_FILES: tuple[str, ...] = (hs.MANIFEST_FILE, hs.STATS_FILE, "report.json", DONE_FILE)
+OUTPUT_FILES: tuple[str, ...] = (hs.MANIFEST_FILE, hs.STATS_FILE, REPORT_FILE, DONE_FILE)
 #: Patch side assumed for the zip-entry cap while the size is not known yet (the
 #: default recipe's 225 px).
 DEFAULT_PATCH = 225
