@@ -74,3 +74,13 @@ def test_a_folder_an_earlier_version_made_is_adopted(tmp_path: Path) -> None:
     (old / "a_2019.tfrecord.gz").write_bytes(b"")
     assert OutputFolder.claim(old, "synthetic", ("world.json",)).stage == "synthetic"
     assert (old / ".owner.json").is_file()
+
+
+def test_explanations_refuse_a_foreign_folder(tmp_path: Path) -> None:
+    from visualization.explain import ExplainConfig, load_session  # noqa: PLC0415
+
+    cfg = ExplainConfig(run_dir=str(tmp_path / "run"))
+    cfg.paths.explain.mkdir(parents=True)
+    (cfg.paths.explain / "paper.pdf").write_bytes(b"%PDF")
+    with pytest.raises(ForeignFolderError, match="not made by explanations.*paper.pdf"):
+        load_session(cfg)
