@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from extract_GPS_images.label_checks import PlausibilityRules, check_plausible
 from utils.atomic import atomic_open
 
 #: Canonical column -> accepted header spellings (compared case-insensitively, with
@@ -138,6 +139,7 @@ def read_labels(
     imagery_year: int = FIRST_IMAGERY_YEAR,
     first_year: int = FIRST_IMAGERY_YEAR,
     last_year: int | None = None,
+    plausibility: PlausibilityRules | None = None,
 ) -> Labels:
     """Read and validate a labels.csv.
 
@@ -149,6 +151,8 @@ def read_labels(
         imagery_year: imagery year used for label years before ``first_year``.
         first_year: first year with a full year of Sentinel-2 / Dynamic World.
         last_year: last acceptable year (default: the current year).
+        plausibility: nodata codes, outlier and distance thresholds, bounding box
+            (:mod:`extract_GPS_images.label_checks`; defaults if ``None``).
 
     Returns:
         The validated :class:`Labels`.
@@ -216,6 +220,7 @@ def read_labels(
                 f"line {lines[i]}, column '{used[c]}': {v[i]} is outside [-{lim:g}, {lim:g}]"
             ),
         )
+    check_plausible(numbers, lines, problems, name, plausibility)  # nodata, (0, 0), outliers
     seen: dict[tuple[str, float], int] = {}
     for i, key in enumerate(zip(cell_ids, years, strict=True)):
         if key in seen and np.isfinite(key[1]):

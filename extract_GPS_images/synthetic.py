@@ -60,6 +60,7 @@ from extract_GPS_images import schema
 from extract_GPS_images.labels import Labels, LabelsError, read_labels, write_labels
 from extract_GPS_images.tfrecord import encode_example, sample_bands, write_tfrecord
 from utils.atomic import atomic_open, remove_stale_temporaries
+from utils.ownership import OutputFolder
 
 #: (lat_min, lat_max, lon_min, lon_max) of Vietnam.
 VIETNAM_BBOX: tuple[float, float, float, float] = (8.4, 23.4, 102.1, 109.5)
@@ -497,7 +498,7 @@ def generate_world(
     if cfg.size < 4:
         raise ValueError(f"size must be at least 4 pixels, got {cfg.size}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    OutputFolder.claim(out, "synthetic", ("world.json",))  # refuses a folder not its own
     remove_stale_temporaries(out)
     if labels is None:
         table = read_labels(invent_places(cfg)).frame

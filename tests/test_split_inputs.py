@@ -22,7 +22,7 @@ from extract_GPS_images.tfrecord import (
     write_tfrecord,
 )
 from utils import hdf5_schema as hs
-from utils.split_and_batch import SplitConfig, run_split_and_batch
+from utils.split_and_batch import InputError, SplitConfig, run_split_and_batch
 from utils.unzip import extract_archives
 from utils.validate_records import iter_records
 
@@ -248,14 +248,19 @@ def test_cli_twin(exports: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_a_folder_of_damaged_files_only_is_all_quarantined(tmp_path: Path) -> None:
+    """No valid record is an error, after the manifest says why each input failed."""
     src = tmp_path / "exports"
     src.mkdir()
     (src / "a.tfrecord.gz").write_bytes(b"")
     (src / "b.tfrecord.gz").write_bytes(gzip.compress(b"garbage" * 5))
-    report = run_split_and_batch(src, tmp_path / "out", SplitConfig(progress=False))
-    assert (report.inputs, report.ok, report.quarantined) == (2, 0, 2)
-    assert report.per_reason == {"unreadable": 1, "empty_file": 1}
-    assert report.shards == {"train": 0, "val": 0, "test": 0}
+    with pytest.raises(InputError, match="no valid record among the 2 inputs"):
+        run_split_and_batch(src, tmp_path / "out", SplitConfig(progress=False))
+    manifest = pd.read_csv(tmp_path / "out" / hs.MANIFEST_FILE)
+    assert dict(zip(manifest["file"], manifest["reason"], strict=True)) == {
+        "a.tfrecord.gz": "empty_file",
+        "b.tfrecord.gz": "unreadable",
+    }
+    assert not [p for s in hs.SPLITS for p in (tmp_path / "out").glob(f"{s}/*.h5")]
 
 
 @pytest.mark.parametrize("block", [1, 7, 1000, 1 << 24])
@@ -269,6 +274,7 @@ def test_records_read_alike_at_any_block_size(tmp_path: Path, monkeypatch, block
     members = tmp_path / "two.tfrecord.gz"  # two gzip members back to back
     members.write_bytes(gz.read_bytes() + gzip.compress(plain.read_bytes()))
     monkeypatch.setattr("utils.validate_records.READ_BLOCK", block)
+    monkeypatch.setattr("utils.validate_records.INFLATE_STEP", block)  # bounded inflate steps
     assert [bytes(r) for r in iter_records(gz)] == records
     assert [bytes(r) for r in iter_records(members)] == records * 2
     assert [bytes(r) for r in iter_records(plain)] == records

@@ -19,7 +19,7 @@ from extract_GPS_images.tfrecord import sample_bands, write_tfrecord
 from utils import example_wire
 from utils import hdf5_schema as hs
 from utils.dataloader import ShardDataset
-from utils.split_and_batch import SplitConfig, run_split_and_batch
+from utils.split_and_batch import InputError, SplitConfig, run_split_and_batch
 from utils.validate_records import RecordRules, iter_records, read_file
 
 SIZE = 8
@@ -249,11 +249,15 @@ def test_original_schema_file_without_year_in_its_name(tmp_path: Path):
     src.mkdir()
     write_tfrecord(src / "vietnam_2019_00001.tfrecord.gz", [original_record(1, 1.2, 10.5, 105.1)])
     write_tfrecord(src / "vietnam_2019_00002.tfrecord.gz", [original_record(2, 2.2, 11.5, 106.1)])
-    refused = run_split_and_batch(src, tmp_path / "a", SplitConfig(split="random", progress=False))
-    assert refused.per_reason == {"missing_band": 2}
-    assert "no year= was given" in manifest(tmp_path / "a")["detail"].iloc[0]
+    with pytest.raises(InputError, match="no valid record"):
+        run_split_and_batch(src, tmp_path / "a", SplitConfig(split="random", progress=False))
+    refused = manifest(tmp_path / "a")
+    assert refused["reason"].value_counts().to_dict() == {"missing_band": 2}
+    assert "no year= was given" in refused["detail"].iloc[0]
     report = run_split_and_batch(
-        src, tmp_path / "b", SplitConfig(split="random", year=2014, progress=False)
+        src,
+        tmp_path / "b",
+        SplitConfig(split="random", year=2014, ratios=(0.5, 0.5, 0), progress=False),
     )
     rows = manifest(tmp_path / "b")
     assert report.ok == 2 and set(rows["year"]) == {2014} and set(rows["imagery_year"]) == {2016}

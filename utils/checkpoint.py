@@ -22,6 +22,8 @@ from torch import nn
 from utils.atomic import atomic_path
 
 CHECKPOINT_VERSION = 1
+#: ``torch.save`` writes a zip archive (since torch 1.6).
+TORCH_MAGIC = b"PK\x03\x04"
 
 
 class CheckpointError(ValueError):
@@ -138,6 +140,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
+    _check_container(path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -145,9 +148,42 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"refusing {path}: it holds objects other than tensors and plain values "
             f"(torch.load(weights_only=True) failed: {str(err).splitlines()[0]})"
         ) from err
+    except (RuntimeError, EOFError, IndexError, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"{path} is truncated or damaged ({path.stat().st_size} bytes; torch.load: "
+            f"{(str(err).splitlines() or [type(err).__name__])[0]}); use another checkpoint "
+            "(best.pt / last.pt) or train again"
+        ) from err
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise CheckpointError(f"{path} is not a training checkpoint (no 'model' entry)")
     return checkpoint
+
+
+def _check_container(path: Path) -> None:
+    """Refuse an empty file, or one that is no ``torch.save`` zip archive."""
+    with open(path, "rb") as handle:
+        head = handle.read(len(TORCH_MAGIC))
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint (a copy cut short?)")
+    if head != TORCH_MAGIC:
+        raise CheckpointError(
+            f"{path} is not a checkpoint: not a torch.save archive (it starts with {head!r})"
+        )
+
+
+def load_weights(model: nn.Module, checkpoint: dict[str, Any], path: str | Path) -> None:
+    """``model.load_state_dict(checkpoint["model"])``, or a :class:`CheckpointError`
+    naming the file and both model specs when the weights belong to another model."""
+    try:
+        unwrap(model).load_state_dict(checkpoint["model"])
+    except RuntimeError as err:
+        stored = checkpoint.get("model_spec") or "no spec"
+        wanted = dict(getattr(unwrap(model), "spec", {})) or type(unwrap(model)).__name__
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{path} holds the weights of another model: checkpoint {stored} vs this run's "
+            f"{wanted} ({first})"
+        ) from err
 
 
 def load_model_from_checkpoint(
@@ -166,6 +202,6 @@ def load_model_from_checkpoint(
     if "name" not in spec:
         raise CheckpointError(f"{path} has no model spec; it was not written by save_checkpoint")
     model = build_model(spec["name"], spec["in_channels"], dropout=spec.get("dropout", 0.0))
-    model.load_state_dict(checkpoint["model"])
+    load_weights(model, checkpoint, path)
     model.to(map_location).eval()
     return model, checkpoint["config"]

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from extract_GPS_images.schema import DW_BAND, DW_CLASSES, NIGHT_LIGHTS_BAND, s2_channel_names
 from utils import hdf5_schema as hs
 from utils.paths import resolve
+from utils.shard_check import check_against_manifest, read_error
 
 DwMode = Literal["onehot", "channel", "none"]
 DW_MODES: tuple[str, ...] = ("onehot", "channel", "none")
@@ -135,17 +136,23 @@ class ShardDataset(Dataset):
         self.s2_names = resolve_channels(channels)
         lengths, shapes = [], set()
         for path in self.files:
-            with h5py.File(path, "r") as f:
-                lengths.append(int(f[hs.LABELS].shape[0]))
-                shapes.add(tuple(f[hs.DATA].shape[1:]))
-                file_bands = [
-                    b.decode() if isinstance(b, bytes) else str(b) for b in f.attrs[hs.ATTR_BANDS]
-                ]
-                if with_mask and hs.MASK not in f:
-                    raise ValueError(
-                        f"{path} holds no valid-pixel mask (written before masks were kept); "
-                        "re-run split_and_batch, or use with_mask=False"
-                    )
+            try:
+                with h5py.File(path, "r") as f:
+                    lengths.append(int(f[hs.LABELS].shape[0]))
+                    shapes.add(tuple(f[hs.DATA].shape[1:]))
+                    file_bands = [
+                        b.decode() if isinstance(b, bytes) else str(b)
+                        for b in f.attrs[hs.ATTR_BANDS]
+                    ]
+                    has_mask = hs.MASK in f
+            except (OSError, KeyError) as err:
+                raise read_error(path, err) from err
+            if with_mask and not has_mask:
+                raise ValueError(
+                    f"{path} holds no valid-pixel mask (written before masks were kept); "
+                    "re-run split_and_batch, or use with_mask=False"
+                )
+        check_against_manifest(self.shards_dir, split, self.files, lengths)
         if len(shapes) != 1:
             raise ValueError(f"shards of {split!r} differ in sample shape: {sorted(shapes)}")
         (self.source_channels, height, width) = shapes.pop()
@@ -250,7 +257,10 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         k, row = self.locate(int(index))
-        raw = self._file(k)[hs.DATA][row]
+        try:
+            raw = self._file(k)[hs.DATA][row]
+        except (OSError, KeyError, ValueError) as err:  # a damaged chunk or file
+            raise read_error(self.files[k], err, row) from err
         meta = self._meta[k]
         top, left = self._window()
         raw = raw[:, top : top + self.crop, left : left + self.crop].astype(np.float32)

@@ -16,7 +16,7 @@ from utils.atomic import atomic_open, atomic_path
 
 #: Why an input was quarantined (exact strings: the manifest, tests and report use them).
 REASONS: tuple[str, ...] = (
-    "unreadable",  # not a gzip TFRecord, CRC error, unparsable protobuf
+    "unreadable",  # not a gzip TFRecord, CRC mismatch, unparsable protobuf
     "empty_file",  # zero bytes
     "truncated",  # the gzip stream or a record ends early
     "missing_band",  # a band (or the year of an original-study file name) is absent
@@ -30,6 +30,10 @@ REASONS: tuple[str, ...] = (
     "bad_archive",  # a zip archive (or one of its entries) that cannot be read
     "mostly_nodata",  # valid-pixel share of the patch under min_valid
     "cloudy",  # clear share of the chosen scenes under min_clear
+    "oversized",  # a record, file or archive entry larger than its cap (a bomb)
+    "link",  # a symbolic link (refused unless followed and inside the input folder)
+    "special_file",  # a FIFO, socket or device: never opened
+    "duplicate",  # a second record of the same (cell key, year)
 )
 
 REASONS_FILE = "reasons.csv"

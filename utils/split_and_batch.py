@@ -24,10 +24,11 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from utils import hdf5_schema as hs
 from utils import record_quality as rq
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
+from utils.duplicates import mark_duplicates
+from utils.input_tree import RECORD_SUFFIXES, Entry, file_kind, scan_inputs, skipped_kinds  # noqa: F401 (re-export)
+from utils.ownership import OutputFolder, guard_output
 from utils.paths import resolve
 from utils.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.shard_writer import (
@@ -61,16 +65,19 @@ from utils.shard_writer import (
     write_shard_attrs,
 )
 from utils.spatial_split import MODES, assign_splits, check_ratios
-from utils.unzip import ARCHIVE_SUFFIX, extract_archives
+from utils.unzip import extract_archives
 from utils.validate_records import (
     RecordError,
+    RecordResult,
     RecordRules,
     infer_extra_channels,
     infer_size,
-    read_file,
+    inflate_cap,
+    iter_results,
 )
 
-RECORD_SUFFIXES: tuple[str, ...] = (".tfrecord", ".tfrecord.gz", ".tfrecords", ".tfrecords.gz")
+#: The manifest's reason of a skipped entry (a file that is no TFRecord or archive).
+SKIP_REASON = "not_an_input"
 EXTRACTED_DIR = "extracted"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = ".staging"
@@ -84,6 +91,16 @@ STAGING_VERSION = 4
 STAGED_MASK, STAGED_CLEAR = "mask_bits", "clear"
 REPORT_FILE = "report.json"
 DONE_FILE = ".split_and_batch.done"
+#: Staged rows' key holding a record's band length (for the patch size of the run).
+BAND_LENGTH = "band_length"
+#: Separates the fingerprint and the settled patch size in the staging stamp.
+SIZE_MARK = "|size="
+STAGE = "split_and_batch"
+#: The files of the output folder's top level this stage writes (and may replace).
+OUTPUT_FILES: tuple[str, ...] = (hs.MANIFEST_FILE, hs.STATS_FILE, REPORT_FILE, DONE_FILE)
+#: Patch side assumed for the zip-entry cap while the size is not known yet (the
+#: default recipe's 225 px).
+DEFAULT_PATCH = 225
 ATTR_FINGERPRINT = "run_fingerprint"
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "file",
@@ -129,6 +146,9 @@ class SplitConfig:
     min_clear: float = 0.0  # patches with a smaller clear share (mean of quarters): cloudy
     # optional channel groups kept after DW (("NL",): night lights); None: as the records
     extra_channels: tuple[str, ...] | None = None
+    check_crc: bool = True  # both masked CRC-32C of every TFRecord record
+    follow_links: bool = False  # read symbolic links whose target lies inside the source
+    max_inflate_bytes: int | None = None  # per input file; None: derived from the size
     part_files: int = 256  # input files per staging part (the unit of resumption)
     workers: int = 2  # reader threads (no effect on the result)
     progress: bool = True  # progress bars (no effect on the result)
@@ -165,7 +185,11 @@ class SplitReport:
     uncovered: list[list] = field(default_factory=list)
     n_blocks: int = 0
     seconds: float = 0.0
-    skipped: bool = False
+    skipped: bool = False  # nothing to do: the outputs were up to date
+    skipped_files: int = 0  # entries of other kinds (labels.csv, .png, ...), in the manifest
+    skipped_kinds: dict[str, int] = field(default_factory=dict)  # their count per suffix
+    entries: int = 0  # entries (non-folders) under the source folder
+    size_mix: dict[str, int] = field(default_factory=dict)  # records per patch size read
 
     @property
     def balanced(self) -> bool:
@@ -185,7 +209,15 @@ class SplitReport:
             "splits: "
             + ", ".join(f"{s} {n} ({self.shards[s]} shards)" for s, n in self.per_split.items()),
             "quarantine: " + (", ".join(f"{r} {n}" for r, n in self.per_reason.items()) or "none"),
+            f"skipped {self.skipped_files} file(s) of other kinds"
+            + (
+                f": {', '.join(f'{k} {n}' for k, n in self.skipped_kinds.items())}"
+                if self.skipped_kinds
+                else ""
+            ),
         ]
+        if len(self.size_mix) > 1:
+            lines.append(f"patch sizes read (records): {self.size_mix}; kept {self.size}")
         if self.uncovered:
             lines.append(f"label bins missing from a split: {self.uncovered}")
         return "\n".join(lines)
@@ -208,26 +240,44 @@ class InputFile:
 
 
 def _is_record_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(RECORD_SUFFIXES)
+    return path.is_file() and not path.is_symlink() and file_kind(path.name) == "record"
 
 
-def list_inputs(src: Path) -> tuple[list[Path], list[Path]]:
-    """Archives and record files under ``src`` (recursive, sorted)."""
-    files = sorted(p for p in src.rglob("*") if p.is_file())
-    archives = [p for p in files if p.name.lower().endswith(ARCHIVE_SUFFIX)]
-    return archives, [p for p in files if _is_record_file(p)]
+def list_inputs(src: Path, follow_links: bool = False) -> tuple[list[Path], list[Path]]:
+    """Archives and record files under ``src`` (recursive, sorted; see
+    :func:`utils.input_tree.scan_inputs` for links)."""
+    entries = scan_inputs(src, follow_links)
+    return [e.path for e in entries if e.kind == "archive"], [
+        e.path for e in entries if e.kind == "record"
+    ]
 
 
-def input_fingerprint(src: Path, files: Iterable[Path], cfg: SplitConfig) -> str:
-    """Hash of the config and each input's relative path, size and modification time."""
+def input_fingerprint(src: Path, entries: Iterable[Entry], cfg: SplitConfig) -> str:
+    """Hash of the config and each entry's name, kind, size and modification time (of
+    the entry itself: a link's own, never a special file's contents)."""
     identity = {**cfg.identity(), "staging_version": STAGING_VERSION}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(
-            f"{path.relative_to(src).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode()
-        )
+    for entry in entries:
+        stat = os.stat(entry.path, follow_symlinks=False)
+        digest.update(f"{entry.name}|{entry.kind}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+class InputError(ValueError):
+    """Inputs a run cannot be made of: no records at all, or an empty split."""
+
+
+def _entry_rows(entries: list[Entry]) -> list[dict]:
+    """Manifest rows of the entries that are not read: links and special files
+    (quarantined, nothing copied) and files of other kinds (skipped)."""
+    rows = []
+    for e in entries:
+        if e.kind in ("link", "special"):
+            reason = "link" if e.kind == "link" else "special_file"
+            rows.append(_quarantine_row(e.name, "", RecordError(reason, e.detail), ""))
+        elif e.kind == "other":
+            rows.append(_row(e.name, "", status="skipped", reason=SKIP_REASON, detail=e.detail))
+    return rows
 
 
 def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
@@ -252,7 +302,7 @@ def _row(file: str, record: int | str, **values) -> dict:
 
 
 def _quarantine_row(file: str, record: int | str, err: RecordError, kept: str) -> dict:
-    return _row(
+    row = _row(
         file,
         record,
         status="quarantined",
@@ -260,6 +310,9 @@ def _quarantine_row(file: str, record: int | str, err: RecordError, kept: str) -
         detail=err.detail,
         quarantine_file=kept,
     )
+    if err.band_length is not None:
+        row[BAND_LENGTH] = err.band_length
+    return row
 
 
 class _PartWorker:
@@ -275,22 +328,39 @@ class _PartWorker:
         self, item: InputFile
     ) -> tuple[list, list[SampleSummary], list[dict], list[tuple[np.ndarray, np.ndarray]]]:
         """Encoded chunks, summaries and (packed mask, clear shares) of the valid samples,
-        manifest rows of every record."""
-        result = read_file(item.path, self.rules)
-        single_bad = len(result.records) == 1 and result.records[0].sample is None
-        kept_file = (
-            keep_file(self.quarantine, item.name, item.path)
-            if result.file_error is not None or single_bad
-            else ""
-        )
+        manifest rows of every record.
+
+        Records stream through one at a time (an image is encoded, then dropped); a bad
+        record is written to the quarantine as it comes, except the first, held until a
+        second record shows the file holds more than one (a one-record file, or a file
+        that fails as a whole, is copied whole; an ``oversized`` one is not copied)."""
         rows: list[dict] = []
         chunks, summaries, qualities = [], [], []
-        for rec in result.records:
+        held: RecordResult | None = None  # the first bad record, until a second record
+        count = 0
+        for rec in iter_results(item.path, self.rules):
+            if rec.file_level and rec.reason == "oversized":  # a bomb: one input, not copied
+                for row in rows:
+                    if row["quarantine_file"]:
+                        (self.quarantine / row["quarantine_file"]).unlink(missing_ok=True)
+                return [], [], [_quarantine_row(item.name, "", _error(rec), "")], []
+            if rec.file_level:
+                kept = keep_file(self.quarantine, item.name, item.path)
+                if held is not None:
+                    rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
+                rows.append(_quarantine_row(item.name, rec.index, _error(rec), kept))
+                return chunks, summaries, rows, qualities
+            count += 1
+            if held is not None and count == 2:
+                kept = keep_bytes(self.quarantine, item.name, held.payload, held.index)
+                rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
+                held = None
             if rec.sample is None:
-                kept = kept_file or keep_bytes(self.quarantine, item.name, rec.payload, rec.index)
-                rows.append(
-                    _quarantine_row(item.name, rec.index, RecordError(rec.reason, rec.detail), kept)
-                )
+                if count == 1:
+                    held = rec
+                else:
+                    kept = keep_bytes(self.quarantine, item.name, rec.payload, rec.index)
+                    rows.append(_quarantine_row(item.name, rec.index, _error(rec), kept))
                 continue
             s = rec.sample
             chunks.append(self.codec.encode(s.image))
@@ -313,13 +383,19 @@ class _PartWorker:
                     longitude=s.longitude,
                     valid_share=round(float(s.mask.mean()), 4),
                     clear_share=round(rq.clear_share(s.clear), 4),
+                    **{BAND_LENGTH: rec.band_length},
                 )
             )
-        if result.file_error is not None:
-            rows.append(
-                _quarantine_row(item.name, len(result.records), result.file_error, kept_file)
-            )
+        if held is not None:  # a one-record file whose record is bad: keep the file
+            kept = keep_file(self.quarantine, item.name, item.path)
+            rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
         return chunks, summaries, rows, qualities
+
+
+def _error(rec: RecordResult) -> RecordError:
+    err = RecordError(rec.reason, rec.detail)
+    err.band_length = rec.band_length
+    return err
 
 
 def _chunks_path(part: Path) -> Path:
@@ -474,12 +550,142 @@ def _shard_done(path: Path, fingerprint: str) -> bool:
         return False
 
 
-def _clear_outputs(out: Path) -> None:
-    """Remove what an earlier run with other inputs or config left (never ``extracted/``)."""
-    for name in (*hs.SPLITS, QUARANTINE_DIR, STAGING_DIR):
-        shutil.rmtree(out / name, ignore_errors=True)
-    for name in (hs.MANIFEST_FILE, hs.STATS_FILE, REPORT_FILE, DONE_FILE):
-        (out / name).unlink(missing_ok=True)
+def _stage(
+    items: list[InputFile],
+    size: int,
+    extra: tuple[str, ...],
+    cfg: SplitConfig,
+    staging: Path,
+    quarantine: Path,
+) -> tuple[list[Path], ChunkCodec, RecordRules]:
+    """Pass 1: read, validate and stage ``items`` for patches of ``size`` pixels with the
+    optional channel groups ``extra``, one part per ``cfg.part_files`` inputs (finished
+    parts are kept)."""
+    codec = ChunkCodec(
+        (len(schema.image_band_names()) + len(extra), size, size),
+        cfg.dtype,
+        cfg.compression,
+        cfg.compression_level,
+        cfg.shuffle,
+    )
+    rules = RecordRules(
+        size,
+        cfg.label_range,
+        imagery_year_floor=cfg.imagery_year_floor,
+        year=cfg.year,
+        min_valid=cfg.min_valid,
+        min_clear=cfg.min_clear,
+        extra=extra,
+        check_crc=cfg.check_crc,
+        max_inflate_bytes=cfg.max_inflate_bytes,
+    )
+    worker = _PartWorker(rules, codec, quarantine)
+    groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
+    part_paths = [staging / f"part_{k:05d}.h5" for k in range(len(groups))]
+    with tqdm(total=len(items), desc="read + validate", disable=not cfg.progress) as bar:
+        for path, group in zip(part_paths, groups, strict=True):
+            if path.is_file():
+                bar.update(len(group))
+                continue
+            _write_part(path, group, worker, cfg.workers, bar)
+    return part_paths, codec, rules
+
+
+def _staged_rows(part_paths: list[Path]) -> list[dict]:
+    rows = []
+    for k, path in enumerate(part_paths):
+        with h5py.File(path, "r") as handle:
+            for text in handle["rows"].asstr()[:]:
+                rows.append({**json.loads(text), "part": k})
+    return rows
+
+
+def size_mix(rows: list[dict]) -> dict[int, int]:
+    """Records per band length (pixels of a band) among staged rows, most common first."""
+    lengths = Counter(int(r[BAND_LENGTH]) for r in rows if r.get(BAND_LENGTH) is not None)
+    return dict(lengths.most_common())
+
+
+def _size_text(length: int) -> str:
+    side = math.isqrt(length)
+    return f"{side}x{side}" if side * side == length else f"{length} values"
+
+
+def _staged_size(stamp: Path) -> int | None:
+    """The size an earlier pass settled on (kept in the staging stamp), if any."""
+    text = stamp.read_text() if stamp.is_file() else ""
+    return int(text.split(SIZE_MARK)[1]) if SIZE_MARK in text else None
+
+
+def _majority_size(mix: dict[int, int], src: Path) -> int | None:
+    """The patch side of more than half of the records, or ``None`` without records.
+
+    Raises:
+        InputError: no length holds a majority, or the most common is not a square.
+    """
+    if not mix:
+        return None
+    total = sum(mix.values())
+    length, count = next(iter(mix.items()))
+    text = ", ".join(f"{n} record(s) of {v} values" for v, n in mix.items())
+    if 2 * count <= total:
+        raise InputError(
+            f"the records under {src} disagree on the patch size without a clear majority "
+            f"({text}); give size= (the patch side in pixels)"
+        )
+    side = math.isqrt(length)
+    if side * side != length:
+        raise InputError(
+            f"most records hold {length} values per band, not a square patch; give size="
+        )
+    return side
+
+
+def _write_manifest(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Write ``manifest.csv`` (atomically); return the table written."""
+    table = manifest[list(MANIFEST_COLUMNS)]
+    with atomic_open(out / hs.MANIFEST_FILE) as handle:
+        table.to_csv(handle, index=False, lineterminator="\n")
+    return table
+
+
+def _refuse_duplicates(manifest: pd.DataFrame, part_paths: list[Path]) -> None:
+    """Quarantine all but the first ``ok`` row of each (cell key, year)."""
+    parts = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
+    try:
+        mark_duplicates(
+            manifest,
+            lambda i: parts[int(manifest.at[i, "part"])].chunk(int(manifest.at[i, "staged"])),
+        )
+    finally:
+        for part in parts.values():
+            part.close()
+
+
+def _refuse_empty_splits(manifest: pd.DataFrame, cfg: SplitConfig, out: Path) -> None:
+    """An empty split whose ratio is not 0 is an error (the manifest is written first)."""
+    counts = {s: int((manifest["split"] == s).sum()) for s in hs.SPLITS}
+    empty = [s for s, r in zip(hs.SPLITS, cfg.ratios, strict=True) if r > 0 and not counts[s]]
+    if empty:
+        _write_manifest(out, manifest)
+        raise InputError(
+            f"split(s) {empty} would be empty (samples per split: {counts}, ratios "
+            f"{list(cfg.ratios)}): give more places, a smaller block_km, or ratio 0 for them"
+        )
+
+
+def _kinds_text(entries: list[Entry]) -> str:
+    kinds = skipped_kinds(entries)
+    others = [e.kind for e in entries if e.kind in ("link", "special")]
+    parts = [f"{n} {k}" for k, n in kinds.items()] + [f"{others.count(k)} {k}" for k in set(others)]
+    return ", ".join(parts) or "none"
+
+
+def _inflate_cap(cfg: SplitConfig, size: int | None = None) -> int:
+    """What one input file (or archive entry) may inflate to under ``cfg``."""
+    if cfg.max_inflate_bytes is not None:
+        return cfg.max_inflate_bytes
+    return inflate_cap(size or cfg.size or DEFAULT_PATCH)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -513,8 +719,21 @@ def run_split_and_batch(
         )
     if out.resolve().is_relative_to(src.resolve()):
         raise ValueError(f"the output folder {out} may not lie inside the source folder {src}")
-    archives, record_files = list_inputs(src)
-    fingerprint = input_fingerprint(src, [*archives, *record_files], cfg)
+    entries = scan_inputs(src, cfg.follow_links)
+    if not any(e.kind in ("record", "archive") for e in entries):
+        raise InputError(
+            f"no TFRecord (.tfrecord[.gz]) or .zip under {src} ({len(entries)} entries: "
+            f"{_kinds_text(entries)}); give the folder the exports were written to"
+        )
+    with guard_output(out, STAGE, markers=(DONE_FILE, STAGING_DIR)) as owner:
+        return _convert(src, out, cfg, entries, owner, start)
+
+
+def _convert(
+    src: Path, out: Path, cfg: SplitConfig, entries: list[Entry], owner: OutputFolder, start: float
+) -> SplitReport:
+    """The body of :func:`run_split_and_batch`, under the output folder's lock."""
+    fingerprint = input_fingerprint(src, entries, cfg)
     done = out / DONE_FILE
     if done.is_file() and done.read_text() == fingerprint and (out / REPORT_FILE).is_file():
         report = SplitReport.load(out)
@@ -523,8 +742,9 @@ def run_split_and_batch(
 
     staging, quarantine = out / STAGING_DIR, out / QUARANTINE_DIR
     stamp = staging / "fingerprint"
-    if not (stamp.is_file() and stamp.read_text() == fingerprint):
-        _clear_outputs(out)
+    if not (stamp.is_file() and stamp.read_text().split(SIZE_MARK)[0] == fingerprint):
+        owner.remove_recorded(keep_dirs=[EXTRACTED_DIR])  # only what this stage wrote
+        owner.record(OUTPUT_FILES, (STAGING_DIR, QUARANTINE_DIR, EXTRACTED_DIR))
         staging.mkdir(parents=True)
         stamp.write_text(fingerprint)
     quarantine.mkdir(parents=True, exist_ok=True)
@@ -533,72 +753,61 @@ def run_split_and_batch(
             remove_stale_temporaries(folder)
 
     # 1. unzip
-    unzipped = extract_archives(src, out / EXTRACTED_DIR)
-    rows: list[dict] = []
+    unzipped = extract_archives(
+        src,
+        out / EXTRACTED_DIR,
+        _inflate_cap(cfg),
+        [(e.path, e.name) for e in entries if e.kind == "archive"],
+    )
+    rows: list[dict] = _entry_rows(entries)
     for problem in unzipped.problems:
         name = problem.archive.relative_to(out if problem.archive.is_relative_to(out) else src)
         name = name.as_posix() + (f"!{problem.entry}" if problem.entry else "")
-        if problem.payload is not None:
-            kept = keep_bytes(quarantine, name, problem.payload)
-        else:
-            kept = keep_file(quarantine, name, problem.archive) if not problem.entry else ""
+        kept = keep_file(quarantine, name, problem.archive) if not problem.entry else ""
         rows.append(_quarantine_row(name, "", RecordError(problem.reason, problem.detail), kept))
-    items = [InputFile(p.relative_to(src).as_posix(), p) for p in record_files]
-    for archive in unzipped.archives:
-        target = (
-            out / EXTRACTED_DIR / archive.relative_to(src).with_suffix("")
-            if archive.is_relative_to(src)
-            else archive.with_suffix("")
-        )
-        if target.is_dir():
-            items += [
-                InputFile(p.relative_to(out).as_posix(), p)
-                for p in sorted(target.rglob("*"))
-                if _is_record_file(p)
-            ]
+    items = [InputFile(e.name, e.path) for e in entries if e.kind == "record"]
+    foreign: set[str] = set()  # extracted files that are no record or archive
+    for target in unzipped.targets:
+        for p in sorted(target.rglob("*")) if target.is_dir() else []:
+            if _is_record_file(p):
+                items.append(InputFile(p.relative_to(out).as_posix(), p))
+            elif p.is_file() and file_kind(p.name) == "other":
+                foreign.add(p.relative_to(out).as_posix())
+    extracted = [Entry(n, out / n, "other") for n in sorted(foreign)]
+    rows += _entry_rows([Entry(e.name, e.path, e.kind, f"kind {e.file_kind}") for e in extracted])
     items = sorted(set(items), key=lambda item: item.name)
 
-    # 2. read, validate, stage
-    size = cfg.size or infer_size([i.path for i in items]) or 1  # 1: nothing is readable
+    # 2. read, validate, stage (again at the most common size, if the guess was wrong)
     extra = (
         tuple(cfg.extra_channels)
         if cfg.extra_channels is not None
         else infer_extra_channels([i.path for i in items])
     )
     band_names = [*schema.image_band_names(), *extra]
-    codec = ChunkCodec(
-        (len(band_names), size, size),
-        cfg.dtype,
-        cfg.compression,
-        cfg.compression_level,
-        cfg.shuffle,
-    )
-    rules = RecordRules(
-        size,
-        cfg.label_range,
-        imagery_year_floor=cfg.imagery_year_floor,
-        year=cfg.year,
-        min_valid=cfg.min_valid,
-        min_clear=cfg.min_clear,
-        extra=extra,
-    )
-    worker = _PartWorker(rules, codec, quarantine)
-    groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
-    part_paths = [staging / f"part_{k:05d}.h5" for k in range(len(groups))]
-    with tqdm(total=len(items), desc="read + validate", disable=not cfg.progress) as bar:
-        for path, group in zip(part_paths, groups, strict=True):
-            if path.is_file():
-                bar.update(len(group))
-                continue
-            _write_part(path, group, worker, cfg.workers, bar)
+    size = _staged_size(stamp) or cfg.size or infer_size([i.path for i in items]) or 1
+    while True:
+        part_paths, codec, rules = _stage(items, size, extra, cfg, staging, quarantine)
+        staged = _staged_rows(part_paths)
+        sizes = size_mix(staged)
+        best = cfg.size or _majority_size(sizes, src)
+        if best in (None, size):
+            break
+        for path in [*staging.glob("part_*"), *quarantine.iterdir()]:
+            path.unlink()
+        stamp.write_text(f"{fingerprint}{SIZE_MARK}{best}")
+        size = best
 
     # 3. split
-    for k, path in enumerate(part_paths):
-        with h5py.File(path, "r") as handle:
-            for text in handle["rows"].asstr()[:]:
-                rows.append({**json.loads(text), "part": k})
+    rows += staged
     manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "part", "staged"], dtype=object)
+    _refuse_duplicates(manifest, part_paths)
     ok = manifest[manifest["status"] == "ok"]
+    if ok.empty:
+        _write_manifest(out, manifest)
+        raise InputError(
+            f"no valid record among the {len(manifest)} inputs under {src}; the reasons "
+            f"are in {out / hs.MANIFEST_FILE}"
+        )
     result = assign_splits(
         ok[["cell_id", "latitude", "longitude", "label"]].astype(
             {"latitude": float, "longitude": float, "label": float}
@@ -610,6 +819,7 @@ def run_split_and_batch(
         n_bins=cfg.n_bins,
     )
     manifest.loc[ok.index, "split"] = result.split
+    _refuse_empty_splits(manifest, cfg, out)
 
     # 4. shards + train statistics
     stats = BandStats(band_names, rules.reflectance_range)
@@ -627,6 +837,7 @@ def run_split_and_batch(
                 path = out / split / hs.shard_name(split, j)
                 manifest.loc[chunk.index, "shard"] = f"{split}/{path.name}"
                 manifest.loc[chunk.index, "index_in_shard"] = np.arange(len(chunk))
+                owner.record([f"{split}/{path.name}"])
                 if not _shard_done(path, fingerprint):
                     _write_shard(
                         path,
@@ -644,9 +855,7 @@ def run_split_and_batch(
             handle.close()
 
     # 5. manifest, reasons, stats, report
-    table = manifest[list(MANIFEST_COLUMNS)]
-    with atomic_open(out / hs.MANIFEST_FILE) as handle:
-        table.to_csv(handle, index=False, lineterminator="\n")
+    table = _write_manifest(out, manifest)
     bad = table[table["status"] == "quarantined"]
     with atomic_open(quarantine / REASONS_FILE) as handle:
         bad[["file", "record", "reason", "detail", "quarantine_file"]].to_csv(
@@ -657,9 +866,13 @@ def run_split_and_batch(
     counts = bad["reason"].value_counts()
     report = SplitReport(
         out=str(out),
-        inputs=len(table),
+        inputs=len(ok) + len(bad),
         ok=len(ok),
         quarantined=len(bad),
+        skipped_files=int((table["status"] == "skipped").sum()),
+        skipped_kinds=skipped_kinds([*entries, *extracted]),
+        entries=len(entries),
+        size_mix={_size_text(v): n for v, n in sizes.items()},
         per_split={s: int((table["split"] == s).sum()) for s in hs.SPLITS},
         per_reason={r: int(counts[r]) for r in REASONS if r in counts},
         shards=shard_counts,
@@ -718,6 +931,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="quarantine patches with a smaller clear share (0: off)",
     )
     parser.add_argument("--part-files", type=int, default=d.part_files)
+    parser.add_argument(
+        "--follow-links", action="store_true", help="read links that stay inside SRC"
+    )
+    parser.add_argument(
+        "--max-inflate-bytes", type=int, default=None, help="cap on one file (default: from size)"
+    )
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -741,6 +960,8 @@ def config_from_args(args: argparse.Namespace) -> SplitConfig:
         min_valid=args.min_valid,
         min_clear=args.min_clear,
         part_files=args.part_files,
+        follow_links=args.follow_links,
+        max_inflate_bytes=args.max_inflate_bytes,
         workers=args.workers,
         progress=not args.no_progress,
     )

@@ -33,7 +33,7 @@ def counts_table(report: SplitReport) -> pd.DataFrame:
 def check_counts(shards_dir: str | Path) -> pd.DataFrame:
     """Check that the outputs account for every input.
 
-    * manifest rows = ok + quarantined, and each row has exactly one status;
+    * manifest rows = ok + quarantined + skipped, and each row has exactly one status;
     * the ok rows of each split = the samples in that split's shards;
     * no cell (location) in two splits.
 
@@ -46,11 +46,12 @@ def check_counts(shards_dir: str | Path) -> pd.DataFrame:
     manifest = read_manifest(shards_dir)
     ok = manifest[manifest["status"] == "ok"]
     bad = manifest[manifest["status"] == "quarantined"]
+    skipped = manifest[manifest["status"] == "skipped"]  # files of other kinds
     rows = [
         (
-            "ok + quarantined == inputs",
-            f"{len(ok)} + {len(bad)} == {len(manifest)}",
-            len(ok) + len(bad) == len(manifest),
+            "ok + quarantined + skipped == inputs",
+            f"{len(ok)} + {len(bad)} + {len(skipped)} == {len(manifest)}",
+            len(ok) + len(bad) + len(skipped) == len(manifest),
         )
     ]
     for split in hs.SPLITS:

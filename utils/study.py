@@ -37,11 +37,12 @@ from loss.weights import sample_weights
 from metrics import regression_report
 from utils.atomic import atomic_open
 from utils.calibration import BalancedCalibration
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, load_weights
 from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
 from utils.models import build_model
+from utils.ownership import OutputFolder
 from utils.paths import RunPaths
-from utils.train import TrainConfig, evaluate, fit, resolve_device
+from utils.train import TRAIN_MARKERS, TRAIN_STAGE, TrainConfig, evaluate, fit, resolve_device
 
 RESULT_FILE = "result.json"
 TEST_PREDICTIONS, VAL_PREDICTIONS = "predictions_test.csv", "predictions_val.csv"
@@ -319,7 +320,7 @@ def run_experiment(
     )
     seconds = time.perf_counter() - start
     device = resolve_device(cfg.device)
-    model.load_state_dict(load_checkpoint(fitted.best_checkpoint, device)["model"])
+    load_weights(model, load_checkpoint(fitted.best_checkpoint, device), fitted.best_checkpoint)
     test_loader = make_loader(datasets["test"], batch_size=cfg.batch_size, seed=cfg.seed)
     report, pred, target = evaluate(
         model.to(device),
@@ -428,6 +429,7 @@ def run_study(
             print(f"[{i}/{len(experiments)}] {experiment.name}: cached ({run_dir.name})")
         else:
             if force and run_dir.exists():  # a fresh run, not a resume of the old one
+                OutputFolder.claim(run_dir, TRAIN_STAGE, TRAIN_MARKERS)  # made by training
                 shutil.rmtree(run_dir)
             print(f"[{i}/{len(experiments)}] {experiment.name}: training", flush=True)
             result = run_experiment(experiment, cfg, run_dir, datasets)

@@ -39,9 +39,16 @@ from tqdm import tqdm
 
 from metrics import regression_report, scalar_metrics
 from utils.atomic import atomic_path
-from utils.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from utils.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
 from utils.dataloader import ShardDataset, build_datasets, make_loader
 from utils.models import build_model
+from utils.ownership import guard_output
 from utils.paths import RunPaths, resolve
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -49,6 +56,8 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
 }
 BEST_FILE, LAST_FILE, HISTORY_FILE, TB_DIR = "best.pt", "last.pt", "history.csv", "tensorboard"
+TRAIN_STAGE = "training"  # the owner of a training run folder (utils.ownership)
+TRAIN_MARKERS = (LAST_FILE, HISTORY_FILE)  # a folder an earlier version trained in
 #: Metric that picks the best checkpoint and drives early stopping (lower is better).
 SELECTION_METRIC = "val_bmae"
 
@@ -484,10 +493,12 @@ def fit(
         A :class:`FitResult`.
     """
     info, own_group = init_distributed(cfg.device)
+    out = Path(out_dir) if out_dir is not None else cfg.out_dir()
     try:
-        return _fit(
-            cfg, info, loss, sample_weights, sampler, sampler_weights, model, datasets, out_dir
-        )
+        with guard_output(out, TRAIN_STAGE, enabled=info.is_main, markers=TRAIN_MARKERS):
+            return _fit(
+                cfg, info, loss, sample_weights, sampler, sampler_weights, model, datasets, out
+            )
     finally:
         if own_group:
             dist.destroy_process_group()
@@ -547,7 +558,7 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     if cfg.resume and last_path.is_file():
         ckpt = load_checkpoint(last_path, map_location=device)
         _check_resumable(ckpt["config"], cfg, last_path)
-        unwrap(model).load_state_dict(ckpt["model"])
+        load_weights(model, ckpt, last_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         if "scaler" in ckpt:

@@ -31,6 +31,7 @@ and the coordinates on Earth. Otherwise it gets one reason of
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -46,6 +47,7 @@ from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from extract_GPS_images.labels import cell_key as make_cell_key
 from utils import record_quality as rq
+from utils.crc32c import masked_crc
 from utils.example_wire import ExampleDecodeError, decode_example
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -53,6 +55,18 @@ GZIP_MAGIC = b"\x1f\x8b"
 #: threads do in parallel; a fixed 1 MiB buffer per read did not scale), a larger one
 #: streams in blocks of this size.
 READ_BLOCK = 16 << 20
+#: Most bytes one inflate call may return: a bomb inflates in steps of this size, so
+#: memory stays bounded whatever the stream expands to.
+INFLATE_STEP = 64 << 20
+#: Features of a record (30 canonical bands, with room for a few more) and the bytes of
+#: its headers, for the default caps derived from the patch size.
+RECORD_BANDS = 32
+RECORD_OVERHEAD = 4 << 10
+#: Generous bound on the records of one file (Earth Engine table exports hold many
+#: places): the default inflate cap of a file is this many records of the patch size.
+RECORDS_PER_FILE = 4096
+#: Patch side assumed for the record-length cap while the patch size is not yet known.
+MAX_PATCH = 1024
 #: Plausible label/imagery years (Landsat era to far future): outside is out_of_range.
 YEAR_RANGE: tuple[int, int] = (1980, 2100)
 LATITUDE_RANGE: tuple[float, float] = (-90.0, 90.0)
@@ -85,6 +99,7 @@ class RecordError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.band_length: int | None = None  # a wrong_size record's band length
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,41 @@ class RecordRules:
     extra: tuple[str, ...] = ()  # optional channel groups after DW (``NL``: night lights)
     min_valid: float = 0.0  # valid-pixel share under which a patch is mostly_nodata
     min_clear: float = 0.0  # clear share (mean over quarters) under which it is cloudy
+    check_crc: bool = True  # both masked CRC-32C of every record
+    max_inflate_bytes: int | None = None  # per file; None: inflate_cap(size)
+
+    @property
+    def limits(self) -> ReadLimits:
+        """The read limits these rules imply."""
+        return ReadLimits.for_size(self.size, self.max_inflate_bytes, self.check_crc)
+
+
+def record_bytes(size: int) -> int:
+    """Bytes of one record of a ``size`` x ``size`` patch (with room for extra bands)."""
+    return RECORD_BANDS * size * size * 4 + RECORD_OVERHEAD
+
+
+def inflate_cap(size: int, records_per_file: int = RECORDS_PER_FILE) -> int:
+    """Default cap on what one file may inflate to: ``records_per_file`` records."""
+    return records_per_file * record_bytes(size)
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much one file may hold: a record's declared length (twice a record of the
+    patch size) and the whole inflated stream; and whether the CRCs are checked."""
+
+    max_record_bytes: int = 2 * record_bytes(MAX_PATCH)
+    max_inflate_bytes: int = inflate_cap(MAX_PATCH)
+    check_crc: bool = True
+
+    @classmethod
+    def for_size(
+        cls, size: int, max_inflate_bytes: int | None = None, check_crc: bool = True
+    ) -> ReadLimits:
+        """Limits for patches of ``size`` pixels (``max_inflate_bytes`` overrides the cap)."""
+        cap = max_inflate_bytes if max_inflate_bytes is not None else inflate_cap(size)
+        return cls(min(2 * record_bytes(size), cap), cap, check_crc)
 
 
 @dataclass
@@ -132,6 +182,8 @@ class RecordResult:
     reason: str = ""
     detail: str = ""
     payload: bytes | None = None  # raw bytes of a rejected record
+    file_level: bool = False  # a file-level error: reading stopped before this record
+    band_length: int | None = None  # values per band (valid and wrong_size records)
 
 
 @dataclass
@@ -145,52 +197,104 @@ class FileResult:
 # ---------------------------------------------------------------------------- reading
 
 
-def _gzip_blocks(handle, block_size: int) -> Iterator[bytes]:
-    """Inflate a (possibly multi-member) gzip stream block by block (ISA-L: the same
-    deflate format as zlib at about twice its speed)."""
+def _gzip_blocks(handle, block_size: int, cap: int) -> Iterator[bytes]:
+    """Inflate a (possibly multi-member) gzip stream in steps of at most
+    :data:`INFLATE_STEP` bytes (ISA-L: the same deflate format as zlib at about twice
+    its speed), stopping with ``oversized`` once more than ``cap`` bytes came out."""
     inflater = isal_zlib.decompressobj(31)
-    while block := handle.read(block_size):
-        while block:
-            yield inflater.decompress(block)
-            block = b""
-            if inflater.eof and inflater.unused_data:  # another gzip member follows
-                block = inflater.unused_data
+    total = 0
+    while data := handle.read(block_size):
+        while data:
+            if total > cap:  # checked after the records before it were framed
+                raise RecordError(
+                    "oversized",
+                    f"inflates to more than {cap} bytes (max_inflate_bytes; stopped after "
+                    f"{handle.tell()} compressed bytes)",
+                )
+            out = inflater.decompress(data, min(INFLATE_STEP, cap + 1 - total))
+            data = inflater.unconsumed_tail
+            if inflater.eof and not data and inflater.unused_data:  # another member follows
+                data = inflater.unused_data
                 inflater = isal_zlib.decompressobj(31)
+            total += len(out)
+            if out:
+                yield out
     if not inflater.eof:
         raise RecordError("truncated", "the gzip stream ends before its end marker")
 
 
-def _frame(data: bytes | bytearray, start: int) -> tuple[int, int, int] | None:
+def _frame(
+    data: bytes | bytearray, start: int, limits: ReadLimits, index: int
+) -> tuple[int, int, int] | None:
     """``(payload start, payload end, record end)`` of the record at ``start``, or
-    ``None`` when ``data`` ends before it does."""
+    ``None`` when ``data`` ends before it does. The length is trusted only when its
+    CRC matches (so garbage stops at once) and it is within ``limits``."""
     if len(data) - start < 12:
         return None
     (length,) = struct.unpack_from("<Q", data, start)
-    if length > (1 << 34):
-        raise RecordError("unreadable", f"implausible record length {length}")
+    if limits.check_crc:
+        (stored,) = struct.unpack_from("<I", data, start + 8)
+        computed = masked_crc(memoryview(data)[start : start + 8])
+        if stored != computed:
+            raise RecordError(
+                "unreadable",
+                f"record {index}: length CRC mismatch (stored {stored:#010x}, computed "
+                f"{computed:#010x}); the rest of the file cannot be framed",
+            )
+    if length > limits.max_record_bytes:
+        reason = "oversized" if limits.check_crc else "unreadable"
+        raise RecordError(
+            reason,
+            f"record {index} declares {length} bytes, more than the {limits.max_record_bytes} "
+            "a record of this patch size may hold",
+        )
     end = start + 12 + length + 4
     return (start + 12, start + 12 + length, end) if end <= len(data) else None
 
 
-def iter_records(path: str | Path) -> Iterator[bytes | memoryview]:
-    """Yield the serialised records of a TFRecord file (gzip or uncompressed), streaming.
+def _payload_problem(data: bytes | bytearray, where: tuple[int, int, int], index: int) -> str:
+    """``""`` when the payload's CRC matches, else the detail of the mismatch."""
+    (stored,) = struct.unpack_from("<I", data, where[1])
+    computed = masked_crc(memoryview(data)[where[0] : where[1]])
+    if stored == computed:
+        return ""
+    return (
+        f"record {index}: payload CRC mismatch (stored {stored:#010x}, computed {computed:#010x})"
+    )
+
+
+def iter_frames(
+    path: str | Path, limits: ReadLimits | None = None
+) -> Iterator[tuple[bytes | memoryview, str]]:
+    """Yield ``(record, crc_problem)`` for each record of a TFRecord file (gzip or
+    uncompressed), streaming; ``crc_problem`` is ``""`` or names the failed payload CRC
+    (the record is then still framed, so the next ones are read).
 
     Records that lie inside one inflated block come as zero-copy ``memoryview`` slices of
-    it, the rare one cut by a block boundary as ``bytes``.
+    it, the rare one cut by a block boundary as ``bytes``. Memory stays within a few
+    blocks and one record, whatever the file inflates to.
 
     Raises:
-        RecordError: ``empty_file``, ``truncated`` (gzip stream or record cut short) or
-            ``unreadable`` (not a TFRecord, corrupt gzip data).
+        RecordError: ``empty_file``, ``truncated`` (gzip stream or record cut short),
+            ``unreadable`` (not a TFRecord, length CRC mismatch, corrupt gzip data) or
+            ``oversized`` (a record or the inflated file over ``limits``).
     """
-    path = Path(path)
+    path, limits = Path(path), limits or ReadLimits()
+    index = 0
     with open(path, "rb") as handle:
         head = handle.read(2)
         if not head:
             raise RecordError("empty_file", "the file holds 0 bytes")
         handle.seek(0)
-        block_size = max(1, min(READ_BLOCK, os.fstat(handle.fileno()).st_size))
+        size = os.fstat(handle.fileno()).st_size
+        block_size = max(1, min(READ_BLOCK, size))
+        if head != GZIP_MAGIC and size > limits.max_inflate_bytes:
+            raise RecordError(
+                "oversized",
+                f"{size} bytes, more than {limits.max_inflate_bytes} (max_inflate_bytes)",
+            )
         blocks = (
-            _gzip_blocks(handle, block_size)
+            _gzip_blocks(handle, block_size, limits.max_inflate_bytes)
             if head == GZIP_MAGIC
             else iter(lambda: handle.read(block_size), b"")
         )
@@ -200,15 +304,19 @@ def iter_records(path: str | Path) -> Iterator[bytes | memoryview]:
                 pos = 0
                 if pending:
                     pending += block
-                    while (where := _frame(pending, pos)) is not None:
-                        yield bytes(pending[where[0] : where[1]])
-                        pos = where[2]
+                    while (where := _frame(pending, pos, limits, index)) is not None:
+                        problem = (
+                            _payload_problem(pending, where, index) if limits.check_crc else ""
+                        )
+                        yield bytes(pending[where[0] : where[1]]), problem
+                        pos, index = where[2], index + 1
                     del pending[:pos]
                     continue
                 view = memoryview(block)
-                while (where := _frame(block, pos)) is not None:
-                    yield view[where[0] : where[1]]
-                    pos = where[2]
+                while (where := _frame(block, pos, limits, index)) is not None:
+                    problem = _payload_problem(block, where, index) if limits.check_crc else ""
+                    yield view[where[0] : where[1]], problem
+                    pos, index = where[2], index + 1
                 pending += view[pos:]
         except isal_zlib.error as err:
             raise RecordError("unreadable", f"corrupt gzip data ({err})") from None
@@ -216,6 +324,20 @@ def iter_records(path: str | Path) -> Iterator[bytes | memoryview]:
             raise RecordError(
                 "truncated", f"the last record is cut short ({len(pending)} bytes left)"
             )
+
+
+def iter_records(
+    path: str | Path, limits: ReadLimits | None = None
+) -> Iterator[bytes | memoryview]:
+    """Yield the serialised records of a TFRecord file (see :func:`iter_frames`).
+
+    Raises:
+        RecordError: as :func:`iter_frames`, and ``unreadable`` at a payload CRC mismatch.
+    """
+    for record, problem in iter_frames(path, limits):
+        if problem:
+            raise RecordError("unreadable", problem)
+        yield record
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -313,10 +435,12 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
         if floats[k].size != pixels and not (k in scalars and floats[k].size == 1)
     ]
     if wrong:
-        raise RecordError(
+        err = RecordError(
             "wrong_size",
             f"expected {pixels} values ({rules.size}x{rules.size}): {', '.join(wrong)}",
         )
+        err.band_length = int(floats[IMAGE_BANDS[0]].size)  # for the run's patch size
+        raise err
     image = np.empty((len(channels), pixels), np.float32)
     for row, k in zip(image.view(np.uint8), channels, strict=True):
         row[:] = floats[k].view(np.uint8)  # byte copy: wire floats are often unaligned
@@ -504,29 +628,70 @@ def infer_extra_channels(paths: list[Path], limit: int = 32) -> tuple[str, ...]:
     return ()
 
 
-def read_file(path: Path, rules: RecordRules) -> FileResult:
-    """Read and validate every record of one file; a file-level error stops reading
-    and is kept in ``FileResult.file_error`` (records read before it are kept)."""
-    result = FileResult()
+def iter_results(path: Path, rules: RecordRules) -> Iterator[RecordResult]:
+    """Read and validate the records of one file, one :class:`RecordResult` at a time
+    (so a caller can drop each image before the next is read). A file-level error that
+    stops reading comes last, as a result with ``file_level`` set and the index of the
+    record after the last one read; a file without records gives ``empty_file``. A file
+    of many places: a file name names none of them, so its records keyed by the file
+    name are keyed by their coordinates instead (a single record keeps the file's key)."""
+    results = _iter_file_results(path, rules)
+    first = next(results, None)
+    second = next(results, None) if first is not None else None
+    if second is None or second.file_level:
+        yield from (r for r in (first, second) if r is not None)
+        return
+    for rec in itertools.chain((first, second), results):
+        s = rec.sample
+        if s is not None and s.key_from_name:
+            s.cell_id = f"{s.latitude:.6f},{s.longitude:.6f}"
+            s.cell_key, s.key_from_name = make_cell_key(s.cell_id), False
+        yield rec
+
+
+def _iter_file_results(path: Path, rules: RecordRules) -> Iterator[RecordResult]:
+    """The records of one file as read, each validated (see :func:`iter_results`)."""
+    count = 0
     try:
-        for index, serialized in enumerate(iter_records(path)):
-            try:
-                sample = decode_record(serialized, rules, path.name)
-                result.records.append(RecordResult(index, sample))
-            except RecordError as err:
-                result.records.append(
-                    RecordResult(index, None, err.reason, err.detail, payload=bytes(serialized))
-                )
+        for serialized, problem in iter_frames(path, rules.limits):
+            if problem:
+                yield RecordResult(count, None, "unreadable", problem, bytes(serialized))
+            else:
+                try:
+                    sample = decode_record(serialized, rules, path.name)
+                    yield RecordResult(count, sample, band_length=rules.size * rules.size)
+                except RecordError as err:
+                    yield RecordResult(
+                        count,
+                        None,
+                        err.reason,
+                        err.detail,
+                        bytes(serialized),
+                        False,
+                        err.band_length,
+                    )
+            count += 1
     except RecordError as err:
-        result.file_error = err
+        yield RecordResult(count, None, err.reason, err.detail, file_level=True)
+        return
     except OSError as err:
-        result.file_error = RecordError("unreadable", f"cannot read the file ({err})")
-    if len(result.records) > 1:  # many places: a file name names none of them
-        for rec in result.records:
-            if rec.sample is not None and rec.sample.key_from_name:
-                s = rec.sample
-                s.cell_id = f"{s.latitude:.6f},{s.longitude:.6f}"
-                s.cell_key, s.key_from_name = make_cell_key(s.cell_id), False
-    if not result.records and result.file_error is None:
-        result.file_error = RecordError("empty_file", "a valid TFRecord file holding no record")
+        yield RecordResult(
+            count, None, "unreadable", f"cannot read the file ({err})", file_level=True
+        )
+        return
+    if count == 0:
+        yield RecordResult(
+            0, None, "empty_file", "a valid TFRecord file holding no record", file_level=True
+        )
+
+
+def read_file(path: Path, rules: RecordRules) -> FileResult:
+    """Read and validate every record of one file into memory (see
+    :func:`iter_results`; a file-level error is kept in ``FileResult.file_error``)."""
+    result = FileResult()
+    for rec in iter_results(path, rules):
+        if rec.file_level:
+            result.file_error = RecordError(rec.reason, rec.detail)
+        else:
+            result.records.append(rec)
     return result

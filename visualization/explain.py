@@ -23,6 +23,7 @@ from extract_GPS_images.schema import DW_BAND
 from metrics import bin_edges, bin_index
 from utils.atomic import atomic_open
 from utils.hdf5_schema import read_stats
+from utils.ownership import OutputFolder
 from utils.paths import RunPaths, resolve
 from visualization import baselines as bl
 from visualization import heatmaps as hm
@@ -37,6 +38,8 @@ from visualization.lots import (
 
 #: Experiment of ``main.ipynb`` whose best checkpoint is explained by default.
 BASELINE_EXPERIMENT = "l2_baseline"
+#: Files only the explanations stage writes (an earlier version's folder is adopted).
+EXPLAIN_MARKERS: tuple[str, ...] = ("config.json", "pushes.csv", "faithfulness.csv")
 #: Names of the two LOTS pushes, in plotting order.
 PUSHES: tuple[str, ...] = ("poorer", "richer")
 
@@ -191,6 +194,7 @@ def load_session(
     """
     from utils.dataloader import ShardDataset  # noqa: PLC0415
 
+    OutputFolder.claim(cfg.paths.explain, "explanations", EXPLAIN_MARKERS)  # refuses foreign
     checkpoint = Path("<given model>")
     if model is None:
         from utils.checkpoint import load_model_from_checkpoint  # noqa: PLC0415
