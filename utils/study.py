@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from loss import get_loss
 from loss.fds import FDS, FDSModel
-from loss.weights import sample_weights
+from loss.weights import WEIGHTS_VERSION, sample_weights
 from metrics import regression_report
 from utils.atomic import atomic_open
 from utils.calibration import BalancedCalibration
@@ -100,9 +100,9 @@ def default_experiments(alphas: Sequence[float] = DEFAULT_ALPHAS) -> list[Experi
     """The study of the original work plus the balanced-regression literature.
 
     L2 (the baseline), L3, KDE-weighted L2 and KDE resampling at each ``alpha`` (the
-    original study), LDS-weighted L2 (square-root inverse of the smoothed histogram,
-    Yang et al. 2021), focal-R (L1), Balanced MSE BMC and BNI (Ren et al. 2022) and
-    DenseLoss (Steininger et al. 2021).
+    original study), LDS-weighted L2 (DIR's ``sqrt_inv`` LDS, Yang et al. 2021),
+    focal-R (L1), Balanced MSE BMC and BNI (Ren et al. 2022) and DenseLoss
+    (Steininger et al. 2021).
     """
     experiments = [Experiment("L2"), Experiment("L3", loss="l3")]
     experiments += [Experiment(f"weighted L2 a={a:g}", weighting="kde", alpha=a) for a in alphas]
@@ -256,6 +256,8 @@ def experiment_key(experiment: Experiment, cfg: TrainConfig, data: str) -> str:
     """Cache key: a hash of the experiment, the result-relevant config and the data."""
     config = {k: v for k, v in cfg.to_dict().items() if k not in NON_RESULT_FIELDS}
     payload = {"experiment": asdict(experiment), "train": config, "data": data}
+    if experiment.weighting != "none" or experiment.loss == "dense":
+        payload["weights_version"] = WEIGHTS_VERSION  # cached runs of older definitions are stale
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
