@@ -512,10 +512,12 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
         val_ds, batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed,
         pin_memory=pin,
     )
-    model = model or build_model(
-        cfg.model, train_ds.num_channels, pretrained_path=cfg.pretrained_path,
-        dropout=cfg.dropout, band_names=train_ds.band_names,
-    )
+    if model is None:
+        torch.manual_seed(cfg.seed)  # the initial weights of utils.study's runs, too
+        model = build_model(
+            cfg.model, train_ds.num_channels, pretrained_path=cfg.pretrained_path,
+            dropout=cfg.dropout, band_names=train_ds.band_names,
+        )
     model.to(device)
     loss_fn = _resolve_loss(cfg, loss)
     loss_module = loss_fn if isinstance(loss_fn, nn.Module) else None
@@ -570,6 +572,9 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     for epoch in epochs:
         t0 = time.perf_counter()
         train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+        # in-process draws (augmentation without workers, dropout) per epoch from the seed
+        # alone, whatever ran before (a study's model building, another data path)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         _reseed_sampler(train_loader.sampler, cfg.seed, epoch)
         lr = optimizer.param_groups[0]["lr"]
         train = train_one_epoch(
