@@ -148,3 +148,11 @@ def test_study_with_the_selection_option_on_tiny_shards(tmp_path: Path) -> None:
         cfg.out_dir(),
     )
     assert bool(again["cached"][0]) and again["steps"][0] == outputs.results["steps"][0]
+
+
+def test_cli_twin_takes_the_selection_option() -> None:
+    from bench.study import config_from_args, get_args_parser
+
+    args = get_args_parser().parse_args(["--select-mae-within", "0.1"])
+    assert config_from_args(args).select_mae_within == 0.1
+    assert config_from_args(get_args_parser().parse_args([])).select_mae_within is None
