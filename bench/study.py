@@ -64,6 +64,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="re-split the places with each seed and run the study on every split "
         "(utils.repeated_splits; the run's own split seed reuses its shards)",
     )
+    p.add_argument(
+        "--select-mae-within",
+        type=float,
+        default=None,
+        help="keep the lowest val b-MAE among epochs within this share of the best val MAE "
+        "(e.g. 0.1; default: lowest val b-MAE)",
+    )
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out-name", default="study", help="folder under <run-dir>/train")
     p.add_argument("--force", action="store_true", help="re-run cached experiments")
@@ -102,6 +109,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         seeds=tuple(args.seeds or ()),
         calibration_alphas=tuple(args.calibration_alphas),
         calibrate=tuple(args.calibrate),
+        select_mae_within=args.select_mae_within,
         train=train,
     )
 

@@ -1,10 +1,12 @@
 """DenseLoss (Steininger et al. 2021, "Density-based weighting for imbalanced regression").
 
 A cost-sensitive MSE whose weight is a function of the target value: DenseWeight,
-``w(y) = max(1 - a p'(y), eps)`` with ``p'`` the min-max normalised KDE density of
-the training labels (:func:`loss.weights.fit_label_weights`, ``method="denseweight"``).
-The fitted weight curve is stored as buffers (it travels in checkpoints) and is
-evaluated on each batch's targets, so no sample indices are needed.
+``w(y) = max(1 - a p'(y), eps)`` with ``p'`` the KDE density of the training labels
+min-max normalised over the KDE grid, fitted by the authors' package ``denseweight``
+(:func:`loss.weights.fit_label_weights`, ``method="denseweight"``). The fitted weight
+of each grid point is stored as buffers (it travels in checkpoints) and looked up for
+each batch's targets at the grid point at or below them, as the package does, so no
+sample indices are needed.
 """
 
 from __future__ import annotations
@@ -17,25 +19,14 @@ from loss.regression import flatten_pair, weighted_mean
 from loss.weights import fit_label_weights
 
 
-def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
-    """``numpy.interp`` for tensors: linear in ``[xp[0], xp[-1]]``, constant outside."""
-    if xp.numel() == 1:
-        return fp.expand_as(x).clone()
-    x = x.clamp(xp[0], xp[-1])
-    right = torch.searchsorted(xp, x.contiguous()).clamp(1, xp.numel() - 1)
-    left = right - 1
-    frac = (x - xp[left]) / (xp[right] - xp[left])
-    return fp[left] + frac * (fp[right] - fp[left])
-
-
 class DenseLoss(nn.Module):
     """DenseLoss: ``mean(w(y) * (p - y)^2)``, DenseWeight ``w`` (Steininger et al. 2021).
 
     Args:
         train_labels: the training labels the density is estimated on.
         alpha: DenseWeight's ``a`` (0 = plain MSE).
-        eps: the smallest weight.
-        bandwidth: KDE bandwidth (None = Silverman).
+        eps: the smallest weight (the package's default, 1e-6).
+        bandwidth: the package's KDE bandwidth (None = Silverman's rule, its default).
     """
 
     def __init__(
@@ -53,8 +44,9 @@ class DenseLoss(nn.Module):
         self.register_buffer("grid_weights", torch.tensor(fitted.values, dtype=torch.float32))
 
     def label_weights(self, target: Tensor) -> Tensor:
-        """DenseWeight of each target value."""
-        return interp(target.reshape(-1).to(self.grid.dtype), self.grid, self.grid_weights)
+        """DenseWeight of each target value (the weight of the grid point at or below it)."""
+        index = torch.bucketize(target.reshape(-1).to(self.grid.dtype), self.grid, right=True)
+        return self.grid_weights[(index - 1).clamp(0, self.grid.numel() - 1)]
 
     def forward(self, pred: Tensor, target: Tensor, weights: Tensor | None = None) -> Tensor:
         pred, target = flatten_pair(pred, target)

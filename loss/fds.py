@@ -6,7 +6,14 @@ network computes before its regression head, smooths them across neighbouring bi
 the same kernel window as LDS (:func:`loss.weights.kernel_window`), and during training
 re-colours each feature with the smoothed statistics of its label's bin:
 
-``z' = (z - mu_b) * sqrt(v~_b / v_b) + mu~_b``.
+``z' = (z - mu_b) * sqrt(clip(v~_b / v_b, 0.1, 10)) + mu~_b``.
+
+As DIR's code (``YyzHarry/imbalanced-regression`` ``fds.py``, ``utils.py``
+``calibrate_mean_var``): the variance is the unbiased one (``n - 1``; 0 for a bin seen
+once), the variance ratio is clipped to ``[0.1, 10]``, and a dimension whose variance is
+zero (a bin seen once, a ReLU unit that is zero throughout a bin) is left unchanged, as
+is a whole bin whose variances sum to under 1e-10. DIR's defaults: Gaussian window of 5
+bins, sigma 2, momentum 0.9.
 
 Rare bins thus borrow feature statistics from their neighbours. The statistics are
 registered buffers (saved in checkpoints); they are updated once per epoch from the
@@ -33,6 +40,7 @@ class FDS(nn.Module):
         bins: number of label bins.
         kernel, sigma, window: the smoothing window over bins (as for LDS).
         momentum: weight of the previous running statistics at each epoch update.
+        clip: the range of the variance ratio ``v~ / v`` (DIR's ``[0.1, 10]``).
         start_update: first epoch whose features update the statistics.
         start_smooth: first epoch whose training features are calibrated.
     """
@@ -48,6 +56,7 @@ class FDS(nn.Module):
         momentum: float = 0.9,
         start_update: int = 0,
         start_smooth: int = 1,
+        clip: tuple[float, float] = (0.1, 10.0),
     ) -> None:
         super().__init__()
         low, high = value_range
@@ -57,6 +66,7 @@ class FDS(nn.Module):
             raise ValueError(f"FDS kernel window {window} too wide for {bins} bins")
         self.feature_dim, self.bins, self.momentum = feature_dim, bins, momentum
         self.start_update, self.start_smooth = start_update, start_smooth
+        self.clip = clip
         self.register_buffer("edges", torch.linspace(low, high, bins + 1))
         self.register_buffer(
             "kernel", torch.tensor(kernel_window(kernel, sigma=sigma, window=window)).float()
@@ -67,9 +77,9 @@ class FDS(nn.Module):
         self.register_buffer("smoothed_mean", zeros.clone())
         self.register_buffer("smoothed_var", torch.ones(bins, feature_dim))
         self.register_buffer("seen", torch.zeros(bins, dtype=torch.bool))
-        # accumulators of the current epoch
-        self.register_buffer("acc_sum", zeros.clone())
-        self.register_buffer("acc_sq", zeros.clone())
+        # accumulators of the current epoch (float64: the variance is a difference of sums)
+        self.register_buffer("acc_sum", zeros.double())
+        self.register_buffer("acc_sq", zeros.double())
         self.register_buffer("acc_count", torch.zeros(bins))
         self.register_buffer("epoch", torch.tensor(0))
 
@@ -84,7 +94,7 @@ class FDS(nn.Module):
         if int(self.epoch) < self.start_update:
             return
         index = self.bin_of(labels)
-        feats = features.detach().float().reshape(len(index), -1)
+        feats = features.detach().double().reshape(len(index), -1)
         self.acc_sum.index_add_(0, index, feats)
         self.acc_sq.index_add_(0, index, feats**2)
         self.acc_count.index_add_(0, index, torch.ones_like(index, dtype=torch.float32))
@@ -96,7 +106,9 @@ class FDS(nn.Module):
         if have.any():
             count = self.acc_count[have, None]
             mean = self.acc_sum[have] / count
-            var = (self.acc_sq[have] / count - mean**2).clamp_min(0)
+            # unbiased, as DIR's torch.var; a bin seen once has variance 0
+            var = ((self.acc_sq[have] - count * mean**2) / (count - 1).clamp_min(1)).clamp_min(0)
+            mean, var = mean.float(), var.float()
             fresh = have & ~self.seen
             old = have & self.seen
             self.running_mean[fresh] = mean[fresh[have]]
@@ -126,9 +138,13 @@ class FDS(nn.Module):
         index = self.bin_of(labels)
         shape = features.shape
         z = features.reshape(len(index), -1)
-        factor = torch.sqrt(self.smoothed_var[index] / self.running_var[index].clamp_min(1e-10))
+        var = self.running_var[index]
+        ratio = self.smoothed_var[index] / torch.where(var > 0, var, torch.ones_like(var))
+        factor = torch.sqrt(ratio.clamp(*self.clip))
         calibrated = (z - self.running_mean[index]) * factor + self.smoothed_mean[index]
-        z = torch.where(self.seen[index][:, None], calibrated.to(z.dtype), z)
+        # zero-variance dimensions, and bins without variance at all, stay as they are
+        change = self.seen[index][:, None] & (var > 0) & (var.sum(1, keepdim=True) >= 1e-10)
+        z = torch.where(change, calibrated.to(z.dtype), z)
         return z.reshape(shape)
 
 

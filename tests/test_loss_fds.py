@@ -1,4 +1,4 @@
-"""FDS: per-bin statistics, kernel smoothing over bins, calibration, buffers."""
+"""FDS: per-bin statistics as DIR's fds.py, kernel smoothing over bins, calibration, buffers."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_update_computes_bin_statistics_and_smooths_them() -> None:
     for b in range(10):
         in_bin = features.numpy()[index == b]
         np.testing.assert_allclose(fds.running_mean[b].numpy(), in_bin.mean(0), rtol=1e-4)
-        np.testing.assert_allclose(fds.running_var[b].numpy(), in_bin.var(0), rtol=1e-3)
+        np.testing.assert_allclose(fds.running_var[b].numpy(), in_bin.var(0, ddof=1), rtol=1e-3)
     window = kernel_window("gaussian", sigma=1.0, window=3)
     expected = convolve1d(fds.running_mean.numpy(), window, axis=0, mode="mirror")
     np.testing.assert_allclose(fds.smoothed_mean.numpy(), expected, rtol=1e-5)
@@ -53,6 +53,50 @@ def test_calibration_formula_and_identity_cases() -> None:
     torch.testing.assert_close(out, torch.tensor([[3.0, 2.0], [5.0, 6.0]]))
     fds.eval()
     torch.testing.assert_close(fds(z, torch.tensor([0.5, 1.5])), z)
+
+
+def _dir_calibrate(z: np.ndarray, m1, v1, m2, v2) -> np.ndarray:
+    """DIR's calibrate_mean_var, written out: a bin without variance unchanged, a
+    zero-variance dimension unchanged, else (z - m1) sqrt(clip(v2 / v1, .1, 10)) + m2."""
+    if v1.sum() < 1e-10:
+        return z.copy()
+    out = z.copy()
+    for d in range(z.shape[1]):
+        if v1[d] != 0:
+            out[:, d] = (z[:, d] - m1[d]) * np.sqrt(np.clip(v2[d] / v1[d], 0.1, 10)) + m2[d]
+    return out
+
+
+def test_zero_variance_bins_and_dimensions_are_left_unchanged() -> None:
+    # bin 0 seen once (3.48 was multiplied by ~1e4 before), bin 1: feature 0 zero
+    # throughout (a ReLU unit), bin 2: an ordinary bin whose ratio exceeds the clip
+    labels = torch.tensor([0.5, 1.2, 1.5, 1.8, 2.1, 2.4, 2.7])
+    features = torch.tensor(
+        [[3.48, 1.0], [0.0, 1.0], [0.0, 2.0], [0.0, 4.0], [5.0, 0.0], [5.1, 9.0], [4.9, 30.0]]
+    )
+    fds = FDS(2, (0.0, 3.0), bins=3, window=3, sigma=1.0, start_smooth=0)
+    fds.accumulate(features, labels)
+    fds.update(epoch=0)
+    np.testing.assert_allclose(fds.running_var[0].numpy(), [0.0, 0.0], atol=1e-7)
+    np.testing.assert_allclose(fds.running_var[1, 1].item(), 7 / 3, rtol=1e-6)  # n - 1
+    fds.train()
+    out = fds(features, labels).numpy()
+    np.testing.assert_allclose(out[0], [3.48, 1.0], rtol=1e-6)  # unchanged
+    np.testing.assert_allclose(out[1:4, 0], 0.0, atol=1e-7)
+    stats = [t.numpy().astype(np.float64) for t in (fds.running_mean, fds.running_var)]
+    smooth = [t.numpy().astype(np.float64) for t in (fds.smoothed_mean, fds.smoothed_var)]
+    for b, rows in ((0, [0]), (1, [1, 2, 3]), (2, [4, 5, 6])):
+        expected = _dir_calibrate(
+            features.numpy()[rows].astype(np.float64),
+            stats[0][b],
+            stats[1][b],
+            smooth[0][b],
+            smooth[1][b],
+        )
+        np.testing.assert_allclose(out[rows], expected, rtol=1e-5, atol=1e-5)
+    assert np.all(np.abs(out) < 100)
+    ratio = smooth[1][1, 0] / max(stats[1][1, 0], 1e-30)
+    assert stats[1][1, 0] == 0 and ratio > 10  # the dimension the clip alone would not save
 
 
 class Tiny(nn.Module):

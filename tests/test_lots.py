@@ -245,3 +245,28 @@ def test_anneal_shrinks_the_step_after_an_overshoot(model, data) -> None:
     assert annealed.distances[:, -1].mean() < 0.5 * fixed.distances[:, -1].mean()
     with pytest.raises(ValueError, match="anneal"):
         lots(model, x, target, lower=lower, upper=upper, anneal=0.0)
+
+
+def test_growing_step_reaches_pushes_the_fixed_step_leaves_at_the_cap(model, data) -> None:
+    x, lower, upper = data
+    target = push_target(model, x, 0.1, "output")
+    kw = dict(layer="output", lower=lower, upper=upper, step=1 / 255, iterations=40, rtol=0.01)
+    fixed = lots(model, x, target, **kw)
+    grown = lots(model, x, target, grow=1.2, **kw)
+    assert fixed.converged.float().mean() < 0.5  # the fixed step is too short for 40 steps
+    assert grown.converged.float().mean() >= 0.9
+    # a converged push reached the planned change within rtol, and no pixel moved more
+    # than max_gain steps in one iteration
+    final = grown.predictions[torch.arange(len(x)), grown.iterations]
+    reached = (final - target.prediction) * target.direction >= -0.01 * 0.1 - 1e-6
+    assert bool(reached[grown.converged].all())
+    one = lots(model, x, target, grow=1.2, max_gain=2.0, **{**kw, "iterations": 1})
+    step_c = (upper - lower).view(1, -1, 1, 1) / 255
+    assert bool(
+        (
+            (one.x_adv - x.clamp(lower.view(1, -1, 1, 1), upper.view(1, -1, 1, 1))).abs()
+            <= step_c * 1.0001
+        ).all()
+    )  # no growth before a step has been judged
+    with pytest.raises(ValueError, match="grow"):
+        lots(model, x, target, lower=lower, upper=upper, grow=0.9)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -33,7 +35,7 @@ from tqdm.auto import tqdm
 
 from loss import get_loss
 from loss.fds import FDS, FDSModel
-from loss.weights import sample_weights
+from loss.weights import WEIGHTS_VERSION, sample_weights
 from metrics import regression_report
 from utils.atomic import atomic_open
 from utils.calibration import BalancedCalibration
@@ -42,6 +44,7 @@ from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
 from utils.models import build_model
 from utils.ownership import OutputFolder
 from utils.paths import RunPaths
+from utils.selection import run_problems
 from utils.train import TRAIN_MARKERS, TRAIN_STAGE, TrainConfig, evaluate, fit, resolve_device
 
 RESULT_FILE = "result.json"
@@ -101,9 +104,9 @@ def default_experiments(alphas: Sequence[float] = DEFAULT_ALPHAS) -> list[Experi
     """The study of the original work plus the balanced-regression literature.
 
     L2 (the baseline), L3, KDE-weighted L2 and KDE resampling at each ``alpha`` (the
-    original study), LDS-weighted L2 (square-root inverse of the smoothed histogram,
-    Yang et al. 2021), focal-R (L1), Balanced MSE BMC and BNI (Ren et al. 2022) and
-    DenseLoss (Steininger et al. 2021).
+    original study), LDS-weighted L2 (DIR's ``sqrt_inv`` LDS, Yang et al. 2021),
+    focal-R (L1), Balanced MSE BMC and BNI (Ren et al. 2022) and DenseLoss
+    (Steininger et al. 2021).
     """
     experiments = [Experiment("L2"), Experiment("L3", loss="l3")]
     experiments += [Experiment(f"weighted L2 a={a:g}", weighting="kde", alpha=a) for a in alphas]
@@ -257,6 +260,8 @@ def experiment_key(experiment: Experiment, cfg: TrainConfig, data: str) -> str:
     """Cache key: a hash of the experiment, the result-relevant config and the data."""
     config = {k: v for k, v in cfg.to_dict().items() if k not in NON_RESULT_FIELDS}
     payload = {"experiment": asdict(experiment), "train": config, "data": data}
+    if experiment.weighting != "none" or experiment.loss == "dense":
+        payload["weights_version"] = WEIGHTS_VERSION  # cached runs of older definitions are stale
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -342,6 +347,8 @@ def run_experiment(
         "epochs": len(fitted.history),
         "train_seconds": seconds,
         "weights_max": float(weights.max()) if weights is not None else 1.0,
+        "steps": len(fitted.history) * math.ceil(len(train) / cfg.batch_size),
+        "val_r2": float(fitted.best.get("val_r2", float("nan"))),
         "test": _json_ready(report),
     }
     with atomic_open(out / RESULT_FILE) as handle:
@@ -447,6 +454,8 @@ def run_study(
                 "bin_edges": test["bin_edges"],
                 "bin_counts": test["bin_counts"],
                 "best_epoch": result["best_epoch"],
+                "val_r2": result.get("val_r2", float("nan")),
+                "steps": result.get("steps", float("nan")),
                 "train_seconds": result["train_seconds"],
                 "cached": cached,
                 "dir": str(run_dir),
@@ -519,8 +528,10 @@ def results_table(
 
     Returns:
         Columns ``method``, b-MAE, MAE, RMSE, R^2, many/medium/few-shot MAE, and
-        ``b-MAE vs L2`` / ``MAE vs L2`` (relative change, %), ``best epoch``
-        (and ``b-MAE vs L2 % sd``, ``seeds`` for several seeds).
+        ``b-MAE vs L2`` / ``MAE vs L2`` (relative change, %), ``best epoch``,
+        ``val R2`` (of the kept epoch), ``steps`` (optimizer steps), ``warnings``
+        (:func:`utils.selection.run_problems` marks: too few steps, negative test or
+        validation R^2) (and ``b-MAE vs L2 % sd``, ``seeds`` for several seeds).
     """
     seeds = results["seed"].nunique() if "seed" in results else 1
     if seeds > 1:
@@ -536,6 +547,10 @@ def results_table(
         table["seeds"] = seeds
     else:
         table = _seed_table(results, baseline)
+    table["warnings"] = [  # over several seeds: of the means
+        ", ".join(run_problems(steps=st, test_r2=r2, val_r2=v))
+        for st, r2, v in zip(table["steps"], table["R2"], table["val R2"], strict=True)
+    ]
     if out_dir is not None:
         out = Path(out_dir)
         with atomic_open(out / "results.csv") as handle:
@@ -564,6 +579,8 @@ def _seed_table(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
         table[f"b-MAE vs {baseline} %"] = 100 * (table["b-MAE"] / float(base["bmae"]) - 1)
         table[f"MAE vs {baseline} %"] = 100 * (table["MAE"] / float(base["mae"]) - 1)
     table["best epoch"] = results["best_epoch"].astype(int).to_numpy()
+    for key, label in (("val_r2", "val R2"), ("steps", "steps")):
+        table[label] = results[key].astype(float).to_numpy() if key in results else np.nan
     return table
 
 
@@ -651,6 +668,8 @@ class StudyConfig:
             in the study are skipped): L2, and KDE-weighted L2 at a = 1, whose model
             calibrated back is the decoupled method (features learnt with balanced
             weights, values re-balanced on validation; README, "Results").
+        select_mae_within: the epoch each run keeps (``TrainConfig.select_mae_within``;
+            None: ``train``'s, whose default is the lowest validation b-MAE).
         train: the shared training config (model, epochs, seed, device, ...).
     """
 
@@ -664,6 +683,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = ()
     calibration_alphas: tuple[float, ...] = DEFAULT_ALPHAS
     calibrate: tuple[str, ...] = ("L2", "weighted L2 a=1")
+    select_mae_within: float | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def out_dir(self) -> Path:
@@ -684,12 +704,15 @@ class StudyOutputs:
     table_csv: Path
     table_md: Path
     per_bin_png: Path
+    warnings: list[str] = field(default_factory=list)
 
 
 def study(cfg: StudyConfig) -> StudyOutputs:
     """Run the study of ``cfg`` (cached runs reused), write the table and the plot."""
     out = cfg.out_dir()
     train_cfg = replace(cfg.train, run_dir=cfg.run_dir)
+    if cfg.select_mae_within is not None:
+        train_cfg = replace(train_cfg, select_mae_within=cfg.select_mae_within)
     datasets, train_cfg = study_datasets(train_cfg, cfg.cache_data)  # read once for all seeds
     runs = [
         run_study(
@@ -709,9 +732,23 @@ def study(cfg: StudyConfig) -> StudyOutputs:
     results = pd.concat([results, *calibrated], ignore_index=True)
     table = results_table(results, out, baseline=cfg.baseline)
     per_bin_plot(results, out / "per_bin_mae.png")
+    found = study_warnings(table)
+    for message in found:
+        warnings.warn(message, stacklevel=2)
     return StudyOutputs(
-        results, table, out / "results.csv", out / "results.md", out / "per_bin_mae.png"
+        results, table, out / "results.csv", out / "results.md", out / "per_bin_mae.png", found
     )
+
+
+def study_warnings(table: pd.DataFrame) -> list[str]:
+    """One message per problem of each row of a :func:`results_table` (what to raise)."""
+    return [
+        f"{method}: {advice}"
+        for method, st, r2, v in zip(
+            table["method"], table["steps"], table["R2"], table["val R2"], strict=True
+        )
+        for advice in run_problems(steps=st, test_r2=r2, val_r2=v).values()
+    ]
 
 
 def _json_ready(report: dict[str, Any]) -> dict[str, Any]:

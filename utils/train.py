@@ -25,6 +25,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -50,6 +51,7 @@ from utils.dataloader import ShardDataset, build_datasets, make_loader
 from utils.models import build_model
 from utils.ownership import guard_output
 from utils.paths import RunPaths, resolve
+from utils.selection import run_problems, select_epoch
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -83,6 +85,9 @@ class TrainConfig:
         grad_clip: max gradient norm (None: no clipping).
         amp: mixed precision on GPU (ignored on CPU).
         early_stopping: stop after this many epochs without a better val b-MAE (0: off).
+        select_mae_within: None keeps the epoch of lowest val b-MAE (the original's);
+            a share ``x`` keeps the lowest val b-MAE among the epochs whose val MAE is
+            within ``x`` (0.1 = 10 %) of the best val MAE (:mod:`utils.selection`).
         seed: seed of everything (weights, data order, augmentation).
         deterministic: deterministic algorithms (warn-only where none exists).
         num_workers: DataLoader workers.
@@ -113,6 +118,7 @@ class TrainConfig:
     grad_clip: float | None = 5.0
     amp: bool = True
     early_stopping: int = 0
+    select_mae_within: float | None = None
     seed: int = 0
     deterministic: bool = True
     num_workers: int = 0
@@ -461,6 +467,21 @@ def _check_resumable(stored: dict[str, Any], cfg: TrainConfig, path: Path) -> No
         )
 
 
+def _keep_candidates(
+    out: Path, epoch: int, candidates: set[int], restore: int | None, state: dict[str, Any]
+) -> None:
+    """Checkpoints of the epochs :func:`select_epoch` may still choose
+    (``candidate_e<N>.pt``); ``restore``: the earlier one that becomes ``best.pt``."""
+    if epoch in candidates:
+        save_checkpoint(out / f"candidate_e{epoch}.pt", epoch=epoch, **state)
+    if restore is not None:
+        with atomic_path(out / BEST_FILE) as tmp:
+            tmp.write_bytes((out / f"candidate_e{restore}.pt").read_bytes())
+    for path in out.glob("candidate_e*.pt"):
+        if int(path.stem.removeprefix("candidate_e")) not in candidates:
+            path.unlink()
+
+
 # --- fit -----------------------------------------------------------------------------------
 def fit(
     cfg: TrainConfig,
@@ -534,13 +555,15 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
         seed=cfg.seed,
         pin_memory=pin,
     )
-    model = model or build_model(
-        cfg.model,
-        train_ds.num_channels,
-        pretrained_path=cfg.pretrained_path,
-        dropout=cfg.dropout,
-        band_names=train_ds.band_names,
-    )
+    if model is None:
+        torch.manual_seed(cfg.seed)  # the initial weights of utils.study's runs, too
+        model = build_model(
+            cfg.model,
+            train_ds.num_channels,
+            pretrained_path=cfg.pretrained_path,
+            dropout=cfg.dropout,
+            band_names=train_ds.band_names,
+        )
     model.to(device)
     loss_fn = _resolve_loss(cfg, loss)
     loss_module = loss_fn if isinstance(loss_fn, nn.Module) else None
@@ -602,6 +625,9 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     for epoch in epochs:
         t0 = time.perf_counter()
         train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+        # in-process draws (augmentation without workers, dropout) per epoch from the seed
+        # alone, whatever ran before (a study's model building, another data path)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
         _reseed_sampler(train_loader.sampler, cfg.seed, epoch)
         lr = optimizer.param_groups[0]["lr"]
         train = train_one_epoch(
@@ -656,11 +682,11 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
             }
         )
         history.append(row)
-        improved = row[SELECTION_METRIC] < best_bmae
-        if improved:
-            best_bmae, best_row, stale = row[SELECTION_METRIC], dict(row), 0
-        else:
-            stale += 1
+        chosen, candidates = select_epoch(history, cfg.select_mae_within)
+        improved = chosen == epoch + 1
+        moved = not improved and chosen != best_row.get("epoch")  # back to a kept candidate
+        best_row = dict(next(r for r in history if r["epoch"] == chosen))
+        best_bmae, stale = best_row[SELECTION_METRIC], epoch + 1 - chosen
         stop = bool(cfg.early_stopping and stale >= cfg.early_stopping)
         if info.is_main:
             extra = {
@@ -681,6 +707,8 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
             }
             if improved:
                 save_checkpoint(best_path, epoch=epoch + 1, **state)
+            if cfg.select_mae_within is not None:
+                _keep_candidates(out, epoch + 1, candidates, chosen if moved else None, state)
             save_checkpoint(last_path, epoch=epoch + 1, **state)
             _write_history(out / HISTORY_FILE, history)
             if writer is not None:
@@ -704,6 +732,9 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
             break
     if writer is not None:
         writer.close()
+    steps = len(history) * len(train_loader)
+    if info.is_main and (too_few := run_problems(steps=steps, test_r2=math.nan)):
+        warnings.warn(f"{cfg.experiment}: {', '.join(too_few.values())}", stacklevel=3)
     return FitResult(history, best_row, best_path, last_path, out / HISTORY_FILE, out, stopped)
 
 

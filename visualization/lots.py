@@ -370,6 +370,8 @@ def lots(
     mutable: Tensor | Sequence[bool] | None = None,
     step_range: Tensor | Sequence[float] | None = None,
     anneal: float = 0.5,
+    grow: float = 1.0,
+    max_gain: float = 16.0,
     batch_size: int = 32,
 ) -> LotsResult:
     """Run LOTS on a batch (Rozsa, Günther, Boult 2017).
@@ -393,19 +395,26 @@ def lots(
         step_range: see ``step``.
         anneal: a sample's step is multiplied by this factor whenever its distance
             grew (it overshot); 1.0 keeps the fixed step of the original LOTS.
+        grow: a sample's step is multiplied by this factor after each step that brought
+            it closer, up to ``max_gain`` times ``step`` (with ``anneal``, a step that
+            adapts to how far the target is: a fixed step of 1/255 leaves most pushes of
+            the demo at the cap, short of the planned change); 1.0 (the default, the
+            original LOTS) keeps the step fixed.
+        max_gain: the largest factor ``grow`` may reach.
         batch_size: samples per forward/backward pass.
 
     Returns:
-        A :class:`LotsResult`. No pixel moves more than ``step * range_c`` per iteration.
+        A :class:`LotsResult`. No pixel moves more than ``max_gain * step * range_c``
+        per iteration (``step * range_c`` with ``grow=1``).
     """
     if x.ndim != 4:
         raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
     if not isinstance(target, LotsTarget):
         target = LotsTarget(features=target)
-    if iterations < 0 or step <= 0 or not 0 < anneal <= 1:
+    if iterations < 0 or step <= 0 or not 0 < anneal <= 1 or grow < 1 or max_gain < 1:
         raise ValueError(
-            "need iterations >= 0, step > 0 and 0 < anneal <= 1; "
-            f"got {iterations}, {step}, {anneal}"
+            "need iterations >= 0, step > 0, 0 < anneal <= 1, grow >= 1 and max_gain >= 1; "
+            f"got {iterations}, {step}, {anneal}, {grow}, {max_gain}"
         )
     n, c = x.shape[:2]
     device = x.device
@@ -458,6 +467,7 @@ def lots(
                 rtol,
                 atol,
                 anneal,
+                (grow, max_gain),
             )
             x_adv[sl], distances[sl], predictions[sl], converged[sl], steps[sl] = res
     finally:
@@ -479,6 +489,7 @@ def _lots_batch(
     rtol: float,
     atol: float,
     anneal: float,
+    growth: tuple[float, float] = (1.0, 1.0),
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """One batch of LOTS; each sample is frozen once it has converged."""
     n = x.shape[0]
@@ -501,7 +512,11 @@ def _lots_batch(
         if it == 0:
             d0 = d.detach().clone()
             p0 = p.detach().clone()
-        gain[active[d.detach() > prev[active]]] *= anneal
+        overshot = d.detach() > prev[active]
+        gain[active[overshot]] *= anneal
+        if it > 0 and growth[0] > 1:  # closer after the last step: take a longer one
+            closer = active[~overshot]
+            gain[closer] = (gain[closer] * growth[0]).clamp_max(growth[1])
         prev[active] = d.detach()
         done = d.detach() <= atol + rtol * d0[active]
         if goal is not None and direction is not None:
