@@ -8,8 +8,12 @@ TFRecords (``--mode download``) or starts batch export tasks writing TFRecords t
 Google Drive or Cloud Storage (``--mode export``: ``points_per_task`` places per table
 export by default, or one image export per place). Either way ``DIR`` holds
 ``labels.csv``, ``gee_manifest.csv`` and ``gee_recipe.json``, and a re-run with the same
-settings resumes (other settings are refused). ``--dry-run`` prints the plan (tasks,
-places per task, destination) without touching the network.
+settings resumes (other settings are refused). ``DIR`` is claimed before anything is
+written there (a non-empty folder the stage did not make is refused, one an earlier
+version made is recognised by its manifest or recipe) and locked for the whole run, so
+a second run into it is refused naming the process that holds it (utils/ownership.py).
+``--dry-run`` prints the plan (tasks, places per task, destination) without touching
+the network or the folder.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from extract_GPS_images.gee_export import (
     plan_summary,
     run_exports,
 )
-from extract_GPS_images.gee_fingerprint import RecipeMismatch
+from extract_GPS_images.gee_fingerprint import RECIPE_FILE, RecipeMismatch
 from extract_GPS_images.gee_recipe import (
     CLOUD_METHODS,
     CS_BANDS,
@@ -52,8 +56,15 @@ from extract_GPS_images.gee_recipe import (
     RecipeConfig,
 )
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR, LabelsError, read_labels, write_labels
+from utils.folder_lock import FolderLockedError, folder_lock
+from utils.ownership import IGNORED, ForeignFolderError, OutputFolder
 
 MODES = ("download", "export")
+STAGE = "Earth Engine extraction"
+LABELS_FILE = "labels.csv"
+#: Files only this stage writes: a folder holding one but no ownership record was made
+#: by an earlier version of the stage and is adopted.
+MARKERS = (MANIFEST_NAME, RECIPE_FILE)
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,9 @@ def extract_gee(
         GeeAuthError: Earth Engine cannot be initialised (message says how to fix it).
         GeeNetworkError: Earth Engine cannot be reached (message names the step).
         RecipeMismatch: ``out_dir`` holds an extraction made with other settings.
+        utils.ownership.ForeignFolderError: ``out_dir`` is not empty and was not made
+            by this stage (nothing in it is changed).
+        utils.folder_lock.FolderLockedError: another run is writing ``out_dir``.
     """
     labels = read_labels(config.labels, on_error=config.on_error, imagery_year=config.imagery_year)
     locations = locations_from_labels(labels)[: config.limit]
@@ -208,9 +222,34 @@ def extract_gee(
             PlanReport(plan_text(locations, config)),
         )
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if Path(config.labels).resolve() != (out / "labels.csv").resolve():
-        write_labels(labels.frame, out / "labels.csv")
+    owner = OutputFolder.claim(out, STAGE, _markers(out, config.labels))  # before any write
+    with folder_lock(out, STAGE):  # the whole run: a second one is refused, naming this
+        copy_labels = Path(config.labels).resolve() != (out / LABELS_FILE).resolve()
+        owner.record([*MARKERS, *([LABELS_FILE] if copy_labels else [])])
+        if copy_labels:
+            write_labels(labels.frame, out / LABELS_FILE)
+        auth, result = _run(config, locations, out, compute_pixels, tasks, initialize)
+    return GeeReport(config.mode, labels.summary(), auth, result)
+
+
+def _markers(out: Path, labels: str) -> tuple[str, ...]:
+    """The stage's markers; plus ``labels.csv`` when the folder holds nothing but the
+    labels file being extracted (the user chose it as the extraction folder)."""
+    entries = {p.name for p in out.iterdir()} - set(IGNORED) if out.is_dir() else set()
+    if entries == {LABELS_FILE} and Path(labels).resolve() == (out / LABELS_FILE).resolve():
+        return (*MARKERS, LABELS_FILE)
+    return MARKERS
+
+
+def _run(
+    config: GeeConfig,
+    locations: list,
+    out: Path,
+    compute_pixels: ComputePixels | None,
+    tasks: TaskBackend | None,
+    initialize: bool,
+) -> tuple[str, DownloadReport | ExportReport]:
+    """Initialise Earth Engine, then download or export (the claimed, locked part)."""
     auth = "Earth Engine initialised by the caller"
     if initialize:
         auth = gee_auth.initialize(
@@ -235,7 +274,7 @@ def extract_gee(
             config=config.export,
             tasks=tasks,
         )
-    return GeeReport(config.mode, labels.summary(), auth, result)
+    return auth, result
 
 
 def plan_text(locations: list, config: GeeConfig) -> str:
@@ -366,6 +405,8 @@ def main(args: argparse.Namespace) -> GeeReport:
         gee_auth.GeeAuthError,
         GeeNetworkError,
         RecipeMismatch,
+        ForeignFolderError,
+        FolderLockedError,
         ValueError,
     ) as error:
         raise SystemExit(f"error: {error}") from None
