@@ -16,7 +16,8 @@ the next multiple of 4 first (zero = the training mean on standardised data), wh
 what torchvision's Swin3D patch embedding does itself for its (2, 4, 4) patches.
 
 First-layer initialisation with pretrained RGB weights (from a local ``state_dict``
-file; no network): channels named ``B4*``/``B3*``/``B2*`` take the red/green/blue
+file; no network; Sentinel-2 self-supervised checkpoints too, see
+:mod:`utils.pretrained`): channels named ``B4*``/``B3*``/``B2*`` take the red/green/blue
 filters, every other channel the mean of the three, and the whole layer is scaled by
 ``sqrt(3 / C)`` so the activations keep the scale of the 3-channel layer (the original
 study's recipe). Without pretrained weights every layer is randomly initialised.
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from utils.dataloader import RGB_BANDS
+from utils.pretrained import TORCH_CACHE, load_pretrained, resolve_weights_path
 
 #: Models whose input is ``(N, C, T, H, W)``: the quarters as the time axis.
 TEMPORAL_MODELS: tuple[str, ...] = ("swin3d_t", "swin3d_b")
@@ -128,9 +130,6 @@ BACKBONES: dict[str, Callable[[], Built]] = {
     "swin3d_b": _swin3d(torchvision.models.video.swin3d_b),
 }
 MODEL_NAMES: tuple[str, ...] = ("tiny_cnn", *BACKBONES)
-#: ``pretrained_path`` value that takes torchvision's default ImageNet weights from the
-#: torch hub cache (``torch.hub.get_dir()/checkpoints``), never downloading them.
-TORCH_CACHE = "torch-cache"
 
 
 def input_layout(name: str) -> str:
@@ -147,20 +146,13 @@ def example_input(name: str, in_channels: int, size: int = 32, batch: int = 2) -
 
 
 def cached_weights_path(name: str) -> Path:
-    """Where torchvision keeps the default ImageNet weights of ``name`` in the torch hub
-    cache (the file a ``weights=...DEFAULT`` download writes).
+    """Where torchvision's weights of ``name`` lie in the torch hub cache (any of its
+    weight sets, the default first; the file a ``weights=...`` download writes).
 
     Raises:
-        FileNotFoundError: when the file is not in the cache (nothing is downloaded).
+        FileNotFoundError: when none is in the cache (nothing is downloaded).
     """
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not in the torch cache; copy the {name} ImageNet weights there "
-            f"(from {weights.url}) or pass pretrained_path=<local file>"
-        )
-    return path
+    return resolve_weights_path(name, TORCH_CACHE)
 
 
 class RegressionModel(nn.Module):
@@ -245,9 +237,10 @@ def build_model(
     Args:
         name: one of :data:`MODEL_NAMES`.
         in_channels: number of input channels C (per quarter for a temporal model).
-        pretrained_path: a local torchvision ``state_dict`` of the RGB ImageNet model, or
-            ``"torch-cache"`` for torchvision's default weights already in the torch hub
-            cache; loaded with ``weights_only=True``, never downloaded.
+        pretrained_path: a local ``state_dict`` file (torchvision's RGB ImageNet /
+            Kinetics weights, or a torchgeo-format 13-band Sentinel-2 ResNet), a folder
+            holding torchvision's file, or ``"torch-cache"`` (the torch hub cache); loaded
+            with ``weights_only=True``, never downloaded (:mod:`utils.pretrained`).
         dropout: dropout probability before the head.
         band_names: channel names (to place the RGB filters), see :func:`widen_conv`.
 
@@ -265,13 +258,7 @@ def build_model(
         return RegressionModel(body, body.out_features, dropout=dropout, spec=spec)
     net, features, first, head = BACKBONES[name]()
     if pretrained_path is not None:
-        use_cache = str(pretrained_path) == TORCH_CACHE
-        path = cached_weights_path(name) if use_cache else Path(pretrained_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights {path} not found (a local file)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-        conv = widen_conv(net.get_submodule(first), in_channels, band_names)
+        conv = load_pretrained(net, name, first, head, pretrained_path, in_channels, band_names)
     else:
         old = net.get_submodule(first)
         conv = type(old)(
