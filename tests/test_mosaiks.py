@@ -17,12 +17,13 @@ from utils.dataloader import ShardDataset
 from utils.mosaiks import (
     MosaiksConfig,
     featurize,
+    fixed_view,
     normalize_patches,
     ridge_path,
     sample_filters,
     select_ridge,
 )
-from utils.study import Experiment, StudyConfig, run_study, study
+from utils.study import Experiment, MemoryCachedDataset, StudyConfig, run_study, study
 from utils.train import TrainConfig
 
 torch.set_num_threads(1)
@@ -130,3 +131,13 @@ def test_study_over_models_is_one_table(root: Path) -> None:
     assert "| model | method |" in outputs.table_md.read_text()
     again = study(cfg)
     assert again.results.query("train_seconds > 0")["cached"].all()
+
+
+def test_features_read_deterministic_items(root: Path) -> None:
+    cached = MemoryCachedDataset(ShardDataset(root / "shards", "train"), augment=True)
+    view = fixed_view(cached)
+    assert cached.augment and not view.augment and view._items is cached._items  # shared
+    assert torch.equal(view[3]["image"], view[3]["image"])
+    cropped = fixed_view(ShardDataset(root / "shards", "train", crop=8, train=True,
+                                      augment=True))
+    assert not cropped.train and torch.equal(cropped[0]["image"], cropped[0]["image"])
