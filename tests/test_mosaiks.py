@@ -104,7 +104,11 @@ def test_mosaiks_study_rows_weights_and_cache(root: Path) -> None:
     assert (results["bmae"] > 0).all() and results["bmae"].nunique() == 3
     saved = json.loads((Path(results["dir"][0]) / "result.json").read_text())
     assert saved["model"] == "mosaiks" and saved["mosaiks"]["lambda"] in SMALL.lambdas
-    assert len(list((out / "mosaiks_features").glob("*.npz"))) == 1  # shared by the rows
+    (npz,) = (out / "mosaiks_features").glob("*.npz")  # one featurisation for the rows
+    with np.load(npz) as saved:
+        featurised = float(saved["seconds"])
+    seconds = results["train_seconds"]  # each row: the featurisation plus its own ridge
+    assert (seconds >= featurised).all() and seconds.max() < 2 * featurised + 1.0
     val = pd.read_csv(Path(results["dir"][0]) / "predictions_val.csv")
     assert len(val) == len(ShardDataset(root / "shards", "val"))
     again = run_study(experiments, cfg, out, mosaiks=SMALL)
