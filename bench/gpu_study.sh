@@ -8,7 +8,8 @@
 #   bash bench/gpu_study.sh runs/study5k_225
 #   N=200 SIZE=32 EPOCHS=1 SEEDS=0 EXPERIMENTS="L2 BMC" bash bench/gpu_study.sh runs/smoke
 #
-# Knobs (environment): N, SIZE, EPOCHS, SEEDS, LR, BATCH, MODEL, WORKERS, PYTHON, WORLD
+# Knobs (environment): N, SIZE, EPOCHS, SEEDS, LR, BATCH, MODEL, MODELS (several models
+# crossed with the experiments, e.g. "resnet18 swin3d_t mosaiks"), WORKERS, PYTHON, WORLD
 # (more options of python -m extract_GPS_images.synthetic, e.g. "--tail-noise 1.2"),
 # EXPORTS (folder of the world's TFRecords; default RUN_DIR/exports), EXPERIMENTS
 # (space-separated names of bench.study; names with spaces use _ for the space).
@@ -33,5 +34,5 @@ fi
 stamp "study"
 "$python" -m bench.study --run-dir "$run" --model "${MODEL:-resnet18}" --epochs "${EPOCHS:-10}" \
     --batch-size "${BATCH:-64}" --lr "${LR:-0.001}" --cache device --num-workers "$workers" \
-    --seeds ${SEEDS:-0 1 2} --experiments "${experiments[@]}"
+    --seeds ${SEEDS:-0 1 2} --experiments "${experiments[@]}" ${MODELS:+--models $MODELS}
 stamp "done"

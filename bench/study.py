@@ -7,6 +7,8 @@ the pipeline on the synthetic world at ``--n`` places of ``--size`` px.
     python -m bench.study --run-dir runs/study5k --n 5000 --size 64 --epochs 12
     python -m bench.study --run-dir runs/demo --experiments L2 BMC "weighted L2 a=0.5"
     python -m bench.study --run-dir runs/study5k --split-seeds 42 1 2 3 4   # 5 test sets
+    python -m bench.study --run-dir runs/demo --models tiny_cnn resnet18 swin3d_t mosaiks \
+        --experiments L2 "weighted L2 a=1"                                  # models x methods
 
 Prints the results table (Markdown); files land in ``<run-dir>/train/study/``.
 """
@@ -17,6 +19,7 @@ import argparse
 import time
 
 from utils.hdf5_schema import split_files
+from utils.mosaiks import MosaiksConfig
 from utils.paths import RunPaths
 from utils.repeated_splits import repeated_split_study
 from utils.study import DEFAULT_ALPHAS, StudyConfig, study, to_markdown
@@ -34,6 +37,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiments", nargs="+", default=None, help="names; default all")
     p.add_argument("--alphas", nargs="+", type=float, default=list(DEFAULT_ALPHAS))
     p.add_argument("--model", default="tiny_cnn")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        help="several models crossed with the experiments (e.g. tiny_cnn resnet18 swin3d_t "
+        "mosaiks); overrides --model",
+    )
+    p.add_argument(
+        "--mosaiks-filters",
+        type=int,
+        default=MosaiksConfig.num_filters,
+        help="MOSAIKS random patches K (2K features)",
+    )
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -110,6 +126,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         calibration_alphas=tuple(args.calibration_alphas),
         calibrate=tuple(args.calibrate),
         select_mae_within=args.select_mae_within,
+        models=tuple(args.models or ()),
+        mosaiks=MosaiksConfig(num_filters=args.mosaiks_filters),
         train=train,
     )
 

@@ -20,7 +20,7 @@ from extract_GPS_images.schema import DW_CLASSES
 from utils.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
 from utils.dataloader import ShardDataset, make_loader
 from utils.inference import evaluate_checkpoint, predict
-from utils.models import MODEL_NAMES, build_model
+from utils.models import MODEL_NAMES, build_model, example_input
 from utils.paths import project_root
 from utils.train import TrainConfig, fit, main
 
@@ -92,7 +92,7 @@ def test_two_workers_yield_every_sample_once(shards: Path, context: str) -> None
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_models_widen_and_regress(name: str) -> None:
     model = build_model(name, 7, dropout=0.2).eval()
-    x = torch.randn(2, 7, 32, 32)
+    x = example_input(name, 7, size=32)
     feats = model.features(x)
     assert feats.shape == (2, model.feature_dim)
     assert torch.allclose(model(x), model.head(feats).squeeze(-1))

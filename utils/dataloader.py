@@ -13,6 +13,11 @@ night-lights channel ``NL`` when the shards hold it, or explicit names such as
 ``dw_mode`` adds Dynamic World as 9 one-hot channels (``"onehot"``), as one normalised
 channel (``"channel"``) or not at all (``"none"``). Sentinel-2 (and the DW channel) are
 standardised with the train statistics of ``stats.json``.
+
+Layout: ``"stack"`` returns ``(C, h, w)``, every quarter's bands as channels (the 2-D
+models); ``"time"`` returns ``(C, T, h, w)`` for the video models (Swin3D): the
+Sentinel-2 bands as channels and the quarters as time, every channel without a quarter
+(Dynamic World, night lights) repeated in each quarter (:func:`time_grid`).
 """
 
 from __future__ import annotations
@@ -27,13 +32,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from extract_GPS_images.schema import DW_BAND, DW_CLASSES, NIGHT_LIGHTS_BAND, s2_channel_names
+from extract_GPS_images.schema import (
+    DW_BAND,
+    DW_CLASSES,
+    NIGHT_LIGHTS_BAND,
+    QUARTERS,
+    s2_channel_names,
+)
 from utils import hdf5_schema as hs
 from utils.paths import resolve
 from utils.shard_check import check_against_manifest, read_error
 
 DwMode = Literal["onehot", "channel", "none"]
 DW_MODES: tuple[str, ...] = ("onehot", "channel", "none")
+#: Sample layouts: quarters stacked as channels, or as a time axis (see the module doc).
+LAYOUTS: tuple[str, ...] = ("stack", "time")
 RGB_BANDS: tuple[str, ...] = ("B4", "B3", "B2")
 #: Named channel selections (Sentinel-2 channels only; Dynamic World comes from dw_mode).
 CHANNEL_PRESETS: dict[str, list[str]] = {
@@ -76,6 +89,42 @@ def output_band_names(channels: str | Sequence[str], dw_mode: str) -> list[str]:
     return names
 
 
+def time_grid(names: Sequence[str]) -> tuple[np.ndarray, list[str], list[str]]:
+    """How stacked channels ``names`` become a ``(C, T)`` grid of bands by quarters.
+
+    A channel ``<band>_<quarter>`` (``B4_q2``) goes to its band's row and quarter's
+    column; a channel without a quarter (``DW``, ``DW_built``, night lights) gets a row of
+    its own, repeated in every quarter (the video model then sees the static layers
+    beside every quarter's spectra through its one patch embedding; a second stem would
+    drop the Kinetics-pretrained embedding's structure and add a fusion choice).
+
+    Returns:
+        ``(index, channel_names, quarters)``: ``index[c, t]`` is the position in
+        ``names`` of channel c at quarter t; ``channel_names`` the C row names (the band
+        or the static channel's name); ``quarters`` the T quarter names.
+
+    Raises:
+        ValueError: when no channel has a quarter, or a band lacks some quarter.
+    """
+    bands: dict[str, dict[str, int]] = {}
+    static = []
+    for i, name in enumerate(names):
+        band, _, quarter = name.rpartition("_")
+        if band and quarter in QUARTERS:
+            bands.setdefault(band, {})[quarter] = i
+        else:
+            static.append(i)
+    if not bands:
+        raise ValueError(f"layout 'time' needs channels of several quarters, got {list(names)}")
+    quarters = [q for q in QUARTERS if any(q in per for per in bands.values())]
+    missing = [f"{b}_{q}" for b, per in bands.items() for q in quarters if q not in per]
+    if missing:
+        raise ValueError(f"layout 'time' needs every band in every quarter; missing {missing}")
+    rows = [[per[q] for q in quarters] for per in bands.values()]
+    rows += [[i] * len(quarters) for i in static]
+    return np.array(rows, dtype=np.int64), [*bands, *(names[i] for i in static)], quarters
+
+
 def crop_size(crop: int | float | None, patch: int) -> int:
     """Side of the crop: ``None`` the whole patch, an int in pixels, a float a share of
     the patch (``224 / 225`` crops 224 of 225, 47 of 48).
@@ -107,10 +156,14 @@ class ShardDataset(Dataset):
         with_mask: also return the shards' valid-pixel ``mask`` (float32, M x h x w:
             ``valid_q1 ... valid_q4``, ``valid_DW``; 1 data, 0 nodata), cropped and
             augmented like ``image``.
+        layout: ``"stack"`` (C x h x w) or ``"time"`` (C x T x h x w, :func:`time_grid`).
 
-    Each item: ``image`` (float32, C x h x w), ``label`` (float32 scalar), ``index``
-    (position in the split), ``cell_id``, ``cell_key``, ``latitude``, ``longitude``, ``year``
-    (and ``mask`` with ``with_mask``).
+    Each item: ``image`` (float32, C x h x w or C x T x h x w), ``label`` (float32
+    scalar), ``index`` (position in the split), ``cell_id``, ``cell_key``, ``latitude``,
+    ``longitude``, ``year`` (and ``mask`` with ``with_mask``). ``band_names`` names the C
+    channels; ``flat_band_names`` the channels of ``image.reshape(-1, h, w)`` (the stacked
+    names, in grid order, for ``stats.json`` look-ups); ``frames`` the T quarters (empty
+    for ``"stack"``).
     """
 
     def __init__(
@@ -126,7 +179,10 @@ class ShardDataset(Dataset):
         stats: dict[str, Any] | None = None,
         normalize: bool = True,
         with_mask: bool = False,
+        layout: str = "stack",
     ) -> None:
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         self.shards_dir = resolve(shards_dir)
         self.with_mask = with_mask
         self.split = split
@@ -171,6 +227,12 @@ class ShardDataset(Dataset):
         self.stats = stats if stats is not None else hs.read_stats(self.shards_dir)
         self._mean, self._std = self._norm_arrays(normalize)
         self._labels: np.ndarray | None = None
+        self.layout, self.frames, self._time_index = layout, (), None
+        self.flat_band_names = list(self.band_names)
+        if layout == "time":
+            self._time_index, self.band_names, frames = time_grid(self.flat_band_names)
+            self.flat_band_names = [self.flat_band_names[i] for i in self._time_index.ravel()]
+            self.frames = tuple(frames)
         self._reset_handles()
 
     def _norm_arrays(self, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -225,8 +287,18 @@ class ShardDataset(Dataset):
 
     @property
     def num_channels(self) -> int:
-        """Number of channels of ``image``."""
+        """Number of channels of ``image`` (per quarter for layout ``"time"``)."""
         return len(self.band_names)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of ``image``: (C, h, w), or (C, T, h, w) for layout ``"time"``."""
+        return (
+            self.num_channels,
+            *((len(self.frames),) if self.frames else ()),
+            self.crop,
+            self.crop,
+        )
 
     @property
     def labels(self) -> np.ndarray:
@@ -281,6 +353,8 @@ class ShardDataset(Dataset):
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         extra = {"mask": tensor[n_image:]} if self.with_mask else {}
         tensor = tensor[:n_image] if self.with_mask else tensor
+        if self._time_index is not None:  # flips act on space alike, before or after
+            tensor = tensor[torch.as_tensor(self._time_index)]  # (C, T, h, w)
         lat, lon = meta["locations"][row]
         return {
             **extra,
@@ -297,7 +371,9 @@ class ShardDataset(Dataset):
     def __repr__(self) -> str:
         return (
             f"ShardDataset({self.shards_dir}, {self.split!r}: {len(self)} samples, "
-            f"{self.num_channels} channels, crop {self.crop}/{self.patch}, train={self.train})"
+            f"{self.num_channels} channels, crop {self.crop}/{self.patch}, train={self.train}"
+            + (f", {len(self.frames)} quarters" if self.frames else "")
+            + ")"
         )
 
 
@@ -356,7 +432,11 @@ def make_loader(
 
 def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, ShardDataset]:
     """The datasets of ``splits`` for a config with ``shards_dir``, ``channels``,
-    ``dw_mode``, ``crop`` and ``augment`` (a :class:`utils.train.TrainConfig`)."""
+    ``dw_mode``, ``crop`` and ``augment`` (a :class:`utils.train.TrainConfig`), in the
+    layout its ``model`` takes (:func:`utils.models.input_layout`)."""
+    from utils.models import input_layout  # noqa: PLC0415 (models import this module)
+
+    layout = input_layout(str(getattr(cfg, "model", "")))
     shards = cfg.resolved_shards_dir() if hasattr(cfg, "resolved_shards_dir") else cfg.shards_dir
     return {
         split: ShardDataset(
@@ -367,6 +447,7 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
             train=split == "train",
             augment=bool(cfg.augment) and split == "train",
             dw_mode=cfg.dw_mode,
+            layout=layout,
         )
         for split in splits
     }
@@ -398,6 +479,7 @@ def build_loaders(
 __all__ = [
     "CHANNEL_PRESETS",
     "DW_MODES",
+    "LAYOUTS",
     "ShardDataset",
     "augment",
     "build_datasets",
@@ -406,4 +488,5 @@ __all__ = [
     "make_loader",
     "output_band_names",
     "resolve_channels",
+    "time_grid",
 ]

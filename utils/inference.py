@@ -98,7 +98,14 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     model, cfg = load_model_from_checkpoint(checkpoint, map_location=dev)
     shards = Path(shards_dir) if shards_dir is not None else Path(cfg["shards_dir"])
-    kwargs = {"channels": cfg["channels"], "crop": cfg["crop"], "dw_mode": cfg["dw_mode"]}
+    from utils.models import input_layout  # noqa: PLC0415
+
+    kwargs = {
+        "channels": cfg["channels"],
+        "crop": cfg["crop"],
+        "dw_mode": cfg["dw_mode"],
+        "layout": input_layout(str(cfg.get("model", ""))),
+    }
     dataset = ShardDataset(shards, split, train=False, **kwargs)
     if list(dataset.band_names) != list(cfg["band_names"]):
         raise ValueError(

@@ -1,11 +1,23 @@
-"""CNN regressors for multispectral patches (DESIGN section 4).
+"""CNN and transformer regressors for multispectral patches (DESIGN section 4).
 
-torchvision backbones (ResNet-18/34/50, EfficientNet-B0, ConvNeXt-Tiny) with the first
-convolution widened to C input channels and a one-output regression head, plus a tiny
-CNN for tests and quick demos.
+torchvision backbones (ResNet-18/34/50, EfficientNet-B0, ConvNeXt-Tiny, Swin-T) with the
+first convolution widened to C input channels and a one-output regression head, a tiny
+CNN for tests and quick demos, and the video Swin transformers Swin3D-T / Swin3D-B
+(Liu et al. 2022), which read the four quarters as time: their input is
+``(N, C, T, H, W)``, C the per-quarter channels (the six Sentinel-2 bands, plus Dynamic
+World and any other static channel repeated in every quarter, see
+:class:`utils.dataloader.ShardDataset` with ``layout="time"``), T = 4. These are the
+models of the original study (``models/resnet.py``, ``swin.py``, ``swin3D.py`` of
+lhmtrinh/Remote-Sensing-VisionDL). :func:`input_layout` says which layout a model takes.
+
+Patch sizes: Swin-T's stride-4 patch convolution would silently drop the last rows and
+columns of a crop that 4 does not divide; the input is zero-padded at the bottom/right to
+the next multiple of 4 first (zero = the training mean on standardised data), which is
+what torchvision's Swin3D patch embedding does itself for its (2, 4, 4) patches.
 
 First-layer initialisation with pretrained RGB weights (from a local ``state_dict``
-file; no network): channels named ``B4*``/``B3*``/``B2*`` take the red/green/blue
+file; no network; Sentinel-2 self-supervised checkpoints too, see
+:mod:`utils.pretrained`): channels named ``B4*``/``B3*``/``B2*`` take the red/green/blue
 filters, every other channel the mean of the three, and the whole layer is scaled by
 ``sqrt(3 / C)`` so the activations keep the scale of the 3-channel layer (the original
 study's recipe). Without pretrained weights every layer is randomly initialised.
@@ -24,8 +36,13 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from utils.dataloader import RGB_BANDS
+from utils.pretrained import TORCH_CACHE, load_pretrained, resolve_weights_path
+
+#: Models whose input is ``(N, C, T, H, W)``: the quarters as the time axis.
+TEMPORAL_MODELS: tuple[str, ...] = ("swin3d_t", "swin3d_b")
 
 
 class TinyCNN(nn.Module):
@@ -50,61 +67,100 @@ class TinyCNN(nn.Module):
         return self.body(x).mean(dim=(-2, -1))
 
 
-def _resnet(factory: Callable[..., nn.Module]) -> Callable[[], tuple[nn.Module, nn.Module, str]]:
-    def build() -> tuple[nn.Module, nn.Module, str]:
+class PadToMultiple(nn.Module):
+    """Zero-pad the last two axes at the bottom/right up to a multiple of ``multiple``."""
+
+    def __init__(self, multiple: int) -> None:
+        super().__init__()
+        self.multiple = int(multiple)
+
+    def forward(self, x: Tensor) -> Tensor:
+        pad_h, pad_w = (-x.shape[-2]) % self.multiple, (-x.shape[-1]) % self.multiple
+        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+#: What a builder returns: (torchvision model, feature extractor, dotted name of its first
+#: convolution, name of its classification head attribute or None when ``features``
+#: already ends before the head).
+Built = tuple[nn.Module, nn.Module, str, str | None]
+
+
+def _resnet(factory: Callable[..., nn.Module]) -> Callable[[], Built]:
+    def build() -> Built:
         net = factory(weights=None)
-        return net, net, "conv1"
+        return net, net, "conv1", "fc"
 
     return build
 
 
-def _efficientnet() -> tuple[nn.Module, nn.Module, str]:
+def _efficientnet() -> Built:
     net = torchvision.models.efficientnet_b0(weights=None)
-    return net, nn.Sequential(net.features, net.avgpool, nn.Flatten(1)), "features.0.0"
+    return net, nn.Sequential(net.features, net.avgpool, nn.Flatten(1)), "features.0.0", None
 
 
-def _convnext() -> tuple[nn.Module, nn.Module, str]:
+def _convnext() -> Built:
     net = torchvision.models.convnext_tiny(weights=None)
     pool = nn.Sequential(net.avgpool, net.classifier[0], nn.Flatten(1))  # LayerNorm2d
-    return net, nn.Sequential(net.features, pool), "features.0.0"
+    return net, nn.Sequential(net.features, pool), "features.0.0", None
 
 
-#: name -> builder returning (torchvision model, feature extractor, name of its first conv).
-BACKBONES: dict[str, Callable[[], tuple[nn.Module, nn.Module, str]]] = {
+def _swin_t() -> Built:
+    net = torchvision.models.swin_t(weights=None)
+    patch = net.features[0][0].stride[0]
+    return net, nn.Sequential(PadToMultiple(patch), net), "features.0.0", "head"
+
+
+def _swin3d(factory: Callable[..., nn.Module]) -> Callable[[], Built]:
+    def build() -> Built:
+        net = factory(weights=None)  # its PatchEmbed3d pads T, H, W to the patch itself
+        return net, net, "patch_embed.proj", "head"
+
+    return build
+
+
+#: name -> builder of a :data:`Built`.
+BACKBONES: dict[str, Callable[[], Built]] = {
     "resnet18": _resnet(torchvision.models.resnet18),
     "resnet34": _resnet(torchvision.models.resnet34),
     "resnet50": _resnet(torchvision.models.resnet50),
     "efficientnet_b0": _efficientnet,
     "convnext_tiny": _convnext,
+    "swin_t": _swin_t,
+    "swin3d_t": _swin3d(torchvision.models.video.swin3d_t),
+    "swin3d_b": _swin3d(torchvision.models.video.swin3d_b),
 }
 MODEL_NAMES: tuple[str, ...] = ("tiny_cnn", *BACKBONES)
-#: ``pretrained_path`` value that takes torchvision's default ImageNet weights from the
-#: torch hub cache (``torch.hub.get_dir()/checkpoints``), never downloading them.
-TORCH_CACHE = "torch-cache"
+
+
+def input_layout(name: str) -> str:
+    """``"time"`` for a model reading ``(N, C, T, H, W)`` (:data:`TEMPORAL_MODELS`), else
+    ``"stack"`` (``(N, C, H, W)``, the quarters stacked as channels)."""
+    return "time" if name in TEMPORAL_MODELS else "stack"
+
+
+def example_input(name: str, in_channels: int, size: int = 32, batch: int = 2) -> Tensor:
+    """A random input of the shape model ``name`` takes (4 quarters for a temporal one)."""
+    if input_layout(name) == "time":
+        return torch.randn(batch, in_channels, 4, size, size)
+    return torch.randn(batch, in_channels, size, size)
 
 
 def cached_weights_path(name: str) -> Path:
-    """Where torchvision keeps the default ImageNet weights of ``name`` in the torch hub
-    cache (the file a ``weights=...DEFAULT`` download writes).
+    """Where torchvision's weights of ``name`` lie in the torch hub cache (any of its
+    weight sets, the default first; the file a ``weights=...`` download writes).
 
     Raises:
-        FileNotFoundError: when the file is not in the cache (nothing is downloaded).
+        FileNotFoundError: when none is in the cache (nothing is downloaded).
     """
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not in the torch cache; copy the {name} ImageNet weights there "
-            f"(from {weights.url}) or pass pretrained_path=<local file>"
-        )
-    return path
+    return resolve_weights_path(name, TORCH_CACHE)
 
 
 class RegressionModel(nn.Module):
     """``forward(x) = head(dropout(features(x)))``, one value per sample ``(N,)``.
 
     Attributes:
-        features: backbone + global pooling, ``(N, C, H, W) -> (N, D)``.
+        features: backbone + global pooling, ``(N, C, H, W) -> (N, D)`` (``(N, C, T, H, W)``
+            for a temporal model).
         dropout: dropout before the head (identity for p = 0).
         head: ``Linear(D, 1)``.
         spec: the arguments that rebuild this model (``name``, ``in_channels``, ``dropout``).
@@ -129,13 +185,16 @@ def _replace(root: nn.Module, dotted: str, module: nn.Module) -> None:
 
 
 def widen_conv(
-    conv: nn.Conv2d, in_channels: int, band_names: Sequence[str] | None = None
-) -> nn.Conv2d:
-    """A copy of a 3-channel (RGB) ``conv`` taking ``in_channels`` inputs.
+    conv: nn.Conv2d | nn.Conv3d, in_channels: int, band_names: Sequence[str] | None = None
+) -> nn.Conv2d | nn.Conv3d:
+    """A copy of a 3-channel (RGB) ``conv`` (2-D, or the 3-D patch embedding of Swin3D)
+    taking ``in_channels`` inputs.
 
     Red/green/blue filters go to channels named B4/B3/B2 (any quarter), the mean filter
-    to the others, all scaled by ``sqrt(3 / in_channels)``. Without ``band_names`` the
-    first three channels are taken as R, G, B.
+    to the others, all scaled by ``sqrt(3 / in_channels)`` (the original study's recipe;
+    for Swin3D, C is the per-quarter channel count, its ``sqrt(3 / 6)``). The bias is
+    kept (the original dropped it for Swin-T and re-drew it for Swin3D). Without
+    ``band_names`` the first three channels are taken as R, G, B.
     """
     weight = conv.weight.detach()
     if weight.shape[1] != 3:
@@ -148,7 +207,7 @@ def widen_conv(
     for c in range(in_channels):
         band = names[c].split("_")[0] if c < len(names) else ""
         new[:, c] = weight[:, RGB_BANDS.index(band)] if band in RGB_BANDS else mean
-    layer = nn.Conv2d(
+    layer = type(conv)(
         in_channels,
         conv.out_channels,
         conv.kernel_size,
@@ -177,10 +236,11 @@ def build_model(
 
     Args:
         name: one of :data:`MODEL_NAMES`.
-        in_channels: number of input channels C.
-        pretrained_path: a local torchvision ``state_dict`` of the RGB ImageNet model, or
-            ``"torch-cache"`` for torchvision's default weights already in the torch hub
-            cache; loaded with ``weights_only=True``, never downloaded.
+        in_channels: number of input channels C (per quarter for a temporal model).
+        pretrained_path: a local ``state_dict`` file (torchvision's RGB ImageNet /
+            Kinetics weights, or a torchgeo-format 13-band Sentinel-2 ResNet), a folder
+            holding torchvision's file, or ``"torch-cache"`` (the torch hub cache); loaded
+            with ``weights_only=True``, never downloaded (:mod:`utils.pretrained`).
         dropout: dropout probability before the head.
         band_names: channel names (to place the RGB filters), see :func:`widen_conv`.
 
@@ -196,18 +256,12 @@ def build_model(
             raise ValueError("tiny_cnn has no pretrained weights")
         body = TinyCNN(in_channels)
         return RegressionModel(body, body.out_features, dropout=dropout, spec=spec)
-    net, features, first = BACKBONES[name]()
+    net, features, first, head = BACKBONES[name]()
     if pretrained_path is not None:
-        use_cache = str(pretrained_path) == TORCH_CACHE
-        path = cached_weights_path(name) if use_cache else Path(pretrained_path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained weights {path} not found (a local file)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
-        conv = widen_conv(net.get_submodule(first), in_channels, band_names)
+        conv = load_pretrained(net, name, first, head, pretrained_path, in_channels, band_names)
     else:
         old = net.get_submodule(first)
-        conv = nn.Conv2d(
+        conv = type(old)(
             in_channels,
             old.out_channels,
             old.kernel_size,
@@ -216,9 +270,9 @@ def build_model(
             bias=old.bias is not None,
         )
     _replace(net, first, conv)
-    if name.startswith("resnet"):
-        dim = net.fc.in_features
-        net.fc = nn.Identity()
+    if head is not None:
+        dim = getattr(net, head).in_features
+        setattr(net, head, nn.Identity())
     else:
         dim = _feature_dim(features, in_channels)
     return RegressionModel(features, dim, dropout=dropout, spec=spec)
@@ -231,3 +285,26 @@ def _feature_dim(features: nn.Module, in_channels: int) -> int:
         dim = features(torch.zeros(1, in_channels, 32, 32)).shape[-1]
     features.train(was_training)
     return int(dim)
+
+
+class StackedVideo(nn.Module):
+    """A temporal model seen through stacked input: ``(N, C * T, H, W)`` is unflattened
+    to ``(N, C, T, H, W)`` (``ShardDataset.flat_band_names`` order) before the model, so
+    tools written for 2-D inputs (Captum baselines, deletion/insertion) run unchanged.
+    ``features`` and ``head`` are the wrapped model's (LOTS layer ``"features"``)."""
+
+    def __init__(self, model: RegressionModel, frames: int) -> None:
+        super().__init__()
+        self.model = model
+        self.frames = int(frames)
+        self.head = model.head
+        self.spec = dict(getattr(model, "spec", {}))
+
+    def _video(self, x: Tensor) -> Tensor:
+        return x.unflatten(1, (-1, self.frames)) if x.ndim == 4 else x
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.model.features(self._video(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self._video(x))

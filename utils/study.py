@@ -11,6 +11,11 @@ resumes an interrupted one. :func:`results_table` writes the table as CSV and Ma
 with each method's change against the L2 baseline; :func:`per_bin_plot` draws the
 per-bin test MAE of all methods side by side.
 
+The study can also vary the model (:attr:`StudyConfig.models`, e.g. ``["tiny_cnn",
+"resnet18", "swin3d_t", "mosaiks"]``): every model runs every experiment it supports
+(MOSAIKS, :mod:`utils.mosaiks`, the squared-error ones), cached the same way, and the
+table has one block per model, each compared with its own baseline.
+
 Notebook: ``main.ipynb``; command line: ``python -m bench.study`` (``bench/study.py``).
 """
 
@@ -41,7 +46,8 @@ from utils.atomic import atomic_open
 from utils.calibration import BalancedCalibration
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
-from utils.models import build_model
+from utils.models import build_model, input_layout
+from utils.mosaiks import MOSAIKS, MosaiksConfig, run_mosaiks, supports
 from utils.ownership import OutputFolder
 from utils.paths import RunPaths
 from utils.selection import run_problems
@@ -231,7 +237,7 @@ def cached_datasets(
     built = build_datasets(replace(cfg, augment=False), splits)
     if any(ds.crop < ds.patch for ds in built.values()):
         return None
-    size = sum(len(ds) * ds.num_channels * ds.crop**2 * 4 for ds in built.values())
+    size = sum(len(ds) * int(np.prod(ds.sample_shape)) * 4 for ds in built.values())
     if max_bytes is not None and size > max_bytes:
         return None
     cached = {
@@ -403,6 +409,7 @@ def run_study(
     datasets: dict[str, ShardDataset] | None = None,
     force: bool = False,
     cache_data: bool | str = "auto",
+    mosaiks: MosaiksConfig | None = None,
 ) -> pd.DataFrame:
     """Run (or reuse) every experiment; one row per experiment, in the given order.
 
@@ -415,6 +422,9 @@ def run_study(
         force: re-run experiments whose result is cached.
         cache_data: keep the decoded samples in memory across the runs
             (:func:`study_datasets`); ignored when ``datasets`` are given.
+        mosaiks: the featurisation and ridge of ``cfg.model == "mosaiks"`` (default
+            :class:`utils.mosaiks.MosaiksConfig`); experiments it does not support
+            (losses other than L2, FDS) are skipped with a message.
 
     Returns:
         A DataFrame with ``name``, the :data:`TABLE_METRICS`, ``per_bin_mae``,
@@ -426,9 +436,14 @@ def run_study(
     if datasets is None:
         datasets, cfg = study_datasets(cfg, cache_data)
     data = data_fingerprint(datasets["train"])
+    ridge = cfg.model == MOSAIKS
+    mosaiks = mosaiks or MosaiksConfig()
     rows = []
     for i, experiment in enumerate(experiments, 1):
-        key = experiment_key(experiment, cfg, data)
+        if ridge and not supports(experiment):
+            print(f"[{i}/{len(experiments)}] {experiment.name}: no ridge counterpart, skipped")
+            continue
+        key = experiment_key(experiment, cfg, data + (str(asdict(mosaiks)) if ridge else ""))
         run_dir = Path(out_dir) / f"{experiment.slug}-{key[:12]}"
         cached = (run_dir / RESULT_FILE).is_file() and not force
         if cached:
@@ -439,7 +454,11 @@ def run_study(
                 OutputFolder.claim(run_dir, TRAIN_STAGE, TRAIN_MARKERS)  # made by training
                 shutil.rmtree(run_dir)
             print(f"[{i}/{len(experiments)}] {experiment.name}: training", flush=True)
-            result = run_experiment(experiment, cfg, run_dir, datasets)
+            result = (
+                run_mosaiks(experiment, cfg, mosaiks, run_dir, datasets, data)
+                if ridge
+                else run_experiment(experiment, cfg, run_dir, datasets)
+            )
             print(
                 f"    test b-MAE {result['test']['bmae']:.4f}, MAE {result['test']['mae']:.4f}"
                 f" ({result['train_seconds']:.0f} s)",
@@ -531,8 +550,19 @@ def results_table(
         ``b-MAE vs L2`` / ``MAE vs L2`` (relative change, %), ``best epoch``,
         ``val R2`` (of the kept epoch), ``steps`` (optimizer steps), ``warnings``
         (:func:`utils.selection.run_problems` marks: too few steps, negative test or
-        validation R^2) (and ``b-MAE vs L2 % sd``, ``seeds`` for several seeds).
+        validation R^2) (and ``b-MAE vs L2 % sd``, ``seeds`` for several seeds), ``seconds``
+        (mean training time of a run); with several models (a ``model`` column) a first
+        column ``model``, each model's rows compared with its own baseline.
     """
+    if "model" in results and results["model"].nunique() > 1:
+        blocks = [
+            results_table(group.drop(columns="model"), baseline=baseline).assign(model=model)
+            for model, group in results.groupby("model", sort=False)
+        ]
+        table = pd.concat(blocks, ignore_index=True)
+        table = table[["model", *(c for c in table.columns if c != "model")]]
+        _write_table(table, out_dir)
+        return table
     seeds = results["seed"].nunique() if "seed" in results else 1
     if seeds > 1:
         stacked = pd.concat(
@@ -551,13 +581,20 @@ def results_table(
         ", ".join(run_problems(steps=st, test_r2=r2, val_r2=v))
         for st, r2, v in zip(table["steps"], table["R2"], table["val R2"], strict=True)
     ]
+    if "train_seconds" in results:
+        by_name = results.groupby("name", sort=False)["train_seconds"].mean()
+        table["seconds"] = table["method"].map(by_name).astype(float).to_numpy()
+    _write_table(table, out_dir)
+    return table
+
+
+def _write_table(table: pd.DataFrame, out_dir: str | Path | None) -> None:
     if out_dir is not None:
         out = Path(out_dir)
         with atomic_open(out / "results.csv") as handle:
             handle.write(table.to_csv(index=False, float_format="%.4f"))
         with atomic_open(out / "results.md") as handle:
             handle.write(to_markdown(table))
-    return table
 
 
 def _seed_table(results: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -607,6 +644,8 @@ def per_bin_plot(results: pd.DataFrame, path: str | Path | None = None):
     """
     import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy; only for figures)
 
+    if "model" in results and results["model"].nunique() > 1:  # one bar per model/method
+        results = results.assign(name=results["model"] + " " + results["name"])
     if "seed" in results and results["seed"].nunique() > 1:
         results = _mean_per_bin(results)
     edges = np.asarray(results["bin_edges"].iloc[0], dtype=float)
@@ -670,6 +709,9 @@ class StudyConfig:
             weights, values re-balanced on validation; README, "Results").
         select_mae_within: the epoch each run keeps (``TrainConfig.select_mae_within``;
             None: ``train``'s, whose default is the lowest validation b-MAE).
+        models: models to cross with the experiments (names of
+            :data:`utils.models.MODEL_NAMES` or ``"mosaiks"``); empty: ``train.model``.
+        mosaiks: featurisation and ridge of the ``"mosaiks"`` model.
         train: the shared training config (model, epochs, seed, device, ...).
     """
 
@@ -684,6 +726,8 @@ class StudyConfig:
     calibration_alphas: tuple[float, ...] = DEFAULT_ALPHAS
     calibrate: tuple[str, ...] = ("L2", "weighted L2 a=1")
     select_mae_within: float | None = None
+    models: tuple[str, ...] = ()
+    mosaiks: MosaiksConfig = field(default_factory=MosaiksConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def out_dir(self) -> Path:
@@ -710,16 +754,27 @@ class StudyOutputs:
 def study(cfg: StudyConfig) -> StudyOutputs:
     """Run the study of ``cfg`` (cached runs reused), write the table and the plot."""
     out = cfg.out_dir()
-    train_cfg = replace(cfg.train, run_dir=cfg.run_dir)
-    if cfg.select_mae_within is not None:
-        train_cfg = replace(train_cfg, select_mae_within=cfg.select_mae_within)
-    datasets, train_cfg = study_datasets(train_cfg, cfg.cache_data)  # read once for all seeds
-    runs = [
-        run_study(
-            cfg.selected(), replace(train_cfg, seed=seed), out, datasets=datasets, force=cfg.force
-        ).assign(seed=seed)
-        for seed in cfg.seeds or (train_cfg.seed,)
-    ]
+    models = tuple(cfg.models) or (cfg.train.model,)
+    runs, by_layout = [], {}
+    for model in models:
+        train_cfg = replace(cfg.train, run_dir=cfg.run_dir, model=model)
+        if cfg.select_mae_within is not None:
+            train_cfg = replace(train_cfg, select_mae_within=cfg.select_mae_within)
+        layout = input_layout(model)
+        if layout not in by_layout:  # read once for all seeds and models of a layout
+            by_layout[layout] = study_datasets(train_cfg, cfg.cache_data)
+        datasets, train_cfg = by_layout[layout][0], replace(train_cfg, **_loader(by_layout[layout]))
+        runs += [
+            run_study(
+                cfg.selected(),
+                replace(train_cfg, seed=seed),
+                out,
+                datasets=datasets,
+                force=cfg.force,
+                mosaiks=cfg.mosaiks,
+            ).assign(seed=seed, **({"model": model} if len(models) > 1 else {}))
+            for seed in cfg.seeds or (train_cfg.seed,)
+        ]
     results = pd.concat(runs, ignore_index=True)
     present = set(results["name"])
     calibrated = [
@@ -749,6 +804,11 @@ def study_warnings(table: pd.DataFrame) -> list[str]:
         )
         for advice in run_problems(steps=st, test_r2=r2, val_r2=v).values()
     ]
+
+
+def _loader(built: tuple[dict[str, Dataset], TrainConfig]) -> dict[str, Any]:
+    """The loader setting :func:`study_datasets` chose (no workers for device caches)."""
+    return {"num_workers": built[1].num_workers}
 
 
 def _json_ready(report: dict[str, Any]) -> dict[str, Any]:

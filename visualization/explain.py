@@ -31,6 +31,7 @@ from visualization import heatmaps as hm
 from visualization.lots import (
     LotsResult,
     data_range,
+    frame_change,
     is_dw_channel,
     lots,
     push_target,
@@ -217,7 +218,14 @@ def load_session(
     channels = _get(model_config, "channels", "s2")
     dw_mode = _get(model_config, "dw_mode", "onehot")
     crop = _get(model_config, "crop", None)
-    dataset = ShardDataset(shards, cfg.split, channels=channels, crop=crop, dw_mode=dw_mode)
+    from utils.models import StackedVideo, input_layout  # noqa: PLC0415
+
+    layout = input_layout(str(_get(model_config, "model", "")))
+    dataset = ShardDataset(
+        shards, cfg.split, channels=channels, crop=crop, dw_mode=dw_mode, layout=layout
+    )
+    if dataset.frames:  # a video model: explained through its stacked view
+        model = StackedVideo(model, len(dataset.frames)).eval()
     has_dw = DW_BAND in dataset.file_bands
     display = ShardDataset(
         shards,
@@ -234,9 +242,10 @@ def load_session(
             f"({dataset.band_names}); check channels/dw_mode of the checkpoint's config"
         )
     stats = read_stats(shards)
-    lower, upper = valid_range(dataset.band_names, stats, normalized=True)
-    step_range = data_range(dataset.band_names, stats, normalized=True)
-    mutable = torch.tensor([cfg.perturb_dw or not is_dw_channel(b) for b in dataset.band_names])
+    flat = dataset.flat_band_names  # the channels of the (stacked) input LOTS changes
+    lower, upper = valid_range(flat, stats, normalized=True)
+    step_range = data_range(flat, stats, normalized=True)
+    mutable = torch.tensor([cfg.perturb_dw or not is_dw_channel(b) for b in flat])
     train_labels = ShardDataset(shards, "train", channels=channels, dw_mode=dw_mode).labels
     label_range = _get(model_config, "label_range", None)
     edges = bin_edges(  # the bins of training and evaluation (main.ipynb)
@@ -251,7 +260,7 @@ def load_session(
         model_config,
         dataset,
         display,
-        list(dataset.band_names),
+        list(flat),
         lower,
         upper,
         step_range,
@@ -285,6 +294,7 @@ def pick_examples(session: Session) -> Examples:
         print(f"label bins with no {cfg.split} sample (nothing to explain there): {empty}")
     index = np.array(picked, dtype=np.int64)
     x = torch.stack([session.dataset[int(i)]["image"] for i in index])
+    x = x.flatten(1, 2) if x.ndim == 5 else x  # a video model's stacked view
     pred = _predict(session.model, x, cfg.batch_size)
     return Examples(index, labels[index], bins[index], x, pred, counts)
 
@@ -475,6 +485,24 @@ def save_figures(
             out / "lots_traces.png",
         ),
     }
+    frames = session.dataset.frames
+    if frames:  # which quarter LOTS changed
+        scale, video = session.step_range.numpy(), (len(examples.x), -1, len(frames))
+        per_quarter = {
+            f"{name} {q}": hm.smooth(m[:, t], sigma=session.cfg.sigma)
+            for name, res in pushes.items()
+            for m in [
+                frame_change(
+                    examples.x.reshape(*video, *examples.x.shape[-2:]),
+                    res.x_adv.reshape(*video, *examples.x.shape[-2:]),
+                    scale,
+                )
+            ]
+            for t, q in enumerate(frames)
+        }
+        figures["quarters"] = hm.plot_heatmap_grid(
+            rgb, per_quarter, out / "lots_quarters.png", row_titles=titles
+        )
     if baseline_maps is not None:
         both = {**shown, **baseline_maps}
         figures["baselines"] = hm.plot_heatmap_grid(

@@ -355,6 +355,31 @@ def _per_channel(value: Tensor | float | Sequence[float], channels: int, name: s
     return t.clone()
 
 
+def _per_quarter(value: Tensor | float | Sequence[float], x: Tensor, name: str) -> Tensor:
+    """Per-channel values for ``x``: 1, C or (for (N, C, T, H, W)) C * T values, as C * T
+    (a value per channel is used in every quarter)."""
+    shape = x.shape[1:-2]
+    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if len(shape) == 2 and t.numel() == shape[0] and shape[1] > 1:
+        t = t[:, None].expand(*shape).flatten()
+    return _per_channel(t, int(np.prod(shape)), name)
+
+
+def frame_change(
+    x: Tensor | np.ndarray, x_adv: Tensor | np.ndarray, scale: Tensor | np.ndarray | None = None
+) -> np.ndarray:
+    """How much LOTS changed each quarter of a video input: ``|x_adv - x|`` (divided by
+    ``scale``, C * T values in ``flat_band_names`` order) summed over the channels of each
+    quarter, (N, C, T, H, W) -> (N, T, H, W): the heatmap of every quarter."""
+    delta = np.abs(np.asarray(x_adv, np.float64) - np.asarray(x, np.float64))
+    if delta.ndim != 5:
+        raise ValueError(f"expected (N, C, T, H, W) inputs, got shape {delta.shape}")
+    if scale is not None:
+        s = np.asarray(scale, np.float64).reshape(1, *delta.shape[1:3], 1, 1)
+        delta = delta / np.where(s > 0, s, 1.0)
+    return delta.sum(1)
+
+
 def lots(
     model: nn.Module,
     x: Tensor,
@@ -378,7 +403,10 @@ def lots(
 
     Args:
         model: a regressor in the input space of ``x`` (put in eval mode here).
-        x: (N, C, H, W) origins, as the model sees them (e.g. normalised).
+        x: (N, C, H, W) origins, as the model sees them (e.g. normalised), or
+            (N, C, T, H, W) for a video model (quarters as time); every per-channel
+            argument then takes C or C * T values (``ShardDataset.flat_band_names``
+            order), so each quarter of a channel can have its own range.
         target: a :class:`LotsTarget` (or its (N, D) / (D,) features).
         layer: see :func:`feature_fn`.
         lower, upper: per-channel valid range in the model's space (C values or one);
@@ -407,8 +435,8 @@ def lots(
         A :class:`LotsResult`. No pixel moves more than ``max_gain * step * range_c``
         per iteration (``step * range_c`` with ``grow=1``).
     """
-    if x.ndim != 4:
-        raise ValueError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.ndim not in (4, 5):
+        raise ValueError(f"x must be (N, C, H, W) or (N, C, T, H, W), got {tuple(x.shape)}")
     if not isinstance(target, LotsTarget):
         target = LotsTarget(features=target)
     if iterations < 0 or step <= 0 or not 0 < anneal <= 1 or grow < 1 or max_gain < 1:
@@ -416,20 +444,20 @@ def lots(
             "need iterations >= 0, step > 0, 0 < anneal <= 1, grow >= 1 and max_gain >= 1; "
             f"got {iterations}, {step}, {anneal}, {grow}, {max_gain}"
         )
-    n, c = x.shape[:2]
+    n = x.shape[0]
     device = x.device
-    lo = _per_channel(lower, c, "lower").to(device)
-    hi = _per_channel(upper, c, "upper").to(device)
+    lo = _per_quarter(lower, x, "lower").to(device)
+    hi = _per_quarter(upper, x, "upper").to(device)
     if bool((hi <= lo).any()):
         raise ValueError(
             f"every channel needs upper > lower; got lower={lo.tolist()}, upper={hi.tolist()}"
         )
-    step_c = step * (hi - lo if step_range is None else _per_channel(step_range, c, "step_range"))
+    step_c = step * (hi - lo if step_range is None else _per_quarter(step_range, x, "step_range"))
     if bool((step_c <= 0).any()):
         raise ValueError(f"every channel needs a positive step range, got {step_c.tolist()}")
     if mutable is not None:
-        step_c = step_c * _per_channel(mutable, c, "mutable").to(device)
-    view = (1, c, 1, 1)
+        step_c = step_c * _per_quarter(mutable, x, "mutable").to(device)
+    view = (1, *x.shape[1:-2], 1, 1)
     lo, hi, step_c = lo.view(view), hi.view(view), step_c.view(view)
 
     feats_t = target.features.to(device, torch.float32)
@@ -530,9 +558,10 @@ def _lots_batch(
         loss = 0.5 * diff.pow(2).sum()
         (grad,) = torch.autograd.grad(loss, xa)
         grad = grad[keep]
-        scale = grad.abs().flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        per_sample = (-1,) + (1,) * (grad.ndim - 1)
+        scale = grad.abs().flatten(1).amax(1).clamp_min(1e-12).view(per_sample)
         active = active[keep]
-        move = step_c * gain[active].view(-1, 1, 1, 1) * grad / scale
+        move = step_c * gain[active].view(per_sample) * grad / scale
         x[active] = torch.minimum(torch.maximum(x[active] - move, lo), hi)
         steps[active.cpu()] += 1
     # a sample that stopped keeps its last distance/prediction in the remaining columns
