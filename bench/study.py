@@ -25,10 +25,10 @@ from utils.train import TrainConfig
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Options of ``python -m bench.study``."""
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--run-dir", default="runs/study", help="run folder")
+    from utils.cli import add_run_dir, make_parser  # noqa: PLC0415
+
+    p = make_parser("bench.study", __doc__.splitlines()[0])
+    add_run_dir(p, "runs/study", "shards from <run-dir>/shards, results in <run-dir>/train")
     p.add_argument("--n", type=int, default=5000, help="synthetic places (only if no shards)")
     p.add_argument("--size", type=int, default=64, help="patch px (only if no shards)")
     p.add_argument("--experiments", nargs="+", default=None, help="names; default all")
@@ -71,6 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     """The :class:`StudyConfig` of parsed options."""
+    args.run_dir = str(args.run_dir)
     train = TrainConfig(
         run_dir=args.run_dir,
         model=args.model,

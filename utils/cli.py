@@ -78,3 +78,30 @@ def writable_folder(path: str | Path, option: str) -> Path:
             "write to"
         ) from None
     return folder
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Field name -> its description in the ``Attributes:`` section of ``cls``'s
+    Google-style docstring (``a, b: text`` describes both), so a config dataclass's
+    docstring is also its CLI's help."""
+    import inspect  # noqa: PLC0415
+    import re  # noqa: PLC0415
+
+    doc = inspect.getdoc(cls) or ""
+    _, _, section = doc.partition("Attributes:\n")
+    entries: dict[str, str] = {}
+    names: list[str] = []
+    for line in section.splitlines():
+        match = re.match(r"^    ([\w, ]+):\s*(.*)$", line)
+        if match:
+            names = [n.strip() for n in match.group(1).split(",")]
+            entries.update({n: match.group(2) for n in names})
+        elif line.startswith("      ") and names:
+            entries.update({n: f"{entries[n]} {line.strip()}" for n in names})
+        elif line and not line.startswith(" "):
+            break  # the next section
+    def plain(text: str) -> str:  # reST roles and literals read as plain text in --help
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
+        return text.replace("``", "").replace("%", "%%")
+
+    return {name: plain(text) for name, text in entries.items()}

@@ -40,13 +40,18 @@ class Stage:
 
 
 #: Pipeline order. Each stage's ``demo`` dict overrides its notebook's parameters cell.
+#: Headless runs keep no progress bars (a saved bar shows only its first state, "0%").
 STAGES: tuple[Stage, ...] = (
-    Stage("extract_GPS_images/image.ipynb", {"backend": "synthetic", "n": 1500, "size": 48}),
-    Stage("split_and_batch.ipynb", {}),
+    Stage(
+        "extract_GPS_images/image.ipynb",
+        {"backend": "synthetic", "n": 1500, "size": 48, "progress": False},
+    ),
+    Stage("split_and_batch.ipynb", {"progress": False}),
     Stage(
         "main.ipynb",
         # the study trains 16 models: a small CNN on whole 48 px patches (cached in memory)
-        {"model": "tiny_cnn", "crop": None, "epochs": 5, "batch_size": 64, "lr": 0.003},
+        {"model": "tiny_cnn", "crop": None, "epochs": 5, "batch_size": 64, "lr": 0.003,
+         "progress": False},
     ),
     Stage(
         "visualization.ipynb",
@@ -218,8 +223,10 @@ def write_timings(
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Command-line options of ``python -m utils.pipeline``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", default="runs/demo", help="run folder (default runs/demo)")
+    from utils.cli import add_run_dir, make_parser  # noqa: PLC0415
+
+    parser = make_parser("utils.pipeline", __doc__.splitlines()[0])
+    add_run_dir(parser, "runs/demo", "every stage's inputs and outputs")
     parser.add_argument(
         "--only", nargs="+", metavar="STAGE", help=f"stages to run: {[s.name for s in STAGES]}"
     )
@@ -228,7 +235,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="STAGE.KEY=JSON",
-        help="override a parameter, e.g. image.n=5000 image.size=225",
+        help="override a notebook parameter, e.g. image.n=5000 image.size=225 (an unknown "
+        "key is refused with the list of valid ones)",
     )
     parser.add_argument("--force", action="store_true", help="re-run finished stages")
     return parser

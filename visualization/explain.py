@@ -53,7 +53,7 @@ class ExplainConfig:
         split: split whose samples are explained.
         examples_per_bin: examples drawn from each label bin (fewer where a bin is small).
         n_bins: number of label bins; None = the checkpoint's (``bins``, 6 by default),
-            over its ``label_range`` or the training labels' range (DESIGN 5).
+            over its ``label_range`` or the training labels' range.
         iterations: LOTS iteration cap.
         step: LOTS step as a fraction of each band's typical (1-99 %) data range.
         layer: LOTS layer for the pushes: ``"output"`` (the prediction itself; the
