@@ -27,7 +27,9 @@ from utils.atomic import atomic_path
 
 
 def _tf():
+    # quiet start: no INFO/WARNING C++ logs, no oneDNN banner (TF only reads records here)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow as tf  # noqa: PLC0415 (lazy: heavy, only for TFRecord I/O)
 
     return tf

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import papermill
@@ -71,12 +75,39 @@ def test_timings_keep_the_last_real_time_of_a_skipped_stage(tmp_path, monkeypatc
     assert (run / "timings.csv").read_text().splitlines()[1] == "image,12.5,not run"
 
 
+NOISE = ("oneDNN", "absl::", "cpu_feature_guard", "IPKernelApp", "without encryption", "0%|")
+
+
+def _outputs_text(notebook: Path) -> str:
+    nb = json.loads(notebook.read_text())
+    parts = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts.extend("".join(v) for k, v in out.get("data", {}).items() if k.startswith("text"))
+    return "\n".join(parts)
+
+
+def test_tensorflow_starts_quietly() -> None:
+    code = "from extract_GPS_images.tfrecord import _tf; print(_tf().constant(1).numpy())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=project_root(), timeout=300,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("TF_")})
+    assert done.stdout.strip() == "1", done.stderr
+    assert not [word for word in NOISE if word in done.stderr], done.stderr
+
+
 @pytest.mark.notebook
-def test_run_then_skip_finished_stage(tmp_path, caplog) -> None:
+def test_run_then_skip_finished_stage(tmp_path, caplog, capfd) -> None:
     tiny = {"image": {"n": 8, "size": 8}}
     with caplog.at_level(logging.WARNING, logger="papermill"):
         rows = run_pipeline(tmp_path / "run", stages=STAGES[:1], overrides=tiny)
     assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]
+    # quiet: nothing of the kernel's transport, TensorFlow or a saved "0%" progress bar
+    outputs = _outputs_text(tmp_path / "run" / "notebooks" / "image.ipynb")
+    assert "8 records" in outputs
+    printed = capfd.readouterr()
+    assert not [w for w in NOISE if w in outputs + printed.err + printed.out], printed.err
     assert [(name, status) for name, _, status in rows] == [("image", "ran")]
     assert (tmp_path / "run" / "notebooks" / "image.ipynb").is_file()
     assert len(list((tmp_path / "run" / "exports").glob("*.tfrecord.gz"))) == 8

@@ -75,7 +75,8 @@ def execute_notebook(
     """
     import papermill  # noqa: PLC0415 (heavy; only when notebooks run)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
@@ -86,6 +87,8 @@ def execute_notebook(
         kernel_name="python3",
         progress_bar=False,
         execution_timeout=timeout,
+        # the kernel's start-up warning about local TCP transport is noise in a headless run
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     return output
 
