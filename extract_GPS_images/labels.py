@@ -17,6 +17,7 @@ import datetime
 import hashlib
 import io
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,8 +177,8 @@ def _decode(data: bytes, name: str) -> tuple[str, str]:
             f"{name} is not UTF-8 text (byte {data[utf8_error.start]:#04x} at offset "
             f"{utf8_error.start}) nor Windows cp1252: save it as 'CSV UTF-8'"
         ) from None
-    warnings.warn(f"{name} is not UTF-8; read it as Windows cp1252 (Excel's plain 'CSV'). "
-                  "Save it as 'CSV UTF-8' to be sure of accented names", stacklevel=3)
+    _warn(f"{name} is not UTF-8; read it as Windows cp1252 (Excel's plain 'CSV'). "
+          "Save it as 'CSV UTF-8' to be sure of accented names")
     return text, "cp1252"
 
 
@@ -214,6 +215,19 @@ def _swap_summary(lines: np.ndarray, used: dict[str, str]) -> str:
     return (f"lines {shown} ({len(lines)} rows): column '{used['latitude']}' is outside "
             f"[-90, 90] where column '{used['longitude']}' would be a valid latitude: did you "
             "swap latitude and longitude?")
+
+
+def _warn(message: str) -> None:
+    """Warn, attributed to the first caller outside this project's packages (a notebook
+    cell, a script), so the line a warning repeats is the user's own call."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of _warn
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGES):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+_PACKAGES = tuple(str(Path(__file__).resolve().parents[1] / d) + "/"
+                  for d in ("extract_GPS_images", "utils", "loss", "metrics", "visualization"))
 # --- end of the file-reading block -------------------------------------------------------
 
 
@@ -328,9 +342,9 @@ def read_labels(
             f"{shown}{more}{hint}"
         )
     for message in messages:
-        warnings.warn(f"{name}: skipping {message}", stacklevel=2)
+        _warn(f"{name}: skipping {message}")
     if hint and on_error == "skip":
-        warnings.warn(f"{name}:{hint}", stacklevel=2)
+        _warn(f"{name}:{hint}")
 
     keep = np.array([i not in problems for i in range(len(raw))], dtype=bool)
     if not keep.any():
@@ -352,11 +366,10 @@ def read_labels(
     frame["imagery_year"] = frame["year"].where(~early, imagery_year).astype(int)
     mapping = {int(y): imagery_year for y in sorted(frame.loc[early, "year"].unique())}
     if mapping:
-        warnings.warn(
+        _warn(
             f"{name}: label years {sorted(mapping)} are before {first_year} (no full year of "
             f"Sentinel-2 / Dynamic World); using imagery of {imagery_year} for "
             f"{int(early.sum())} rows (stored per sample as 'imagery_year')",
-            stacklevel=2,
         )
     columns = ["cell_id", "cell_key", "year", "imagery_year", "latitude", "longitude", "label"]
     frame = frame[[*columns, "line"]]

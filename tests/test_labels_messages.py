@@ -139,3 +139,11 @@ def test_your_own_labels_are_not_damaged_by_default(tmp_path: Path) -> None:
     asked = generate_world(tmp_path / "asked", labels=path, size=8, corrupt_fraction=0.05,
                            progress=False)
     assert len(asked.corruptions) == 3
+
+
+def test_warnings_point_at_the_users_own_call(tmp_path: Path) -> None:
+    path = tmp_path / "old.csv"
+    path.write_text(HEADER + "2014,A,21.0,105.8,2.5\n")
+    with pytest.warns(UserWarning, match="before 2016") as caught:
+        generate_world(tmp_path / "w", labels=path, size=8, progress=False)  # via synthetic
+    assert caught[0].filename == __file__  # not a line inside the package

@@ -424,7 +424,8 @@ def save_figures(
     titles = _row_titles(examples, push_table(examples, pushes))
     figures = {
         "heatmaps": hm.plot_heatmap_grid(
-            rgb, heatmaps, out / "lots_heatmaps.png", dw=dw, row_titles=titles
+            rgb, heatmaps, out / "lots_heatmaps.png", dw=dw, row_titles=titles,
+            difference=("LOTS poorer", "LOTS richer") if len(heatmaps) == 2 else None,
         ),
         "importance": hm.plot_importance(
             *importance(session, examples, pushes), out / "band_quarter_importance.png"

@@ -224,9 +224,11 @@ def plot_heatmap_grid(
     row_titles: Sequence[str] | None = None,
     alpha: float = 0.55,
     cmap: str = "inferno",
+    difference: tuple[str, str] | None = None,
 ) -> Path:
     """One row per sample: true colour, Dynamic World, then each heatmap over the image
-    (in grey), each map scaled to its own maximum.
+    (in grey), each map scaled to its own maximum (the colour bar), and optionally the
+    difference of two of them.
 
     Args:
         rgb: N images (H, W, 3) in [0, 1].
@@ -234,14 +236,18 @@ def plot_heatmap_grid(
         path: PNG to write.
         dw: N Dynamic World code maps (H, W), or ``None`` entries / no column.
         row_titles: N labels written left of each row.
+        difference: two column titles ``(a, b)``: one more column ``b - a`` of the scaled
+            maps, red where only ``b`` changed the image, blue where only ``a`` did (the two
+            pushes often touch the same pixels; this shows where they part).
     """
     import matplotlib.pyplot as plt  # noqa: PLC0415
     from matplotlib.colors import ListedColormap  # noqa: PLC0415
 
     n = len(rgb)
     has_dw = dw is not None and any(d is not None for d in dw)
-    cols = 1 + int(has_dw) + len(heatmaps)
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n + 0.4), squeeze=False)
+    cols = 1 + int(has_dw) + len(heatmaps) + int(difference is not None)
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols + 0.6, 2.3 * n + 0.9), squeeze=False)
+    heat_image = diff_image = None
     dw_cmap = ListedColormap(DW_PALETTE)
     for i in range(n):
         ax = axes[i, 0]
@@ -257,10 +263,18 @@ def plot_heatmap_grid(
         grey = np.asarray(rgb[i], dtype=np.float64).mean(-1)  # the map reads better on grey
         for name, maps in heatmaps.items():
             axes[i, col].imshow(grey, cmap="gray", vmin=0, vmax=1)
-            axes[i, col].imshow(_normalise(maps[i]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+            heat_image = axes[i, col].imshow(
+                _normalise(maps[i]), cmap=cmap, alpha=alpha, vmin=0, vmax=1
+            )
             if i == 0:
                 axes[i, col].set_title(name, fontsize=9)
             col += 1
+        if difference is not None:
+            a, b = difference
+            change = _normalise(heatmaps[b][i]) - _normalise(heatmaps[a][i])
+            diff_image = axes[i, col].imshow(change, cmap="RdBu_r", vmin=-1, vmax=1)
+            if i == 0:
+                axes[i, col].set_title(f"{b.split()[-1]} − {a.split()[-1]}", fontsize=9)
         if i == 0:
             axes[i, 0].set_title("true colour", fontsize=9)
             if has_dw:
@@ -268,10 +282,20 @@ def plot_heatmap_grid(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    bottom = 0.9 / (2.3 * n + 0.9)
     if has_dw:
         handles = [plt.Rectangle((0, 0), 1, 1, color=DW_PALETTE[k]) for k in range(len(DW_CLASSES))]
-        fig.legend(handles, DW_CLASSES, loc="lower center", ncol=5, fontsize=7, frameon=False)
-        fig.subplots_adjust(bottom=0.6 / (2.3 * n + 0.4))
+        fig.legend(handles, DW_CLASSES, loc="lower left", ncol=3, fontsize=7, frameon=False)
+    fig.subplots_adjust(bottom=bottom, right=0.9)
+    first_heat = 1 + int(has_dw)
+    if heat_image is not None:
+        bar = fig.colorbar(heat_image, ax=axes[:, first_heat:first_heat + len(heatmaps)],
+                           orientation="horizontal", fraction=0.6 / n, pad=0.02, aspect=30)
+        bar.set_label("change of the image (each map / its maximum)", fontsize=8)
+    if diff_image is not None:
+        bar = fig.colorbar(diff_image, ax=axes[:, -1], orientation="horizontal",
+                           fraction=0.6 / n, pad=0.02, aspect=15)
+        bar.set_label("difference of the scaled maps", fontsize=8)
     return _save(fig, path)
 
 
