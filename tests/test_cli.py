@@ -6,6 +6,7 @@ parameters cells hold the same defaults as their stage's config dataclass."""
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import os
 import re
@@ -126,8 +127,11 @@ def test_notebook_defaults_are_the_config_defaults() -> None:
         "main.ipynb": asdict(TrainConfig()),
         "split_and_batch.ipynb": asdict(SplitConfig()),
         "visualization.ipynb": asdict(ExplainConfig()),
-        "extract_GPS_images/image.ipynb": {
-            **asdict(WorldConfig()), "corrupt_fraction": generate_world.__defaults__ and None
+        "extract_GPS_images/image.ipynb": {  # corrupt_fraction: generate_world's (None)
+            **asdict(WorldConfig()),
+            "corrupt_fraction": inspect.signature(generate_world).parameters[
+                "corrupt_fraction"
+            ].default,
         },
     }
     for notebook, config in pairs.items():
