@@ -165,7 +165,7 @@ def run_pipeline(
         overrides: stage name -> parameters replacing the stage's demo values.
         force: run a stage even when it already finished with the same inputs.
     """
-    check_overrides(overrides or {}, stages)
+    check_overrides(overrides or {}, (*STAGES, *stages))
     paths = RunPaths.of(run_dir)
     paths.notebooks.mkdir(parents=True, exist_ok=True)
     timings = read_timings(paths.root / TIMINGS_FILE)
