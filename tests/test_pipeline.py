@@ -88,8 +88,14 @@ def _outputs_text(notebook: Path) -> str:
     return "\n".join(parts)
 
 
-def test_tensorflow_starts_quietly() -> None:
-    code = "from extract_GPS_images.tfrecord import _tf; print(_tf().constant(1).numpy())"
+@pytest.mark.parametrize("code", [
+    "from extract_GPS_images.tfrecord import _tf; print(_tf().constant(1).numpy())",
+    # what utils.train does before TensorBoard, which imports TensorFlow when installed
+    "from utils.quiet import quiet_tensorflow; quiet_tensorflow(); import tempfile; "
+    "from torch.utils.tensorboard import SummaryWriter; "
+    "SummaryWriter(tempfile.mkdtemp()).close(); print(1)",
+], ids=["tfrecord", "tensorboard"])
+def test_tensorflow_starts_quietly(code: str) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=project_root(), timeout=300,
                           env={k: v for k, v in os.environ.items() if not k.startswith("TF_")})

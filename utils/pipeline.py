@@ -15,7 +15,6 @@ import csv
 import difflib
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from utils.atomic import atomic_open
 from utils.paths import RunPaths, project_root
+from utils.quiet import quiet_tensorflow
 
 TIMINGS_FILE = "timings.csv"
 
@@ -75,8 +75,7 @@ def execute_notebook(
     """
     import papermill  # noqa: PLC0415 (heavy; only when notebooks run)
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the kernels inherit it
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    quiet_tensorflow()  # the kernels inherit the environment
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(

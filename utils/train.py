@@ -43,6 +43,7 @@ from utils.checkpoint import load_checkpoint, save_checkpoint, set_rng_state, un
 from utils.dataloader import ShardDataset, build_datasets, make_loader
 from utils.models import build_model
 from utils.paths import RunPaths, resolve
+from utils.quiet import quiet_tensorflow
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -556,6 +557,7 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.tensorboard:
+            quiet_tensorflow()  # TensorBoard imports TensorFlow when it is installed
             from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (slow import)
 
             writer = SummaryWriter(str(out / TB_DIR))

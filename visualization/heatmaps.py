@@ -246,7 +246,8 @@ def plot_heatmap_grid(
     n = len(rgb)
     has_dw = dw is not None and any(d is not None for d in dw)
     cols = 1 + int(has_dw) + len(heatmaps) + int(difference is not None)
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols + 0.6, 2.3 * n + 0.9), squeeze=False)
+    height = 2.3 * n + 1.3  # inches: the rows, then the legend and the colour bars
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, height), squeeze=False)
     heat_image = diff_image = None
     dw_cmap = ListedColormap(DW_PALETTE)
     for i in range(n):
@@ -282,20 +283,25 @@ def plot_heatmap_grid(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    bottom = 0.9 / (2.3 * n + 0.9)
+    fig.subplots_adjust(bottom=1.1 / height, top=1 - 0.35 / height, hspace=0.08, wspace=0.05)
     if has_dw:
         handles = [plt.Rectangle((0, 0), 1, 1, color=DW_PALETTE[k]) for k in range(len(DW_CLASSES))]
         fig.legend(handles, DW_CLASSES, loc="lower left", ncol=3, fontsize=7, frameon=False)
-    fig.subplots_adjust(bottom=bottom, right=0.9)
     first_heat = 1 + int(has_dw)
+    bars = []
     if heat_image is not None:
-        bar = fig.colorbar(heat_image, ax=axes[:, first_heat:first_heat + len(heatmaps)],
-                           orientation="horizontal", fraction=0.6 / n, pad=0.02, aspect=30)
-        bar.set_label("change of the image (each map / its maximum)", fontsize=8)
+        bars.append((heat_image, first_heat, first_heat + len(heatmaps) - 1,
+                     "map value (each map scaled to its maximum)"))
     if diff_image is not None:
-        bar = fig.colorbar(diff_image, ax=axes[:, -1], orientation="horizontal",
-                           fraction=0.6 / n, pad=0.02, aspect=15)
-        bar.set_label("difference of the scaled maps", fontsize=8)
+        bars.append((diff_image, cols - 1, cols - 1, "difference of the scaled maps"))
+    for image, first, last, label in bars:  # own axes under the grid: no row loses space
+        left, right = axes[-1, first].get_position(), axes[-1, last].get_position()
+        cax = fig.add_axes((left.x0, 0.55 / height, right.x1 - left.x0, 0.12 / height))
+        bar = fig.colorbar(image, cax=cax, orientation="horizontal")
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+        if image is diff_image:
+            bar.set_ticks([-1, 0, 1])
     return _save(fig, path)
 
 
