@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
+import os
 import re
 import sys
 import warnings
@@ -226,7 +227,7 @@ def _warn(message: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=level)
 
 
-_PACKAGES = tuple(str(Path(__file__).resolve().parents[1] / d) + "/"
+_PACKAGES = tuple(os.path.join(Path(__file__).resolve().parents[1], d, "")
                   for d in ("extract_GPS_images", "utils", "loss", "metrics", "visualization"))
 # --- end of the file-reading block -------------------------------------------------------
 
