@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
-from utils.hdf5_schema import split_files
-from utils.paths import RunPaths
-from utils.repeated_splits import repeated_split_study
-from utils.study import DEFAULT_ALPHAS, StudyConfig, study, to_markdown
-from utils.train import TrainConfig
+from utils.study_defaults import DEFAULT_ALPHAS, DEFAULT_CALIBRATE
+
+if TYPE_CHECKING:  # torch-heavy: imported once the options are parsed (--help stays quick)
+    from utils.study import StudyConfig
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -48,7 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="balanced calibration after training, one row per a (none: no rows)",
     )
     p.add_argument(
-        "--calibrate", nargs="+", default=list(StudyConfig.calibrate),
+        "--calibrate", nargs="+", default=list(DEFAULT_CALIBRATE),
         help="experiments whose predictions get the calibration rows",
     )
     p.add_argument(
@@ -71,6 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     """The :class:`StudyConfig` of parsed options."""
+    from utils.study import StudyConfig  # noqa: PLC0415
+    from utils.train import TrainConfig  # noqa: PLC0415
+
     args.run_dir = str(args.run_dir)
     train = TrainConfig(
         run_dir=args.run_dir,
@@ -101,6 +104,9 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 def prepare_data(run_dir: str, n: int, size: int) -> None:
     """Write the synthetic world and its shards unless the run already has shards."""
+    from utils.hdf5_schema import split_files  # noqa: PLC0415
+    from utils.paths import RunPaths  # noqa: PLC0415
+
     try:
         split_files(RunPaths.of(run_dir).shards, "train")
         return
@@ -114,6 +120,9 @@ def prepare_data(run_dir: str, n: int, size: int) -> None:
 
 def main(cfg: StudyConfig, split_seeds: list[int] | None = None) -> None:
     """Run the study (on each split of ``split_seeds`` when given) and print its table."""
+    from utils.repeated_splits import repeated_split_study  # noqa: PLC0415
+    from utils.study import study, to_markdown  # noqa: PLC0415
+
     start = time.perf_counter()
     outputs = repeated_split_study(cfg, split_seeds) if split_seeds else study(cfg)
     print(to_markdown(outputs.table))

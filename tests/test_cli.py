@@ -27,11 +27,11 @@ CLIS = [
     ("extract_GPS_images.synthetic", [], True, True),
     ("utils.split_and_batch", [], True, True),
     ("utils.pipeline", [], True, True),
-    # these three build their options from config dataclasses that live in torch modules
-    # (TrainConfig, ExplainConfig, StudyConfig): --help imports torch (2-5 s on 2 cores)
+    ("bench.study", [], True, True),
+    # these two build their options from config dataclasses that live in torch modules
+    # (TrainConfig, ExplainConfig): their --help imports torch (2-5 s on 2 cores)
     ("utils.train", [], True, False),
     ("visualization.lots", [], True, False),
-    ("bench.study", [], True, False),
 ]
 
 HELP_PROBE = """

@@ -41,6 +41,7 @@ from utils.checkpoint import load_checkpoint
 from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
 from utils.models import build_model
 from utils.paths import RunPaths
+from utils.study_defaults import DEFAULT_ALPHAS, DEFAULT_CALIBRATE
 from utils.train import TrainConfig, evaluate, fit, resolve_device
 
 RESULT_FILE = "result.json"
@@ -51,8 +52,6 @@ TABLE_METRICS: tuple[str, ...] = ("bmae", "mae", "rmse", "r2", "many_mae", "medi
 NON_RESULT_FIELDS: frozenset[str] = frozenset(
     {"run_dir", "shards_dir", "experiment", "resume", "progress", "tensorboard", "num_workers"}
 )
-#: The weighting strengths of the original study's weighted-loss and resampling runs.
-DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 #: Initial noise sigma of Balanced MSE: about a tenth of the label spread (the wealth
 #: index's std is about 0.45), the ratio of Ren et al.'s age runs (sigma 1 year). A
 #: sigma near the label std (0.5) flattens BMC's batch softmax and the model barely learns.
@@ -689,7 +688,7 @@ class StudyConfig:
     cache_data: bool | str = "auto"
     seeds: tuple[int, ...] = ()
     calibration_alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    calibrate: tuple[str, ...] = ("L2", "weighted L2 a=1")
+    calibrate: tuple[str, ...] = DEFAULT_CALIBRATE
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def out_dir(self) -> Path:
