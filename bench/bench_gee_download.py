@@ -32,7 +32,9 @@ from extract_GPS_images.gee_recipe import FALLBACK_BAND, RecipeConfig  # noqa: E
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from utils.cli import make_parser  # noqa: PLC0415
+
+    parser = make_parser("bench.bench_gee_download", __doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.2, help="fake latency, seconds")
     parser.add_argument("--k", type=int, nargs="+", default=[1, 4, 16], help="concurrency")
     parser.add_argument("--waves", type=int, default=50, help="downloads = waves * k")

@@ -72,7 +72,9 @@ def bench_model(channels: int) -> tuple[nn.Module, str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from utils.cli import make_parser  # noqa: PLC0415
+
+    parser = make_parser("bench.bench_lots", __doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--size", type=int, default=48, help="image side in pixels")
     parser.add_argument("--channels", type=int, default=24)

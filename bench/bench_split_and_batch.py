@@ -107,7 +107,9 @@ def peak_memory_mb(src: Path, workers: int, compression: str) -> float:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from utils.cli import make_parser  # noqa: PLC0415
+
+    parser = make_parser("bench.bench_split_and_batch", __doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=1500, help="records at 1x (demo: 1500)")
     parser.add_argument("--size", type=int, default=48, help="patch side (demo: 48)")
     parser.add_argument("--workers", type=int, default=2)

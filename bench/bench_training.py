@@ -65,7 +65,9 @@ def synthetic_shards(folder: Path, n_train: int, size: int) -> Path:
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Command-line options."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from utils.cli import make_parser  # noqa: PLC0415
+
+    parser = make_parser("bench.bench_training", __doc__.splitlines()[0])
     parser.add_argument("--shards", type=Path, help="shards folder (default: synthetic)")
     parser.add_argument("--n", type=int, default=1024, help="synthetic train samples")
     parser.add_argument("--size", type=int, default=48, help="synthetic patch size")

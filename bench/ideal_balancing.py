@@ -21,8 +21,6 @@ reading of the scene buys from that many training labels.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 
 from extract_GPS_images.synthetic import WEALTH_RANGE, WorldConfig, wealth_quantile
@@ -202,7 +200,9 @@ def spread_over_test_sets(
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     """Print the table for the world of the given knobs."""
     world = WorldConfig()
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from utils.cli import make_parser  # noqa: PLC0415
+
+    p = make_parser("bench.ideal_balancing", __doc__.splitlines()[0])
     p.add_argument("--scene-noise", type=float, default=world.scene_noise)
     p.add_argument("--tail-wealth", type=float, default=world.tail_wealth)
     p.add_argument(

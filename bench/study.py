@@ -17,21 +17,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
-from utils.hdf5_schema import split_files
-from utils.mosaiks import MosaiksConfig
-from utils.paths import RunPaths
-from utils.repeated_splits import repeated_split_study
-from utils.study import DEFAULT_ALPHAS, StudyConfig, study, to_markdown
-from utils.train import TrainConfig
+from utils.study_defaults import DEFAULT_ALPHAS, DEFAULT_CALIBRATE
+
+if TYPE_CHECKING:  # torch-heavy: imported once the options are parsed (--help stays quick)
+    from utils.study import StudyConfig
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Options of ``python -m bench.study``."""
-    p = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--run-dir", default="runs/study", help="run folder")
+    from utils.cli import add_run_dir, make_parser  # noqa: PLC0415
+
+    p = make_parser("bench.study", __doc__.splitlines()[0])
+    add_run_dir(p, "runs/study", "shards from <run-dir>/shards, results in <run-dir>/train")
     p.add_argument("--n", type=int, default=5000, help="synthetic places (only if no shards)")
     p.add_argument("--size", type=int, default=64, help="patch px (only if no shards)")
     p.add_argument("--experiments", nargs="+", default=None, help="names; default all")
@@ -47,8 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mosaiks-filters",
         type=int,
-        default=MosaiksConfig.num_filters,
-        help="MOSAIKS random patches K (2K features)",
+        default=None,
+        help="MOSAIKS random patches K (2K features; default: MosaiksConfig's 4096)",
     )
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=64)
@@ -69,7 +68,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibrate",
         nargs="+",
-        default=list(StudyConfig.calibrate),
+        default=list(DEFAULT_CALIBRATE),
         help="experiments whose predictions get the calibration rows",
     )
     p.add_argument(
@@ -102,6 +101,11 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     """The :class:`StudyConfig` of parsed options."""
+    from utils.mosaiks import MosaiksConfig  # noqa: PLC0415
+    from utils.study import StudyConfig  # noqa: PLC0415
+    from utils.train import TrainConfig  # noqa: PLC0415
+
+    args.run_dir = str(args.run_dir)
     train = TrainConfig(
         run_dir=args.run_dir,
         model=args.model,
@@ -127,13 +131,18 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         calibrate=tuple(args.calibrate),
         select_mae_within=args.select_mae_within,
         models=tuple(args.models or ()),
-        mosaiks=MosaiksConfig(num_filters=args.mosaiks_filters),
+        mosaiks=MosaiksConfig(
+            **({"num_filters": args.mosaiks_filters} if args.mosaiks_filters else {})
+        ),
         train=train,
     )
 
 
 def prepare_data(run_dir: str, n: int, size: int) -> None:
     """Write the synthetic world and its shards unless the run already has shards."""
+    from utils.hdf5_schema import split_files  # noqa: PLC0415
+    from utils.paths import RunPaths  # noqa: PLC0415
+
     try:
         split_files(RunPaths.of(run_dir).shards, "train")
         return
@@ -147,6 +156,9 @@ def prepare_data(run_dir: str, n: int, size: int) -> None:
 
 def main(cfg: StudyConfig, split_seeds: list[int] | None = None) -> None:
     """Run the study (on each split of ``split_seeds`` when given) and print its table."""
+    from utils.repeated_splits import repeated_split_study  # noqa: PLC0415
+    from utils.study import study, to_markdown  # noqa: PLC0415
+
     start = time.perf_counter()
     outputs = repeated_split_study(cfg, split_seeds) if split_seeds else study(cfg)
     print(to_markdown(outputs.table))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from utils.cli import HelpFormatter, make_parser
+
 #: sub-command -> module providing ``add_arguments(parser)`` and ``main(args)``.
 COMMANDS: dict[str, str] = {
     "synthetic": "extract_GPS_images.synthetic",
@@ -14,11 +16,14 @@ COMMANDS: dict[str, str] = {
 
 def get_args_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per backend."""
-    parser = argparse.ArgumentParser(prog="python -m extract_GPS_images", description=__doc__)
+    parser = make_parser("extract_GPS_images", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
         mod = importlib.import_module(module)
-        mod.add_arguments(sub.add_parser(name, help=mod.__doc__.splitlines()[0]))
+        summary = mod.__doc__.splitlines()[0]
+        mod.add_arguments(
+            sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+        )
     return parser
 
 

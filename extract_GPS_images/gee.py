@@ -291,18 +291,21 @@ def plan_text(locations: list, config: GeeConfig) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``gee`` sub-command's arguments."""
+    """The ``gee`` sub-command's arguments (a None default means the config's, shown)."""
+    from utils.cli import add_run_dir, shell_path  # noqa: PLC0415
+
     p = parser
-    p.add_argument("--labels", required=True, help="labels.csv to extract")
+    p.add_argument("--labels", required=True, type=shell_path, help="labels.csv to extract")
+    add_run_dir(p, None, "write <run-dir>/exports (or give --out)")
     p.add_argument(
         "--out",
-        required=True,
+        type=shell_path,
         dest="out_dir",
         help="local folder: records (download), labels.csv, gee_manifest.csv",
     )
     p.add_argument("--mode", choices=MODES, default="download")
     p.add_argument("--project", help="Cloud project (default: $EE_PROJECT)")
-    p.add_argument("--service-account-key", help="service-account JSON key file")
+    p.add_argument("--service-account-key", type=shell_path, help="service-account JSON key file")
     p.add_argument(
         "--imagery-year",
         type=int,
@@ -337,17 +340,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     r = p.add_argument_group("image recipe")
     r.add_argument("--collection", default=S2_L1C, help=f"e.g. {S2_L1C} or {S2_SR}")
-    r.add_argument("--bands", nargs="+", help="Sentinel-2 bands (default B2 B3 B4 B8 B11 B12)")
-    r.add_argument("--scale", type=float, help="metres per pixel (default 30)")
-    r.add_argument("--size", type=int, help="patch side in pixels (default 225)")
-    r.add_argument("--periods", choices=tuple(PERIODS), help="default quarter")
+    r.add_argument("--bands", nargs="+", help="Sentinel-2 bands")
+    r.add_argument("--scale", type=float, help="metres per pixel")
+    r.add_argument("--size", type=int, help="patch side in pixels")
+    r.add_argument("--periods", choices=tuple(PERIODS), help="composite periods")
     r.add_argument(
         "--cloud-method",
         choices=CLOUD_METHODS,
-        help="default cloud_score_plus (QA60 is masked Feb 2022 - Feb 2024)",
+        help="cloud ranking of scenes (QA60 is masked Feb 2022 - Feb 2024)",
     )
-    r.add_argument("--cs-band", choices=CS_BANDS, help="Cloud Score+ band (default cs_cdf)")
-    r.add_argument("--cs-threshold", type=float, help="Cloud Score+ clear threshold (0.6)")
+    r.add_argument("--cs-band", choices=CS_BANDS, help="Cloud Score+ band")
+    r.add_argument("--cs-threshold", type=float, help="Cloud Score+ clear threshold")
     r.add_argument(
         "--qa60-gap",
         choices=QA60_GAP_ACTIONS,
@@ -364,44 +367,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="mask cloudy pixels of the chosen scenes",
     )
-    r.add_argument("--dw-reducer", choices=DW_REDUCERS, help="default mode")
+    r.add_argument("--dw-reducer", choices=DW_REDUCERS, help="Dynamic World over the year")
     d = p.add_argument_group("download / retries")
-    d.add_argument("--concurrency", type=int, help="computePixels requests in flight (16)")
-    d.add_argument("--max-attempts", type=int, help="attempts per location (6 download, 3 export)")
+    d.add_argument("--concurrency", type=int, help="computePixels requests in flight")
+    d.add_argument(
+        "--max-attempts", type=int, help="attempts per location (default: 6 download, 3 export)"
+    )
     e = p.add_argument_group("export")
     e.add_argument(
         "--layout",
         choices=LAYOUTS,
-        help="table (default: points_per_task places per task) or image (one task per place)",
+        help="table (points_per_task places per task) or image (one task per place)",
     )
-    e.add_argument("--points-per-task", type=int, help="places per table-export task (250)")
+    e.add_argument("--points-per-task", type=int, help="places per table-export task")
     e.add_argument(
-        "--tile-scale",
-        type=float,
-        help="tileScale of the sampling (default 1; raise on memory errors)",
+        "--tile-scale", type=float, help="tileScale of the sampling (raise on memory errors)"
     )
-    e.add_argument("--destination", choices=("drive", "gcs"), help="default drive")
-    e.add_argument("--folder", help="Google Drive folder (default povmap_exports)")
+    e.add_argument("--destination", choices=("drive", "gcs"), help="where exports go")
+    e.add_argument("--folder", help="Google Drive folder")
     e.add_argument("--bucket", help="Cloud Storage bucket (destination gcs)")
     e.add_argument("--prefix", help="prefix of task names and file names")
-    e.add_argument("--max-in-flight", type=int, help="tasks queued or running at once (100)")
+    e.add_argument("--max-in-flight", type=int, help="tasks queued or running at once")
     e.add_argument(
-        "--poll-interval",
-        type=float,
-        dest="poll_interval_s",
-        help="seconds between status polls (30)",
+        "--poll-interval", type=float, dest="poll_interval_s", help="seconds between status polls"
     )
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
+    )
+    _show_config_defaults(p)
+
+
+def _show_config_defaults(parser: argparse.ArgumentParser) -> None:
+    """Write the config default into the help of every option whose own default is None
+    (None: "the config's", so that :meth:`GeeConfig.from_flat` stays the one source)."""
+    defaults: dict[str, Any] = {}
+    for config in (ExportConfig(), DownloadConfig(), RecipeConfig()):
+        defaults.update({f.name: getattr(config, f.name) for f in fields(config)})
+    for action in parser._actions:
+        value = defaults.get(action.dest)
+        if action.default is None and value not in (None, False, "") and action.nargs != 0:
+            shown = " ".join(value) if isinstance(value, tuple) else value
+            action.help = f"{action.help} (default: {shown})"
 
 
 def main(args: argparse.Namespace) -> GeeReport:
     """Run the ``gee`` sub-command; bad input exits with the reader's or auth message."""
-    params = {k: v for k, v in vars(args).items() if k != "command"}
+    from utils.cli import writable_folder  # noqa: PLC0415
+    from utils.paths import RunPaths  # noqa: PLC0415
+
+    params = {k: v for k, v in vars(args).items() if k not in ("command", "run_dir")}
+    run_dir = getattr(args, "run_dir", None)
+    if (args.out_dir is None) == (run_dir is None):
+        raise SystemExit("error: give --run-dir (writes <run-dir>/exports) or --out FOLDER")
+    out = args.out_dir or RunPaths.of(run_dir).exports
+    option = "--out" if args.out_dir else "--run-dir"
+    dry = getattr(args, "dry_run", False)  # a dry run writes nothing, not even the folder
+    params["out_dir"] = str(out if dry else writable_folder(out, option))
+    params["labels"] = str(params["labels"])
+    if params.get("service_account_key") is not None:
+        params["service_account_key"] = str(params["service_account_key"])
     try:
         config = GeeConfig.from_flat(**params)
         report = extract_gee(config)
+    except LabelsError as error:
+        raise SystemExit(f"error: {error.for_tool('--on-error skip')}") from None
     except (
-        LabelsError,
         gee_auth.GeeAuthError,
         GeeNetworkError,
         RecipeMismatch,

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import io
+import os
 import re
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,8 +63,18 @@ FIRST_IMAGERY_YEAR = 2016
 _SAFE_KEY = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
 
+#: How the Python API asks to skip bad rows; :meth:`LabelsError.for_tool` swaps in the
+#: spelling of the tool in use (``--skip-bad-rows``, ``--on-error skip``).
+SKIP_HINT = "on_error='skip'"
+
+
 class LabelsError(ValueError):
-    """A labels.csv that cannot be used; the message names every bad row and column."""
+    """A labels.csv that cannot be used; the message names the file, every bad row and
+    column, and the fix."""
+
+    def for_tool(self, skip: str) -> str:
+        """The message with the way to skip bad rows spelled ``skip`` (a CLI flag)."""
+        return str(self).replace(SKIP_HINT, skip)
 
 
 @dataclass
@@ -73,6 +86,7 @@ class Labels:
     problems: list[str] = field(default_factory=list)
     year_mapping: dict[int, int] = field(default_factory=dict)
     source: str = ""
+    read_as: str = ""  # how the file was read when not plain UTF-8 CSV, e.g. "';'-separated"
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -85,6 +99,8 @@ class Labels:
             f"years {sorted(self.frame['year'].unique().tolist())} from {self.source or 'frame'}",
             f"columns: {used}",
         ]
+        if self.read_as:
+            lines.append(f"read as {self.read_as}")
         if self.year_mapping:
             lines.append(f"label year -> imagery year: {self.year_mapping}")
         if self.problems:
@@ -109,8 +125,8 @@ def _normalise_header(name: str) -> str:
     return re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
 
 
-def match_columns(columns: list[str]) -> dict[str, str]:
-    """Map canonical names to the file's own column names.
+def match_columns(columns: list[str], name: str = "labels.csv") -> dict[str, str]:
+    """Map canonical names to the file's own column names (``name``: the file, for messages).
 
     Raises:
         LabelsError: naming the missing columns, the accepted spellings and the
@@ -126,10 +142,116 @@ def match_columns(columns: list[str]) -> dict[str, str]:
         else:
             used[canon] = found
     if missing:
+        hint = ""
+        if len(columns) == 1:  # one column: the header was not split by commas
+            found = [sep for sep in _SEPARATORS if sep in str(columns[0])]
+            if found:
+                hint = (
+                    f"; the header looks separated by {found[0]!r}, not commas: "
+                    "save the file as comma-separated CSV"
+                )
         raise LabelsError(
-            f"labels.csv lacks column(s) {'; '.join(missing)}; it has {list(columns)}"
+            f"{name} lacks column(s) {'; '.join(missing)}; it has {list(columns)}{hint}"
         )
     return used
+
+
+# --- reading the file: encoding, separator, empty files (messages that name the fix) -------
+_SEPARATORS = (",", ";", "\t", "|")
+_DECIMAL_COMMA = re.compile(r"[+-]?\d+,\d+")
+_FORMAT = "a header line `year,cell id,centroid latitude,centroid longitude,label`"
+
+
+def _decode(data: bytes, name: str) -> tuple[str, str]:
+    """The file's text and its encoding: UTF-8 (with or without BOM), UTF-16 with BOM (Excel
+    "Unicode text"), else Windows cp1252 (Excel "CSV") with a warning."""
+    if data[:4] == b"PK\x03\x04":
+        raise LabelsError(
+            f"{name} is a zip or an Excel workbook (.xlsx), not a CSV file: "
+            "in Excel use Save As > 'CSV UTF-8 (Comma delimited)'"
+        )
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return data.decode("utf-16"), "utf-16"
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as err:
+        utf8_error = err
+    try:
+        text = data.decode("cp1252")
+    except UnicodeDecodeError:
+        raise LabelsError(
+            f"{name} is not UTF-8 text (byte {data[utf8_error.start]:#04x} at offset "
+            f"{utf8_error.start}) nor Windows cp1252: save it as 'CSV UTF-8'"
+        ) from None
+    _warn(
+        f"{name} is not UTF-8; read it as Windows cp1252 (Excel's plain 'CSV'). "
+        "Save it as 'CSV UTF-8' to be sure of accented names"
+    )
+    return text, "cp1252"
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
+    """Read ``path`` as text columns; return it and how it was read (for the summary)."""
+    name = str(path)
+    text, encoding = _decode(path.read_bytes(), name)
+    if not text.strip():
+        raise LabelsError(
+            f"{name} is empty: a labels.csv needs {_FORMAT} and one row per cell and year"
+        )
+    header = text.lstrip().splitlines()[0]
+    sep = max(_SEPARATORS, key=header.count) if any(s in header for s in _SEPARATORS) else ","
+    try:
+        raw = pd.read_csv(
+            io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True
+        )
+    except pd.errors.ParserError as err:
+        raise LabelsError(
+            f"{name} is not a well-formed {sep!r}-separated file ({err}); it needs {_FORMAT}"
+        ) from None
+    read_as = ", ".join(
+        x
+        for x in (
+            f"{sep!r}-separated" if sep != "," else "",
+            encoding if encoding != "utf-8" else "",
+        )
+        if x
+    )
+    return raw, read_as
+
+
+def _decimal_comma_hint(values: list[str]) -> str:
+    examples = [v for v in values if _DECIMAL_COMMA.fullmatch(v)]
+    if not examples:
+        return ""
+    return (
+        f"\n  values such as {examples[0]!r} use a decimal comma: save the file with "
+        "decimal points (e.g. set Excel's decimal separator to '.' before saving as CSV)"
+    )
+
+
+def _swap_summary(lines: np.ndarray, used: dict[str, str]) -> str:
+    shown = ", ".join(str(x) for x in lines[:8]) + (", ..." if len(lines) > 8 else "")
+    return (
+        f"lines {shown} ({len(lines)} rows): column '{used['latitude']}' is outside "
+        f"[-90, 90] where column '{used['longitude']}' would be a valid latitude: did you "
+        "swap latitude and longitude?"
+    )
+
+
+def _warn(message: str) -> None:
+    """Warn, attributed to the first caller outside this project's packages (a notebook
+    cell, a script), so the line a warning repeats is the user's own call."""
+    frame, level = sys._getframe(1), 2  # stacklevel 2: the caller of _warn
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGES):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
+
+
+_PACKAGES = tuple(
+    os.path.join(Path(__file__).resolve().parents[1], d, "")
+    for d in ("extract_GPS_images", "utils", "loss", "metrics", "visualization")
+)
+# --- end of the file-reading block -------------------------------------------------------
 
 
 def read_labels(
@@ -165,15 +287,19 @@ def read_labels(
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     last_year = last_year or datetime.date.today().year
+    read_as = ""
     if isinstance(source, pd.DataFrame):
         raw, name = source.copy(), "frame"
     else:
         path = Path(source)
         if not path.is_file():
-            raise LabelsError(f"labels file not found: {path}")
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+            raise LabelsError(
+                f"labels file not found: {path} (a relative path is taken from "
+                f"the current folder, {Path.cwd()}): check the name"
+            )
+        raw, read_as = _read_table(path)
         name = str(path)
-    used = match_columns(list(raw.columns))
+    used = match_columns(list(raw.columns), name)
     raw = raw.rename(columns={col: canon for canon, col in used.items()})[list(used)]
     lines = np.arange(len(raw)) + 2  # line 1 is the header
 
@@ -212,10 +338,12 @@ def read_labels(
             f"{last_year}, outside the life of Sentinel-2 so far"
         ),
     )
+    lat, lon = numbers["latitude"], numbers["longitude"]
+    swapped = np.isfinite(lat) & (np.abs(lat) > 90) & (np.abs(lon) <= 90)  # summarised below
     for canon, limit in (("latitude", 90.0), ("longitude", 180.0)):
         values = numbers[canon]
         bad(
-            np.isfinite(values) & (np.abs(values) > limit),
+            np.isfinite(values) & (np.abs(values) > limit) & ~(swapped & (canon == "latitude")),
             lambda i, c=canon, v=values, lim=limit: (
                 f"line {lines[i]}, column '{used[c]}': {v[i]} is outside [-{lim:g}, {lim:g}]"
             ),
@@ -232,19 +360,34 @@ def read_labels(
             seen.setdefault(key, i)
 
     messages = [m for i in sorted(problems) for m in problems[i]]
+    if swapped.any():  # one line for all rows whose coordinates look swapped
+        messages.insert(0, _swap_summary(lines[swapped], used))
+        for i in np.flatnonzero(swapped):
+            problems.setdefault(i, [])
+    not_numbers = [
+        raw[c].astype(str).str.strip().iloc[i]
+        for c in ("latitude", "longitude", "label")
+        for i in np.flatnonzero(~np.isfinite(numbers[c]))
+    ]
+    hint = _decimal_comma_hint(not_numbers)
     if messages and on_error == "raise":
         shown = "\n  ".join(messages[:25])
         more = f"\n  ... and {len(messages) - 25} more" if len(messages) > 25 else ""
         raise LabelsError(
-            f"{name}: {len(problems)} bad row(s); fix them or read with on_error='skip':\n  "
-            f"{shown}{more}"
+            f"{name}: {len(problems)} bad row(s); fix them or read with {SKIP_HINT}:\n  "
+            f"{shown}{more}{hint}"
         )
     for message in messages:
-        warnings.warn(f"{name}: skipping {message}", stacklevel=2)
+        _warn(f"{name}: skipping {message}")
+    if hint and on_error == "skip":
+        _warn(f"{name}:{hint}")
 
     keep = np.array([i not in problems for i in range(len(raw))], dtype=bool)
     if not keep.any():
-        raise LabelsError(f"{name}: no usable row")
+        raise LabelsError(
+            f"{name}: no usable row (only a header, or every row skipped): it "
+            f"needs {_FORMAT} and one row per cell and year"
+        )
     frame = pd.DataFrame(
         {
             "cell_id": cell_ids[keep].to_numpy(),
@@ -261,15 +404,14 @@ def read_labels(
     frame["imagery_year"] = frame["year"].where(~early, imagery_year).astype(int)
     mapping = {int(y): imagery_year for y in sorted(frame.loc[early, "year"].unique())}
     if mapping:
-        warnings.warn(
+        _warn(
             f"{name}: label years {sorted(mapping)} are before {first_year} (no full year of "
             f"Sentinel-2 / Dynamic World); using imagery of {imagery_year} for "
             f"{int(early.sum())} rows (stored per sample as 'imagery_year')",
-            stacklevel=2,
         )
     columns = ["cell_id", "cell_key", "year", "imagery_year", "latitude", "longitude", "label"]
     frame = frame[[*columns, "line"]]
-    return Labels(frame, used, messages, mapping, name)
+    return Labels(frame, used, messages, mapping, name, read_as)
 
 
 def _short(cell_id: str, width: int = 40) -> str:

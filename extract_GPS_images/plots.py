@@ -12,7 +12,8 @@ from matplotlib.colors import ListedColormap
 
 from extract_GPS_images import schema
 from extract_GPS_images.synthetic import WEALTH_BIN_SHARES, WEALTH_RANGE
-from extract_GPS_images.tfrecord import read_bands
+from utils.example_wire import decode_example
+from utils.validate_records import iter_records
 
 
 def stretch(rgb: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:
@@ -47,7 +48,7 @@ def plot_labels(labels: pd.DataFrame, path: str | Path | None = None) -> plt.Fig
         where="post",
         color="k",
         lw=1.2,
-        label="real index (DESIGN)",
+        label="real index (Vietnam)",
     )
     hist.set(xlabel="label (wealth index)", ylabel="% of records", title="Label distribution")
     hist.legend()
@@ -62,16 +63,49 @@ def plot_labels(labels: pd.DataFrame, path: str | Path | None = None) -> plt.Fig
     return fig
 
 
+def read_first_record(path: str | Path) -> dict[str, np.ndarray]:
+    """Band name -> (H, W) array of the first record of a gzip TFRecord file (square
+    patches), read without TensorFlow."""
+    for raw in iter_records(path):
+        bands = {}
+        for name, value in decode_example(raw).items():
+            if isinstance(value, np.ndarray) and value.dtype == np.float32:
+                side = int(round(np.sqrt(value.size)))
+                bands[name] = value.reshape(side, side) if side * side == value.size else value
+        return bands
+    raise ValueError(f"{path} holds no record")
+
+
+def shown_quarter(bands: dict[str, np.ndarray], quarter: str = "q2") -> tuple[str, str]:
+    """The quarter to show and a note: ``quarter`` itself when its RGB bands hold data,
+    else the first quarter that does (note ``"q2 missing"``)."""
+    def has_data(q: str) -> bool:
+        rgb = [bands.get(f"{b}_{q}") for b in ("B4", "B3", "B2")]
+        return all(a is not None and np.nanmax(np.abs(a)) > 0 for a in rgb)
+
+    if has_data(quarter):
+        return quarter, ""
+    for q in schema.QUARTERS:
+        if has_data(q):
+            return q, f"{quarter} missing"
+    return quarter, "no quarter with data"
+
+
 def plot_examples(
     files: Sequence[str | Path], path: str | Path | None = None, quarter: str = "q2"
 ) -> plt.Figure:
-    """True colour (one quarter), false colour NIR and Dynamic World for a few records."""
-    fig, axes = plt.subplots(3, len(files), figsize=(2.3 * len(files), 7), squeeze=False)
+    """True colour, false colour NIR and Dynamic World for a few records; a record whose
+    ``quarter`` is missing (no scene) shows the first quarter that has one, and says so."""
+    fig, axes = plt.subplots(3, len(files), figsize=(2.3 * len(files), 7.3), squeeze=False)
     for col, file in enumerate(files):
-        bands, _ = read_bands(file)
-        nir = stretch(np.stack([bands[f"{b}_{quarter}"] for b in ("B8", "B4", "B3")], -1))
-        axes[0, col].imshow(true_colour(bands, quarter))
-        axes[0, col].set_title(f"label {float(bands['label'].flat[0]):.2f}", fontsize=9)
+        bands = read_first_record(file)
+        q, note = shown_quarter(bands, quarter)
+        nir = stretch(np.stack([bands[f"{b}_{q}"] for b in ("B8", "B4", "B3")], -1))
+        axes[0, col].imshow(true_colour(bands, q))
+        title = f"label {float(bands['label'].flat[0]):.2f}"
+        if q != quarter or note:
+            title += f"\n{q} shown ({note})" if q != quarter else f"\n{note}"
+        axes[0, col].set_title(title, fontsize=9)
         axes[1, col].imshow(nir)
         axes[2, col].imshow(
             bands[schema.DW_BAND], cmap=dw_colormap(), vmin=-0.5, vmax=8.5, interpolation="nearest"

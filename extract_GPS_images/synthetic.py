@@ -464,7 +464,7 @@ def generate_world(
     n: int = 1000,
     size: int = 225,
     seed: int = 0,
-    corrupt_fraction: float = 0.02,
+    corrupt_fraction: float | None = None,
     years: Sequence[int] = (2019,),
     labels: str | Path | pd.DataFrame | None = None,
     on_error: str = "raise",
@@ -479,7 +479,9 @@ def generate_world(
         n: number of invented cells (ignored with ``labels``).
         size: patch side in pixels.
         seed: seed of everything; same arguments, same bytes.
-        corrupt_fraction: share of records damaged on purpose (0 allowed).
+        corrupt_fraction: share of records damaged on purpose (0 allowed); None: the
+            default of :class:`WorldConfig` (2 %) for invented places, 0 with ``labels``
+            (a researcher's own rows are not damaged unless asked).
         years: label years of invented cells.
         labels: a researcher's labels.csv (path or frame): imagery is synthesised for
             every valid row instead of inventing places.
@@ -492,6 +494,8 @@ def generate_world(
     Returns:
         A :class:`WorldReport`.
     """
+    if corrupt_fraction is None:
+        corrupt_fraction = WorldConfig.corrupt_fraction if labels is None else 0.0
     cfg = WorldConfig(
         n=n, size=size, seed=seed, corrupt_fraction=corrupt_fraction, years=tuple(years), **options
     )
@@ -585,16 +589,33 @@ def _check_config(out: Path, cfg: WorldConfig, source: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m extract_GPS_images synthetic``."""
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--n", type=int, default=1000, help="number of invented cells")
-    parser.add_argument("--size", type=int, default=225, help="patch side in pixels")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--corrupt-fraction", type=float, default=0.02)
-    parser.add_argument("--years", type=int, nargs="+", default=[2019])
-    parser.add_argument("--labels", help="your labels.csv: synthesise imagery for its rows")
-    parser.add_argument("--workers", type=int, default=1, help="rendering processes")
+    """Options of ``python -m extract_GPS_images synthetic`` (defaults: :class:`WorldConfig`)."""
+    from utils.cli import add_run_dir, shell_path  # noqa: PLC0415
+
     world = WorldConfig()
+    add_run_dir(parser, None, "write <run-dir>/exports (or give --out)")
+    parser.add_argument("--out", type=shell_path, help="output folder (instead of --run-dir)")
+    parser.add_argument("--n", type=int, default=world.n, help="number of invented cells")
+    parser.add_argument("--size", type=int, default=world.size, help="patch side in pixels")
+    parser.add_argument("--seed", type=int, default=world.seed, help="same seed, same bytes")
+    parser.add_argument(
+        "--corrupt-fraction",
+        type=float,
+        default=None,
+        help="share of records damaged on purpose (quarantine test); default "
+        f"{world.corrupt_fraction} for invented places, 0 with --labels",
+    )
+    parser.add_argument(
+        "--years",
+        type=int,
+        nargs="+",
+        default=list(world.years),
+        help="label years of invented cells",
+    )
+    parser.add_argument(
+        "--labels", type=shell_path, help="your labels.csv: synthesise imagery for its rows"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="rendering processes")
     parser.add_argument(
         "--scene-noise",
         type=float,
@@ -611,7 +632,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tail-noise",
         type=float,
         default=world.tail_noise,
-        help="std of the wealth the clearings show (default: the scene's)",
+        help="std of the wealth the clearings show",
     )
     parser.add_argument(
         "--night-lights", action="store_true", help="also write a VIIRS-like night-lights band NL"
@@ -623,9 +644,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """Run the synthetic backend from parsed CLI arguments."""
+    from utils.cli import writable_folder  # noqa: PLC0415
+    from utils.paths import RunPaths  # noqa: PLC0415
+
+    if (args.out is None) == (args.run_dir is None):
+        raise SystemExit("error: give --run-dir (writes <run-dir>/exports) or --out FOLDER")
+    out = writable_folder(
+        args.out or RunPaths.of(args.run_dir).exports, "--out" if args.out else "--run-dir"
+    )
     try:
         report = generate_world(
-            args.out,
+            out,
             n=args.n,
             size=args.size,
             seed=args.seed,
@@ -640,11 +669,13 @@ def main(args: argparse.Namespace) -> None:
             night_lights=args.night_lights,
         )
     except LabelsError as err:
-        raise SystemExit(f"error: {err}") from None
+        raise SystemExit(f"error: {err.for_tool('--skip-bad-rows')}") from None
     print(report.summary())
 
 
 if __name__ == "__main__":  # python -m extract_GPS_images.synthetic (no Earth Engine import)
-    _parser = argparse.ArgumentParser(description="Write a synthetic world of TFRecords.")
+    from utils.cli import make_parser
+
+    _parser = make_parser("extract_GPS_images.synthetic", "Write a synthetic world of TFRecords.")
     add_arguments(_parser)
     main(_parser.parse_args())

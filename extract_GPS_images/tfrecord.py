@@ -12,7 +12,6 @@ TensorFlow is imported lazily, only here, only when a record is written or read.
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,10 +23,11 @@ import numpy as np
 from extract_GPS_images.schema import CELL_ID_FEATURE, META_BANDS, image_band_names
 from utils import example_wire
 from utils.atomic import atomic_path
+from utils.quiet import quiet_tensorflow
 
 
 def _tf():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
     import tensorflow as tf  # noqa: PLC0415 (lazy: heavy, only for TFRecord I/O)
 
     return tf

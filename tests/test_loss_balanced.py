@@ -22,9 +22,9 @@ def test_bmc_by_hand_on_two_samples() -> None:
     ce0 = -row0[0] + math.log(math.exp(row0[0]) + math.exp(row0[1]))
     ce1 = -row1[1] + math.log(math.exp(row1[0]) + math.exp(row1[1]))
     expected = (ce0 + ce1) / 2 * (2 * 0.5)
-    assert bmc_loss(pred, target, var).item() == pytest.approx(expected, rel=1e-6)
+    assert bmc_loss(pred, target, var).item() == pytest.approx(expected, rel=1e-5)
     assert BMCLoss(init_noise_sigma=math.sqrt(0.5))(pred, target).item() == pytest.approx(
-        expected, rel=1e-6
+        expected, rel=1e-5
     )
 
 
@@ -33,7 +33,9 @@ def test_bni_by_hand() -> None:
     centres, shares = torch.tensor([0.0, 2.0]), torch.tensor([0.25, 0.75])
     balancing = math.log(0.25 * math.exp(-0.5) + 0.75 * math.exp(-0.5))
     expected = (0.5 + balancing) * 2
-    assert bni_loss(pred, target, var, centres, shares).item() == pytest.approx(expected)
+    # expected is 0: float32 leaves a few ulps of 1 (about 1e-7), so an absolute tolerance
+    got = bni_loss(pred, target, var, centres, shares).item()
+    assert got == pytest.approx(expected, abs=1e-6)
 
 
 def test_gai_by_hand() -> None:
@@ -51,7 +53,7 @@ def test_gai_by_hand() -> None:
     balancing = math.log(sum(math.exp(t) for t in terms))
     expected = (mse_term + balancing) * 0.5
     got = gai_loss(pred, target, var, means, variances, mix).item()
-    assert got == pytest.approx(expected, rel=1e-6)
+    assert got == pytest.approx(expected, rel=1e-5)
 
 
 def test_bni_and_gai_with_one_bin_per_batch_label_reduce_to_bmc() -> None:
@@ -119,7 +121,7 @@ def test_balanced_modules_keep_statistics_in_state_dict() -> None:
     labels = np.random.default_rng(0).normal(2, 0.5, 300)
     bni = BNILoss(labels, bins=10)
     assert {"noise_sigma", "bucket_centers", "bucket_weights"} <= set(bni.state_dict())
-    assert bni.bucket_weights.sum().item() == pytest.approx(1.0)
+    assert bni.bucket_weights.sum().item() == pytest.approx(1.0, rel=1e-5)
     gai = GAILoss(labels, components=3)
     assert {"means", "variances", "mix_weights"} <= set(gai.state_dict())
     assert gai.mix_weights.sum().item() == pytest.approx(1.0, rel=1e-5)

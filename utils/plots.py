@@ -86,11 +86,40 @@ def per_bin_mae_bars(report: dict[str, Any], path: str | Path | None = None) -> 
     return _save(fig, path)
 
 
+def places_outline(lon: np.ndarray, lat: np.ndarray) -> np.ndarray | None:
+    """The closed convex hull (K, 2) of the places' lon/lat, or None below 3 distinct
+    points: an outline of the mapped area that needs no coastline data."""
+    from scipy.spatial import ConvexHull, QhullError  # noqa: PLC0415
+
+    points = np.unique(np.column_stack([lon, lat]).astype(float), axis=0)
+    points = points[np.isfinite(points).all(axis=1)]
+    if len(points) < 3:
+        return None
+    try:
+        hull = ConvexHull(points)
+    except QhullError:  # all on a line
+        return None
+    return points[np.r_[hull.vertices, hull.vertices[0]]]
+
+
 def residual_map(table: pd.DataFrame, path: str | Path | None = None) -> Figure:
-    """Residuals (prediction - label) at each location, diverging colours around 0."""
+    """Residuals (prediction - label) at each location, diverging colours around 0,
+    inside the outline (convex hull) of all places of the table."""
     residual = table["prediction"] - table["label"]
     limit = float(np.nanmax(np.abs(residual))) or 1.0
     fig, ax = plt.subplots(figsize=(5, 5))
+    outline = places_outline(table["longitude"].to_numpy(), table["latitude"].to_numpy())
+    if outline is not None:
+        ax.fill(outline[:, 0], outline[:, 1], color="0.93", zorder=0)
+        ax.plot(
+            outline[:, 0],
+            outline[:, 1],
+            color="0.4",
+            lw=1,
+            zorder=1,
+            label="outline of the places (convex hull)",
+        )
+        ax.legend(loc="lower left", fontsize=7, frameon=False)
     points = ax.scatter(
         table["longitude"],
         table["latitude"],
@@ -99,9 +128,18 @@ def residual_map(table: pd.DataFrame, path: str | Path | None = None) -> Figure:
         vmin=-limit,
         vmax=limit,
         s=12,
+        edgecolors="0.3",
+        linewidths=0.2,
     )
-    fig.colorbar(points, ax=ax, label="prediction - label")
-    ax.set(xlabel="longitude", ylabel="latitude", title="residuals")
+    fig.colorbar(points, ax=ax, label="prediction - label (red: predicted too rich)")
+    lo_lon, hi_lon = table["longitude"].min(), table["longitude"].max()
+    lo_lat, hi_lat = table["latitude"].min(), table["latitude"].max()
+    ax.set(
+        xlabel="longitude",
+        ylabel="latitude",
+        title=f"test residuals, {len(table)} places\n"
+        f"lon {lo_lon:.1f}–{hi_lon:.1f}, lat {lo_lat:.1f}–{hi_lat:.1f}",
+    )
     ax.set_aspect("equal", adjustable="datalim")
     fig.tight_layout()
     return _save(fig, path)

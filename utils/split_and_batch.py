@@ -1,7 +1,7 @@
 """Exported TFRecords -> quarantine + split by location + HDF5 shards (DESIGN section 3).
 
 ``run_split_and_batch(src, out, cfg)`` is what ``split_and_batch.ipynb`` and
-``python -m utils.split_and_batch SRC OUT`` call. It
+``python -m utils.split_and_batch --run-dir RUN`` (or ``SRC OUT``) call. It
 
 1. unzips the archives under ``src`` into ``out/extracted/`` (unsafe entries refused);
 2. reads and validates every record, in parallel, streaming: valid samples are
@@ -895,11 +895,25 @@ def _convert(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Options of ``python -m utils.split_and_batch SRC OUT``."""
+    """Options of ``python -m utils.split_and_batch [--run-dir RUN | SRC OUT]``."""
+    from utils.cli import add_run_dir, make_parser, shell_path  # noqa: PLC0415
+
     d = SplitConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("src", help="folder of exported TFRecords / .zip downloads")
-    parser.add_argument("out", help="output folder of the shards")
+    parser = make_parser(
+        "utils.split_and_batch",
+        "Exported TFRecords -> quarantine + split by "
+        "location + HDF5 shards (the CLI twin of split_and_batch.ipynb).",
+    )
+    add_run_dir(parser, None, "read <run-dir>/exports, write <run-dir>/shards")
+    parser.add_argument(
+        "src",
+        nargs="?",
+        type=shell_path,
+        help="folder of exported TFRecords / .zip downloads (instead of --run-dir)",
+    )
+    parser.add_argument(
+        "out", nargs="?", type=shell_path, help="output folder of the shards (instead of --run-dir)"
+    )
     parser.add_argument("--split", choices=MODES, default=d.split)
     parser.add_argument("--block-km", type=float, default=d.block_km)
     parser.add_argument(
@@ -938,7 +952,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-inflate-bytes", type=int, default=None, help="cap on one file (default: from size)"
     )
     parser.add_argument("--workers", type=int, default=d.workers)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
@@ -969,8 +983,26 @@ def config_from_args(args: argparse.Namespace) -> SplitConfig:
 
 def main(argv: list[str] | None = None) -> SplitReport:
     """Entry point of ``python -m utils.split_and_batch``."""
-    args = get_args_parser().parse_args(argv)
-    report = run_split_and_batch(args.src, args.out, config_from_args(args))
+    from utils.cli import writable_folder  # noqa: PLC0415
+    from utils.paths import RunPaths  # noqa: PLC0415
+
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.out is None and args.run_dir is None:
+        parser.error("give --run-dir RUN (reads RUN/exports, writes RUN/shards) or SRC OUT")
+    if args.run_dir is not None and args.src is not None:
+        parser.error("give either --run-dir or SRC OUT, not both")
+    run = RunPaths.of(args.run_dir) if args.run_dir is not None else None
+    src = args.src if run is None else run.exports
+    if not Path(src).is_dir():
+        raise SystemExit(
+            f"error: no export folder {src}: give the folder that holds the "
+            "TFRecords (a relative path is taken from the current folder)"
+        )
+    out = writable_folder(
+        args.out if run is None else run.shards, "OUT" if run is None else "--run-dir"
+    )
+    report = run_split_and_batch(src, out, config_from_args(args))
     print(report.summary())
     return report
 

@@ -51,6 +51,7 @@ from utils.mosaiks import MOSAIKS, MosaiksConfig, run_mosaiks, supports
 from utils.ownership import OutputFolder
 from utils.paths import RunPaths
 from utils.selection import run_problems
+from utils.study_defaults import DEFAULT_ALPHAS, DEFAULT_CALIBRATE
 from utils.train import TRAIN_MARKERS, TRAIN_STAGE, TrainConfig, evaluate, fit, resolve_device
 
 RESULT_FILE = "result.json"
@@ -61,8 +62,6 @@ TABLE_METRICS: tuple[str, ...] = ("bmae", "mae", "rmse", "r2", "many_mae", "medi
 NON_RESULT_FIELDS: frozenset[str] = frozenset(
     {"run_dir", "shards_dir", "experiment", "resume", "progress", "tensorboard", "num_workers"}
 )
-#: The weighting strengths of the original study's weighted-loss and resampling runs.
-DEFAULT_ALPHAS: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
 #: Initial noise sigma of Balanced MSE: about a tenth of the label spread (the wealth
 #: index's std is about 0.45), the ratio of Ren et al.'s age runs (sigma 1 year). A
 #: sigma near the label std (0.5) flattens BMC's batch softmax and the model barely learns.
@@ -635,12 +634,32 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_bin_plot(results: pd.DataFrame, path: str | Path | None = None):
-    """Grouped bars: test MAE of each label bin (x) for every method (colour); with runs
-    of several seeds, each method's mean over them.
+def method_family(name: str) -> str:
+    """The family a study row belongs to, for grouping figures: ``"calibration"``,
+    ``"weighted L2"``, ``"resampling"``, ``"Balanced MSE"``, ``"LDS / FDS"``, ``"other"``."""
+    if "+ calibration" in name:
+        return "calibration"
+    for prefix, family in (
+        ("weighted", "weighted L2"),
+        ("resampling", "resampling"),
+        ("BMC", "Balanced MSE"),
+        ("BNI", "Balanced MSE"),
+        ("GAI", "Balanced MSE"),
+        ("LDS", "LDS / FDS"),
+        ("FDS", "LDS / FDS"),
+    ):
+        if name.startswith(prefix):
+            return family
+    return "other"
 
-    The x labels give each bin's range and test count; empty bins are left blank.
-    Returns the matplotlib figure (saved as PNG at ``path`` when given).
+
+def per_bin_plot(results: pd.DataFrame, path: str | Path | None = None, baseline: str = "L2"):
+    """Test MAE per label bin, one panel per method family (weighted L2, resampling,
+    Balanced MSE, ...), each against ``baseline`` (black, dashed) so that a panel reads
+    at a glance; with runs of several seeds, each method's mean over them.
+
+    The x labels give each bin's range and test count. Returns the matplotlib figure
+    (saved as PNG at ``path`` when given).
     """
     import matplotlib.pyplot as plt  # noqa: PLC0415 (heavy; only for figures)
 
@@ -650,18 +669,41 @@ def per_bin_plot(results: pd.DataFrame, path: str | Path | None = None):
         results = _mean_per_bin(results)
     edges = np.asarray(results["bin_edges"].iloc[0], dtype=float)
     counts = results["bin_counts"].iloc[0]
-    n_bins, n_methods = len(edges) - 1, len(results)
-    width = 0.85 / n_methods
-    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * n_bins + 0.25 * n_methods), 4.2))
-    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(n_methods, 2)))
-    for j, row in enumerate(results.itertuples()):
-        values = np.array([np.nan if v is None else v for v in row.per_bin_mae], dtype=float)
-        x = np.arange(n_bins) - 0.425 + width * (j + 0.5)
-        ax.bar(x, values, width, label=row.name, color=colours[j])
-    ax.set_xticks(np.arange(n_bins))
-    ax.set_xticklabels([f"{edges[b]:.2f}–{edges[b + 1]:.2f}\nn={counts[b]}" for b in range(n_bins)])
-    ax.set(xlabel="label bin (test count)", ylabel="test MAE", title="per-bin MAE by method")
-    ax.legend(ncol=3, fontsize=7, frameon=False)
+    n_bins = len(edges) - 1
+    values = {
+        row.name: np.array([np.nan if v is None else v for v in row.per_bin_mae], dtype=float)
+        for row in results.itertuples()
+    }
+    families: dict[str, list[str]] = {}
+    for name in values:
+        if name != baseline:
+            families.setdefault(method_family(name), []).append(name)
+    if not families:  # the baseline alone
+        families = {baseline: []}
+    cols = min(3, len(families))
+    rows = -(-len(families) // cols)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.6 * cols, 3.4 * rows), squeeze=False, sharey=True
+    )
+    x = np.arange(n_bins)
+    ticks = [f"{edges[b]:.2f}–{edges[b + 1]:.2f}\nn={counts[b]}" for b in range(n_bins)]
+    for ax, (family, names) in zip(axes.flat, families.items(), strict=False):
+        if baseline in values:
+            ax.plot(x, values[baseline], "k--", lw=1.8, marker="o", ms=3, label=baseline)
+        colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, max(len(names), 1)))
+        for colour, name in zip(colours, names, strict=False):
+            ax.plot(x, values[name], color=colour, lw=1.5, marker="o", ms=3, label=name)
+        ax.set_title(family, fontsize=10)
+        ax.set_xticks(x)
+        ax.set_xticklabels(ticks, fontsize=7)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    for ax in axes.flat[len(families) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test MAE")
+    fig.suptitle(f"Per-bin test MAE, poorest bin left: each family against {baseline}", fontsize=11)
+    fig.supxlabel("label bin (test count)", fontsize=9)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -724,7 +766,7 @@ class StudyConfig:
     cache_data: bool | str = "auto"
     seeds: tuple[int, ...] = ()
     calibration_alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    calibrate: tuple[str, ...] = ("L2", "weighted L2 a=1")
+    calibrate: tuple[str, ...] = DEFAULT_CALIBRATE
     select_mae_within: float | None = None
     models: tuple[str, ...] = ()
     mosaiks: MosaiksConfig = field(default_factory=MosaiksConfig)

@@ -51,6 +51,7 @@ from utils.dataloader import ShardDataset, build_datasets, make_loader
 from utils.models import build_model
 from utils.ownership import guard_output
 from utils.paths import RunPaths, resolve
+from utils.quiet import quiet_tensorflow
 from utils.selection import run_problems, select_epoch
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -604,6 +605,7 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.tensorboard:
+            quiet_tensorflow()  # TensorBoard imports TensorFlow when it is installed
             from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (slow import)
 
             writer = SummaryWriter(str(out / TB_DIR))
@@ -746,23 +748,30 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+#: TrainConfig fields holding paths: typed at a shell, they are taken from its folder.
+PATH_FIELDS = ("run_dir", "shards_dir", "pretrained_path")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """``python -m utils.train`` options: one ``--field VALUE`` per :class:`TrainConfig`
     field (values parsed as JSON when they are JSON: ``44``, ``null``, ``true``,
     ``'["B4_q1","B3_q1"]'``, ``'{"delta": 1.0}'``; plain text otherwise)."""
-    parser = argparse.ArgumentParser(
-        description="Train a regressor on HDF5 shards (the CLI twin of main.ipynb's fit).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    from utils.cli import field_help, make_parser, shell_path  # noqa: PLC0415
+
+    parser = make_parser(
+        "utils.train", "Train a regressor on HDF5 shards (the CLI twin of main.ipynb's fit)."
     )
+    helps = field_help(TrainConfig)
     for f in fields(TrainConfig):
         default = f.default if f.default is not MISSING else f.default_factory()
+        kind = shell_path if f.name in PATH_FIELDS else _parse_value
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
-            type=_parse_value,
+            type=kind,
             default=default,
             metavar=f.name.upper(),
-            help=f"({f.type})",
+            help=f"{helps.get(f.name, '')} ({f.type})",
         )
     parser.add_argument(
         "--no-test", action="store_true", help="skip the test-split evaluation after training"
@@ -773,6 +782,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> FitResult:
     """Entry point: parse options, :func:`fit`, then evaluate the best model on test."""
     args = vars(get_args_parser().parse_args(argv))
+    args.update({k: str(args[k]) for k in PATH_FIELDS if args.get(k) is not None})
     skip_test = args.pop("no_test")
     cfg = TrainConfig(**args)
     result = fit(cfg)

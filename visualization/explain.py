@@ -64,7 +64,7 @@ class ExplainConfig:
         split: split whose samples are explained.
         examples_per_bin: examples drawn from each label bin (fewer where a bin is small).
         n_bins: number of label bins; None = the checkpoint's (``bins``, 6 by default),
-            over its ``label_range`` or the training labels' range (DESIGN 5).
+            over its ``label_range`` or the training labels' range.
         iterations: LOTS iteration cap.
         step: LOTS step as a fraction of each band's typical (1-99 %) data range.
         layer: LOTS layer for the pushes: ``"output"`` (the prediction itself; the
@@ -474,7 +474,12 @@ def save_figures(
     }
     figures = {
         "heatmaps": hm.plot_heatmap_grid(
-            rgb, shown, out / "lots_heatmaps.png", dw=dw, row_titles=titles
+            rgb,
+            shown,
+            out / "lots_heatmaps.png",
+            dw=dw,
+            row_titles=titles,
+            difference=tuple(shown)[:2] if len(shown) == 2 else None,
         ),
         "importance": hm.plot_importance(
             *importance(session, examples, pushes), out / "band_quarter_importance.png"

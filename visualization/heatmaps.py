@@ -224,9 +224,11 @@ def plot_heatmap_grid(
     row_titles: Sequence[str] | None = None,
     alpha: float = 0.55,
     cmap: str = "inferno",
+    difference: tuple[str, str] | None = None,
 ) -> Path:
     """One row per sample: true colour, Dynamic World, then each heatmap over the image
-    (in grey), each map scaled to its own maximum.
+    (in grey), each map scaled to its own maximum (the colour bar), and optionally the
+    difference of two of them.
 
     Args:
         rgb: N images (H, W, 3) in [0, 1].
@@ -234,14 +236,19 @@ def plot_heatmap_grid(
         path: PNG to write.
         dw: N Dynamic World code maps (H, W), or ``None`` entries / no column.
         row_titles: N labels written left of each row.
+        difference: two column titles ``(a, b)``: one more column ``b - a`` of the scaled
+            maps, red where only ``b`` changed the image, blue where only ``a`` did (the two
+            pushes often touch the same pixels; this shows where they part).
     """
     import matplotlib.pyplot as plt  # noqa: PLC0415
     from matplotlib.colors import ListedColormap  # noqa: PLC0415
 
     n = len(rgb)
     has_dw = dw is not None and any(d is not None for d in dw)
-    cols = 1 + int(has_dw) + len(heatmaps)
-    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, 2.3 * n + 0.4), squeeze=False)
+    cols = 1 + int(has_dw) + len(heatmaps) + int(difference is not None)
+    height = 2.3 * n + 1.3  # inches: the rows, then the legend and the colour bars
+    fig, axes = plt.subplots(n, cols, figsize=(2.3 * cols, height), squeeze=False)
+    heat_image = diff_image = None
     dw_cmap = ListedColormap(DW_PALETTE)
     for i in range(n):
         ax = axes[i, 0]
@@ -257,10 +264,18 @@ def plot_heatmap_grid(
         grey = np.asarray(rgb[i], dtype=np.float64).mean(-1)  # the map reads better on grey
         for name, maps in heatmaps.items():
             axes[i, col].imshow(grey, cmap="gray", vmin=0, vmax=1)
-            axes[i, col].imshow(_normalise(maps[i]), cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+            heat_image = axes[i, col].imshow(
+                _normalise(maps[i]), cmap=cmap, alpha=alpha, vmin=0, vmax=1
+            )
             if i == 0:
                 axes[i, col].set_title(name, fontsize=9)
             col += 1
+        if difference is not None:
+            a, b = difference
+            change = _normalise(heatmaps[b][i]) - _normalise(heatmaps[a][i])
+            diff_image = axes[i, col].imshow(change, cmap="RdBu_r", vmin=-1, vmax=1)
+            if i == 0:
+                axes[i, col].set_title(f"{b.split()[-1]} − {a.split()[-1]}", fontsize=9)
         if i == 0:
             axes[i, 0].set_title("true colour", fontsize=9)
             if has_dw:
@@ -268,10 +283,27 @@ def plot_heatmap_grid(
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
+    fig.subplots_adjust(bottom=1.1 / height, top=1 - 0.35 / height, hspace=0.08, wspace=0.05)
     if has_dw:
         handles = [plt.Rectangle((0, 0), 1, 1, color=DW_PALETTE[k]) for k in range(len(DW_CLASSES))]
-        fig.legend(handles, DW_CLASSES, loc="lower center", ncol=5, fontsize=7, frameon=False)
-        fig.subplots_adjust(bottom=0.6 / (2.3 * n + 0.4))
+        fig.legend(handles, DW_CLASSES, loc="lower left", ncol=3, fontsize=7, frameon=False)
+    first_heat = 1 + int(has_dw)
+    bars = []
+    if heat_image is not None:
+        bars.append((heat_image, first_heat, first_heat + len(heatmaps) - 1,
+                     "map value (each map scaled to its maximum)"))
+    if diff_image is not None:
+        bars.append((diff_image, cols - 1, cols - 1, "difference of the scaled maps"))
+    for image, first, last, label in bars:  # own axes under the grid: no row loses space
+        left, right = axes[-1, first].get_position(), axes[-1, last].get_position()
+        gap = 0.1 * (left.x1 - left.x0)  # room between two bars' tick labels
+        cax = fig.add_axes((left.x0 + gap, 0.55 / height, right.x1 - left.x0 - 2 * gap,
+                            0.12 / height))
+        bar = fig.colorbar(image, cax=cax, orientation="horizontal")
+        bar.set_label(label, fontsize=8)
+        bar.ax.tick_params(labelsize=7)
+        if image is diff_image:
+            bar.set_ticks([-1, 0, 1])
     return _save(fig, path)
 
 

@@ -580,32 +580,30 @@ OPTIONAL_NUMBERS: dict[str, type] = {"clip_percentile": float, "n_bins": int}
 
 def get_args_parser() -> argparse.ArgumentParser:
     """Options of ``python -m visualization.lots`` (the fields of ``ExplainConfig``)."""
+    from utils.cli import field_help, make_parser, shell_path  # noqa: PLC0415
     from visualization.explain import ExplainConfig  # noqa: PLC0415 (explain imports lots)
 
-    defaults = ExplainConfig()
-    parser = argparse.ArgumentParser(
-        description="LOTS heatmaps, band/quarter importance, Captum baselines and "
-        "faithfulness for a trained checkpoint (writes PNGs/CSVs to <run_dir>/explain)."
+    defaults, helps = ExplainConfig(), field_help(ExplainConfig)
+    parser = make_parser(
+        "visualization.lots",
+        "LOTS heatmaps, band/quarter importance, Captum baselines and faithfulness for a "
+        "trained checkpoint (writes PNGs/CSVs to <run_dir>/explain; the CLI twin of "
+        "visualization.ipynb).",
     )
     for f in fields(ExplainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name)
         default = getattr(defaults, f.name)
         if f.name == "methods":
-            parser.add_argument(
-                flag,
-                nargs="*",
-                default=list(default),
-                help=f"Captum baselines (default {' '.join(default)})",
-            )
+            parser.add_argument(flag, nargs="*", default=list(default), help=text)
         elif isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=f"set {f.name}")
+            parser.add_argument(flag, action="store_true", help=text)
+        elif f.name in ("run_dir", "checkpoint", "shards_dir"):  # typed at a shell
+            parser.add_argument(flag, type=shell_path, default=default, help=text)
         elif default is None or f.name in OPTIONAL_NUMBERS:
             kind = OPTIONAL_NUMBERS.get(f.name, str)
-            parser.add_argument(flag, type=kind, default=default, help=f"default {default}")
+            parser.add_argument(flag, type=kind, default=default, help=text)
         else:
-            parser.add_argument(
-                flag, type=type(default), default=default, help=f"default {default}"
-            )
+            parser.add_argument(flag, type=type(default), default=default, help=text)
     return parser
 
 
@@ -613,8 +611,9 @@ def main(argv: list[str] | None = None) -> dict:
     """Entry point: run the whole explanation stage and print where the outputs went."""
     from visualization.explain import ExplainConfig, explain_run  # noqa: PLC0415
 
-    args = get_args_parser().parse_args(argv)
-    cfg = ExplainConfig(**vars(args))
+    args = vars(get_args_parser().parse_args(argv))
+    args.update({k: str(args[k]) for k in ("run_dir", "checkpoint", "shards_dir") if args[k]})
+    cfg = ExplainConfig(**args)
     out = explain_run(cfg)
     print(out["pushes"].to_string(index=False))
     print(out["faithfulness"].to_string())
