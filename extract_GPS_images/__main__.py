@@ -1,4 +1,5 @@
-"""``python -m extract_GPS_images {synthetic,gee} ...``: the CLI twin of image.ipynb."""
+"""``python -m extract_GPS_images {synthetic,gee,grid} ...``: the CLI twin of image.ipynb
+(``grid`` writes a places file of square cells to predict)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import importlib
 COMMANDS: dict[str, str] = {
     "synthetic": "extract_GPS_images.synthetic",
     "gee": "extract_GPS_images.gee",
+    "grid": "extract_GPS_images.grid",
 }
 
 
