@@ -9,6 +9,7 @@
    one per ``part_files`` inputs, each written atomically), damaged ones are copied to
    ``out/quarantine/`` with their reason;
 3. assigns the samples to train/val/test by location (:mod:`utils.spatial_split`);
+   records without a label (places to predict) go to the ``predict`` split;
 4. writes each sample's encoded chunk into ``out/<split>/<split>_00000.h5`` shards
    (written atomically, no re-encoding), computes ``stats.json`` on train and writes
    ``manifest.csv`` (one row per input record) and ``report.json``.
@@ -406,7 +407,7 @@ def _shard_done(path: Path, fingerprint: str) -> bool:
 
 def _clear_outputs(out: Path) -> None:
     """Remove what an earlier run with other inputs or config left (never ``extracted/``)."""
-    for name in (*hs.SPLITS, QUARANTINE_DIR, STAGING_DIR):
+    for name in (*hs.ALL_SPLITS, QUARANTINE_DIR, STAGING_DIR):
         shutil.rmtree(out / name, ignore_errors=True)
     for name in (hs.MANIFEST_FILE, hs.STATS_FILE, REPORT_FILE, DONE_FILE):
         (out / name).unlink(missing_ok=True)
@@ -458,7 +459,7 @@ def run_split_and_batch(
         staging.mkdir(parents=True)
         stamp.write_text(fingerprint)
     quarantine.mkdir(parents=True, exist_ok=True)
-    for folder in (out, staging, quarantine, *(out / s for s in hs.SPLITS)):
+    for folder in (out, staging, quarantine, *(out / s for s in hs.ALL_SPLITS)):
         if folder.is_dir():
             remove_stale_temporaries(folder)
 
@@ -515,8 +516,11 @@ def run_split_and_batch(
                 rows.append({**json.loads(text), "part": k})
     manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "part", "staged"], dtype=object)
     ok = manifest[manifest["status"] == "ok"]
+    places = ok[ok["label"].astype(float).isna()]  # no label: to predict, never train/val/test
+    manifest.loc[places.index, "split"] = hs.PREDICT
+    labelled = ok.drop(index=places.index)
     result = assign_splits(
-        ok[["cell_id", "latitude", "longitude", "label"]].astype(
+        labelled[["cell_id", "latitude", "longitude", "label"]].astype(
             {"latitude": float, "longitude": float, "label": float}
         ),
         mode=cfg.split,
@@ -525,14 +529,15 @@ def run_split_and_batch(
         block_km=cfg.block_km,
         n_bins=cfg.n_bins,
     )
-    manifest.loc[ok.index, "split"] = result.split
+    manifest.loc[labelled.index, "split"] = result.split
+    splits = (*hs.SPLITS, hs.PREDICT) if len(places) else hs.SPLITS
 
     # 4. shards + train statistics
     stats = BandStats(schema.image_band_names(), rules.reflectance_range)
     handles = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
     shard_counts = {}
     try:
-        for split in hs.SPLITS:
+        for split in splits:
             members = manifest[manifest["split"] == split]
             starts = range(0, len(members), cfg.shard_size)
             shard_counts[split] = len(starts)
@@ -576,7 +581,7 @@ def run_split_and_batch(
         inputs=len(table),
         ok=len(ok),
         quarantined=len(bad),
-        per_split={s: int((table["split"] == s).sum()) for s in hs.SPLITS},
+        per_split={s: int((table["split"] == s).sum()) for s in splits},
         per_reason={r: int(counts[r]) for r in REASONS if r in counts},
         shards=shard_counts,
         size=size,
