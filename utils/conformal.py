@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from metrics import bin_index as label_bin  # outside the range: the edge bins
+
 METHODS: tuple[str, ...] = ("plain", "mondrian")
 
 
@@ -41,12 +43,6 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     scores = np.sort(np.asarray(scores, np.float64))
     k = math.ceil((len(scores) + 1) * coverage)
     return float(scores[k - 1]) if k <= len(scores) else math.inf
-
-
-def label_bin(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Equal-width bin index per value; values outside the edges count in the edge bins."""
-    k = len(edges) - 1
-    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, k - 1)
 
 
 @dataclass
@@ -111,21 +107,21 @@ class Conformal:
         """Lower and upper bounds for ``predictions``.
 
         A bin whose calibration places are too few for the coverage (``q_b`` infinite)
-        contributes the whole bin: its bounds are the bin edges, and the outer edges
-        stand for the edge bins (a finite interval, honest inside the label range).
+        contributes the whole bin: its bounds are the bin edges; an edge bin, unbounded
+        outward, stops at the label range or the prediction, whichever is further out (a
+        finite stand-in, honest inside the label range).
         """
         pred = np.asarray(predictions, np.float64)
+        outer_low, outer_high = np.minimum(pred, self.edges[0]), np.maximum(pred, self.edges[-1])
         if self.method == "plain":
             q = self.quantiles[0]
-            if math.isinf(q):
-                return np.full_like(pred, self.edges[0]), np.full_like(pred, self.edges[-1])
-            return pred - q, pred + q
+            return (outer_low, outer_high) if math.isinf(q) else (pred - q, pred + q)
         k = len(self.edges) - 1
         low, high = np.full_like(pred, np.inf), np.full_like(pred, -np.inf)
         for b, q in enumerate(self.quantiles):
             if math.isinf(q):
-                lo = np.full_like(pred, self.edges[b])
-                hi = np.full_like(pred, self.edges[b + 1])
+                lo = outer_low if b == 0 else np.full_like(pred, self.edges[b])
+                hi = outer_high if b == k - 1 else np.full_like(pred, self.edges[b + 1])
             else:
                 lo = pred - q if b == 0 else np.maximum(pred - q, self.edges[b])
                 hi = pred + q if b == k - 1 else np.minimum(pred + q, self.edges[b + 1])
