@@ -148,3 +148,27 @@ def test_bad_config() -> None:
         MapConfig("a", "b", "c", intervals="cqr")
     with pytest.raises(ValueError, match="coverage"):
         MapConfig("a", "b", "c", coverage=90)
+
+
+def test_map_figures(mapped, tmp_path) -> None:
+    import matplotlib.pyplot as plt
+
+    from visualization import maps as vm
+
+    root, result = mapped["root"], mapped["result"]
+    fig = vm.prediction_maps(result.geojson, tmp_path / "pred.png")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "predicted wealth" in titles and "width of the 90 % interval" in titles
+    assert {ax.get_ylabel() for ax in fig.axes} >= {"latitude (°N)", "wealth index"}
+    truth = pd.read_csv(root / "grid_exports" / TRUTH_FILE)
+    fig = vm.truth_maps(result.geojson, truth, tmp_path / "truth.png")
+    assert [ax.get_title() for ax in fig.axes][:3] == ["true wealth", "predicted wealth",
+                                                     fig.axes[2].get_title()]
+    assert fig.axes[2].get_title().startswith("error (MAE")
+    regions = tmp_path / "regions.geojson"
+    regions.write_text(json.dumps(grid_regions(GRID_BBOX, 2)))
+    aggregate_regions(result.csv, regions, tmp_path)
+    vm.region_map(tmp_path / "regions.geojson", tmp_path / "regions.png", cells=result.geojson)
+    assert all((tmp_path / f).stat().st_size > 10_000 for f in ("pred.png", "truth.png",
+                                                                "regions.png"))
+    plt.close("all")
