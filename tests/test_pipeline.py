@@ -17,7 +17,7 @@ def test_parse_overrides() -> None:
 
 
 def test_stage_order_is_the_pipeline_order() -> None:
-    assert [s.name for s in STAGES] == ["image", "split_and_batch", "main", "visualization"]
+    assert [s.name for s in STAGES] == ["image", "split_and_batch", "main", "visualization", "map"]
 
 
 @pytest.mark.notebook
