@@ -172,3 +172,18 @@ def test_map_figures(mapped, tmp_path) -> None:
     assert all((tmp_path / f).stat().st_size > 10_000 for f in ("pred.png", "truth.png",
                                                                 "regions.png"))
     plt.close("all")
+
+
+def test_points_when_ids_are_not_polygons(mapped, tmp_path) -> None:
+    root = mapped["root"]
+    result = predict_map(MapConfig(checkpoint=str(mapped["checkpoint"]),
+                                   shards_dir=str(root / "shards"), split="test",
+                                   out_dir=str(tmp_path), device="cpu", progress=False))
+    data = json.loads(result.geojson.read_text())
+    assert {f["geometry"]["type"] for f in data["features"]} == {"Point"}
+    assert result.geotiffs == [] and result.crs is None
+    table = pd.read_csv(result.csv)
+    assert table["label"].notna().all() and len(table) == result.n
+    first = data["features"][0]
+    assert first["geometry"]["coordinates"] == pytest.approx(
+        [first["properties"]["longitude"], first["properties"]["latitude"]])
