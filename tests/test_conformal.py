@@ -75,3 +75,18 @@ def test_fit_refuses_bad_input() -> None:
         Conformal.fit(np.ones(3), np.ones(3), method="cqr")
     with pytest.raises(ValueError, match="no calibration place"):
         Conformal.fit(np.ones(3), np.full(3, np.nan))
+
+
+def test_sparse_bins_are_merged_with_their_neighbours() -> None:
+    from utils.conformal import merge_sparse_bins
+
+    assert merge_sparse_bins(np.array([1, 12, 37, 83]), 9) == [[0, 1], [2], [3]]
+    assert merge_sparse_bins(np.array([50, 3, 20, 2]), 9) == [[0], [1, 2, 3]]
+    assert merge_sparse_bins(np.array([2, 3]), 9) == [[0, 1]]
+    rng = np.random.default_rng(1)
+    y = np.concatenate([[0.5], rng.uniform(1, 6, 300)])  # one place in the poorest bin
+    fitted = Conformal.fit(y + rng.normal(0, 0.3, len(y)), y, edges=EDGES)
+    assert fitted.groups[0] == [0, 1] and np.isfinite(fitted.quantiles).all()
+    assert fitted.quantiles[0] == fitted.quantiles[1]
+    low, _ = fitted.interval(np.array([5.0]))
+    assert low[0] > 3.0  # no longer stretched down over a whole empty bin

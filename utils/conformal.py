@@ -14,9 +14,11 @@ absolute residual ``|y - f(x)|`` as the score (Vovk et al. 2005; Lei et al. 2018
   and the interval is that set's hull. If the places of each bin are exchangeable with
   the calibration places of that bin, ``P(y in interval | y in bin b) >= coverage`` for
   every bin: the rare poor bins, where a regressor's errors are large, get the wide
-  intervals they need instead of borrowing the narrow ones of the common bins. (The set
-  can have gaps; its hull, the interval, covers at least as often, more in the bins next
-  to a bin with wide errors.)
+  intervals they need instead of borrowing the narrow ones of the common bins. A bin
+  with too few calibration places for a finite quantile is merged with its neighbours;
+  the guarantee then holds for the merged bins together. (The set can have gaps; its
+  hull, the interval, covers at least as often, more in the bins next to a bin with
+  wide errors.)
 
 Neither guarantees coverage for one given place, nor under a shift between calibration
 and new places (other regions, years, sensors), nor independently for neighbours:
@@ -45,6 +47,21 @@ def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
     return float(scores[k - 1]) if k <= len(scores) else math.inf
 
 
+def merge_sparse_bins(counts: np.ndarray, min_count: int) -> list[list[int]]:
+    """Runs of adjacent bins, each holding at least ``min_count`` of ``counts`` (unless all
+    together hold fewer): the sparsest run is merged with its smaller neighbour until none
+    is short."""
+    groups = [[b] for b in range(len(counts))]
+    sizes = [int(c) for c in counts]
+    while len(groups) > 1 and min(sizes) < min_count:
+        i = int(np.argmin(sizes))
+        j = i + 1 if i == 0 or (i + 1 < len(groups) and sizes[i + 1] < sizes[i - 1]) else i - 1
+        lo, hi = min(i, j), max(i, j)
+        groups[lo:hi + 1] = [groups[lo] + groups[hi]]
+        sizes[lo:hi + 1] = [sizes[lo] + sizes[hi]]
+    return groups
+
+
 @dataclass
 class Conformal:
     """A fitted split-conformal interval maker (see the module docstring).
@@ -55,6 +72,8 @@ class Conformal:
         edges: label bin edges (K + 1), from the training labels' range.
         quantiles: ``q`` (one value for plain, one per bin for mondrian).
         counts: calibration places per bin.
+        groups: Mondrian categories: runs of adjacent bins merged until each holds
+            ``min_count`` calibration places (the guarantee holds per group).
     """
 
     method: str
@@ -62,6 +81,7 @@ class Conformal:
     edges: np.ndarray
     quantiles: np.ndarray
     counts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    groups: list[list[int]] = field(default_factory=list)  # Mondrian: bins sharing a q
 
     @classmethod
     def fit(
@@ -73,6 +93,7 @@ class Conformal:
         coverage: float = 0.9,
         edges: np.ndarray | None = None,
         bins: int = 6,
+        min_count: int | None = None,
     ) -> Conformal:
         """Calibrate on held-out ``predictions`` and their ``labels``.
 
@@ -81,6 +102,9 @@ class Conformal:
             coverage: target coverage in (0, 1).
             edges: label bin edges; default ``bins`` equal-width bins over ``labels``.
             bins: number of bins when ``edges`` is None.
+            min_count: fewest calibration places of a Mondrian group; a bin with fewer is
+                merged with its neighbours (default ``ceil(coverage / (1 - coverage))``,
+                9 at 90 %: the fewest that give a finite quantile).
         """
         if method not in METHODS:
             raise ValueError(f"unknown interval method {method!r}; valid: {', '.join(METHODS)}")
@@ -96,12 +120,13 @@ class Conformal:
         which = label_bin(y, edges)
         counts = np.bincount(which, minlength=len(edges) - 1)
         if method == "plain":
-            quantiles = np.array([conformal_quantile(scores, coverage)])
-        else:
-            quantiles = np.array(
-                [conformal_quantile(scores[which == b], coverage) for b in range(len(counts))]
-            )
-        return cls(method, float(coverage), edges, quantiles, counts)
+            return cls(method, float(coverage), edges,
+                       np.array([conformal_quantile(scores, coverage)]), counts)
+        groups = merge_sparse_bins(counts, min_count or math.ceil(coverage / (1 - coverage)))
+        quantiles = np.empty(len(counts))
+        for group in groups:
+            quantiles[group] = conformal_quantile(scores[np.isin(which, group)], coverage)
+        return cls(method, float(coverage), edges, quantiles, counts, groups)
 
     def interval(self, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Lower and upper bounds for ``predictions``.
@@ -151,6 +176,7 @@ class Conformal:
             "edges": self.edges.tolist(),
             "quantiles": [None if math.isinf(q) else float(q) for q in self.quantiles],
             "calibration_counts": self.counts.astype(int).tolist(),
+            "groups": [list(map(int, g)) for g in self.groups],
         }
 
 

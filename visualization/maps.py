@@ -122,12 +122,15 @@ def region_map(geojson: str | Path, path: str | Path | None = None, *,
     mean intervals written on them; the cells' outlines beneath when given."""
     props, geoms = read_features(geojson)
     fig, ax = plt.subplots(figsize=(6.5, 5))
-    if cells is not None:
-        _, cell_geoms = read_features(cells)
+    limits: dict[str, float] = {}
+    if cells is not None:  # the cells' range: region means on the scale of the cell map
+        cell_props, cell_geoms = read_features(cells)
         rings, _ = _rings(cell_geoms)
         ax.add_collection(PolyCollection(rings, facecolors="none", edgecolors="0.7",
                                          linewidths=0.2))
-    draw_cells(ax, geoms, props["prediction"], title="mean predicted wealth per region")
+        limits = {"vmin": float(cell_props["prediction"].min()),
+                  "vmax": float(cell_props["prediction"].max())}
+    draw_cells(ax, geoms, props["prediction"], title="mean predicted wealth per region", **limits)
     for geom, row in zip(geoms, props.itertuples(), strict=True):
         point = geom.representative_point()
         ax.annotate(f"{row.region}\n{row.prediction:.2f} [{row.low:.2f}, {row.high:.2f}]",
