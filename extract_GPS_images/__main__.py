@@ -1,4 +1,5 @@
-"""``python -m extract_GPS_images {synthetic,gee} ...``: the CLI twin of image.ipynb."""
+"""``python -m extract_GPS_images {synthetic,gee,grid} ...``: the CLI twin of image.ipynb
+(``grid`` writes a places file of square cells to predict)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from utils.cli import HelpFormatter, make_parser
 COMMANDS: dict[str, str] = {
     "synthetic": "extract_GPS_images.synthetic",
     "gee": "extract_GPS_images.gee",
+    "grid": "extract_GPS_images.grid",
 }
 
 

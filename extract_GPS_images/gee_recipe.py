@@ -31,6 +31,7 @@ For each location and year:
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,13 +252,11 @@ def pixel_grid(*, lat: float, lon: float, scale: float, size: int) -> dict[str, 
 def metadata_bands(
     *, label: float, lat: float, lon: float, year: int, imagery_year: int
 ) -> ee.Image:
-    """Constant float bands ``label, latitude, longitude, year, imagery_year``."""
+    """Constant float bands ``label, latitude, longitude, year, imagery_year``; a NaN
+    label (a place to predict) gives no ``label`` band."""
     values = dict(label=label, latitude=lat, longitude=lon, year=year, imagery_year=imagery_year)
-    return (
-        ee.Image.constant([float(values[name]) for name in META_BANDS])
-        .rename(list(META_BANDS))
-        .toFloat()
-    )
+    names = [n for n in META_BANDS if not (n == "label" and math.isnan(float(label)))]
+    return ee.Image.constant([float(values[name]) for name in names]).rename(names).toFloat()
 
 
 def check_cloud_method(config: RecipeConfig, imagery_year: int) -> None:

@@ -103,7 +103,8 @@ def places_collection(locations: Sequence) -> ee.FeatureCollection:
                 {
                     CELL_KEY_FEATURE: loc.cell_key,
                     CELL_ID_FEATURE: loc.cell_id,
-                    "label": float(loc.label),
+                    # a place to predict (NaN label) carries no label property
+                    **({} if math.isnan(float(loc.label)) else {"label": float(loc.label)}),
                     "latitude": float(loc.lat),
                     "longitude": float(loc.lon),
                     "year": int(loc.year),

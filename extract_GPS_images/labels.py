@@ -47,6 +47,9 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     ),
     "label": ("label", "wi", "wealth index", "iwi", "y"),
 }
+#: Columns a file may lack: without ``label`` (or with empty labels) it is a *places*
+#: file, rows to predict (DESIGN section 8); their label is NaN.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("label",)
 
 #: Header written by :func:`write_labels` (the documented format).
 DOCUMENTED_COLUMNS: tuple[str, ...] = (
@@ -103,6 +106,9 @@ class Labels:
             lines.append(f"read as {self.read_as}")
         if self.year_mapping:
             lines.append(f"label year -> imagery year: {self.year_mapping}")
+        unlabelled = int(self.frame["label"].isna().sum())
+        if unlabelled:
+            lines.append(f"{unlabelled} rows without a label: places to predict")
         if self.problems:
             lines.append(f"{len(self.problems)} rows skipped")
         return "\n".join(lines)
@@ -137,9 +143,9 @@ def match_columns(columns: list[str], name: str = "labels.csv") -> dict[str, str
     missing = []
     for canon, aliases in COLUMN_ALIASES.items():
         found = next((normalised[a] for a in aliases if a in normalised), None)
-        if found is None:
+        if found is None and canon not in OPTIONAL_COLUMNS:
             missing.append(f"'{canon}' (accepted: {', '.join(repr(a) for a in aliases)})")
-        else:
+        elif found is not None:
             used[canon] = found
     if missing:
         hint = ""
@@ -301,6 +307,8 @@ def read_labels(
         name = str(path)
     used = match_columns(list(raw.columns), name)
     raw = raw.rename(columns={col: canon for canon, col in used.items()})[list(used)]
+    if "label" not in used:  # a places file: every row is a place to predict
+        raw["label"] = ""
     lines = np.arange(len(raw)) + 2  # line 1 is the header
 
     problems: dict[int, list[str]] = {}
@@ -319,8 +327,9 @@ def read_labels(
         text = raw[canon].astype(str).str.strip()
         values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=float)
         numbers[canon] = values
+        no_label = text.eq("").to_numpy() if canon == "label" else False  # a place to predict
         bad(
-            ~np.isfinite(values),
+            ~np.isfinite(values) & ~no_label,
             lambda i, c=canon, t=text: (
                 f"line {lines[i]}, column '{used[c]}': not a number: {t.iloc[i]!r}"
             ),

@@ -79,6 +79,7 @@ def read_first_record(path: str | Path) -> dict[str, np.ndarray]:
 def shown_quarter(bands: dict[str, np.ndarray], quarter: str = "q2") -> tuple[str, str]:
     """The quarter to show and a note: ``quarter`` itself when its RGB bands hold data,
     else the first quarter that does (note ``"q2 missing"``)."""
+
     def has_data(q: str) -> bool:
         rgb = [bands.get(f"{b}_{q}") for b in ("B4", "B3", "B2")]
         return all(a is not None and np.nanmax(np.abs(a)) > 0 for a in rgb)

@@ -29,6 +29,10 @@ How the world is made:
 * **Your own labels**: with ``labels=...`` every row of a researcher's labels.csv
   gets a scene drawn to fit its label; one cell keeps its landscape across years
   (seeded by the cell), only the wealth-driven parts change.
+* **Places without labels** (a places file, e.g. a grid): each is rendered from the
+  world's latent wealth field (:class:`WealthField`, the world of the same seed, ``n``,
+  bbox and years); its record carries no label band and the true wealth goes to
+  ``truth.csv`` beside the records, never into them, so a map's error can be measured.
 * **Damage**: a seeded fraction of files is damaged (truncated gzip, missing band,
   wrong length, NaNs, nodata label) and listed in ``corruptions.csv``, so that
   quarantine has real work.
@@ -76,6 +80,8 @@ CORRUPTION_KINDS: tuple[str, ...] = (
 )
 #: Label value written by the ``bad_label`` damage (a nodata fill).
 NODATA_LABEL = -9999.0
+#: The true wealth of places without label (never in a record), beside the records.
+TRUTH_FILE = "truth.csv"
 
 DW = {name: code for code, name in enumerate(schema.DW_CLASSES)}
 # Typical top-of-atmosphere reflectance per class for B2, B3, B4, B8, B11, B12.
@@ -151,9 +157,16 @@ class WorldReport:
 
     def summary(self) -> str:
         """A few lines for notebooks and the CLI."""
-        labels = self.labels["label"]
+        labels = self.labels["label"].dropna()
         counts, _ = np.histogram(labels, np.linspace(*WEALTH_RANGE, 7))
         kinds = self.corruptions["kind"].value_counts().to_dict() if len(self.corruptions) else {}
+        places = len(self.labels) - len(labels)
+        if places:  # a places file: no label to describe
+            return (
+                f"{len(self.labels)} places without label in {self.out_dir}: {self.written} "
+                f"written, {self.skipped} already there; true wealth in {TRUTH_FILE}\n"
+                f"damaged on purpose: {len(self.corruptions)} {kinds}"
+            )
         return (
             f"{len(self.labels)} records ({self.labels['cell_id'].nunique()} cells) in "
             f"{self.out_dir}: {self.written} written, {self.skipped} already there\n"
@@ -177,14 +190,66 @@ def wealth_quantile(u: np.ndarray) -> np.ndarray:
     return np.interp(u, PchipInterpolator(edges, cdf)(grid), grid)
 
 
-def invent_places(cfg: WorldConfig) -> pd.DataFrame:
-    """Cells clustered around settlements, with spatially autocorrelated wealth.
+@dataclass
+class WealthField:
+    """The world's latent wealth, defined at any point (DESIGN section 8): city pull, a
+    regional trend, the effect of the settlement that pulls hardest, and per-cell noise,
+    mapped through the distribution of the invented places' latents onto the wealth
+    index's shape. An invented place evaluated with its own settlement and noise gets
+    its own label back; any other place (a grid cell) gets a draw of the same field."""
 
-    Returns a tidy labels frame (``cell_id, year, latitude, longitude, label``), one
-    row per cell and year; later years grow a little richer.
-    """
-    from scipy.stats import rankdata  # noqa: PLC0415
+    seed: int
+    centres: np.ndarray  # (S, 2) settlement lat/lon
+    size: np.ndarray  # (S,) settlement sizes
+    effect: np.ndarray  # (S,) settlement wealth effects
+    waves: np.ndarray  # (6, 2) regional trend wave vectors
+    phase: np.ndarray  # (6,)
+    pull_moments: tuple[float, float]  # mean, std of the invented places' pull
+    reference: np.ndarray  # sorted latents of the invented places
+    last_year: int  # labels of earlier years are a little poorer
 
+    def pull(self, pts: np.ndarray) -> np.ndarray:
+        """(n, S) pull of every settlement on every point."""
+        dist = np.hypot(*(pts[:, None, :] - self.centres[None, :, :]).transpose(2, 0, 1))
+        return np.log1p(self.size)[None, :] * np.exp(-dist / 0.4)
+
+    def latent(self, pts: np.ndarray, home: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Latent wealth of points ``pts`` (n, 2) belonging to settlements ``home``."""
+        mean, std = self.pull_moments
+        trend = np.cos(pts @ self.waves.T + self.phase).sum(axis=1) / np.sqrt(3)
+        pull = (self.pull(pts).max(axis=1) - mean) / (std + 1e-12)
+        return pull + 0.6 * trend + 0.5 * self.effect[home] + 0.45 * noise
+
+    def wealth(self, latent: np.ndarray) -> np.ndarray:
+        """Latents -> wealth with the real index's shape (the invented places' ranks)."""
+        n = len(self.reference)
+        return wealth_quantile(np.interp(latent, self.reference, (np.arange(n) + 0.5) / n))
+
+    def at(self, places: pd.DataFrame) -> np.ndarray:
+        """True wealth of tidy places rows (``latitude, longitude, cell_key, year``): the
+        noise and yearly growth of a cell are seeded by its key."""
+        pts = places[["latitude", "longitude"]].to_numpy(float).reshape(-1, 2)
+        home = self.pull(pts).argmax(axis=1)
+        draws = [
+            np.random.default_rng([*_cell_seed(self.seed, k), 13]).random(2)
+            for k in places["cell_key"]
+        ]
+        u = np.clip(np.array(draws).reshape(-1, 2), 1e-9, 1 - 1e-9)
+        noise, growth = _normal_ppf(u[:, 0]), 0.03 * (1.0 + u[:, 1])
+        wealth = self.wealth(self.latent(pts, home, noise))
+        years = places["year"].to_numpy(float) - self.last_year
+        return np.clip(wealth + growth * years, *WEALTH_RANGE)
+
+
+def _normal_ppf(u: np.ndarray) -> np.ndarray:
+    from scipy.stats import norm  # noqa: PLC0415
+
+    return norm.ppf(u)
+
+
+def _draw_world(cfg: WorldConfig) -> tuple[WealthField, np.ndarray, np.ndarray, np.ndarray]:
+    """The seeded draws of a world: its wealth field, the invented places' points,
+    latents and yearly growth."""
     rng = np.random.default_rng([cfg.seed, 1])
     lat0, lat1, lon0, lon1 = cfg.bbox
     centres = np.column_stack(
@@ -196,23 +261,38 @@ def invent_places(cfg: WorldConfig) -> pd.DataFrame:
     pts = centres[home] + rng.normal(0, 1, (cfg.n, 2)) * spread[:, None]
     pts[:, 0] = np.clip(pts[:, 0], lat0, lat1)
     pts[:, 1] = np.clip(pts[:, 1], lon0, lon1)
-
-    # latent wealth: near big settlements, regional trend, settlement effect, local noise
-    dist = np.hypot(*(pts[:, None, :] - centres[None, :, :]).transpose(2, 0, 1))
-    pull = (np.log1p(size)[None, :] * np.exp(-dist / 0.4)).max(axis=1)
     waves = rng.normal(0, 1, (6, 2)) / 2.5
     phase = rng.uniform(0, 2 * np.pi, 6)
-    trend = np.cos(pts @ waves.T + phase).sum(axis=1) / np.sqrt(3)
-    latent = (
-        _standardise(pull)
-        + 0.6 * trend
-        + 0.5 * rng.normal(0, 1, cfg.n_settlements)[home]
-        + 0.45 * rng.normal(0, 1, cfg.n)
+    effect = rng.normal(0, 1, cfg.n_settlements)
+    noise = rng.normal(0, 1, cfg.n)
+    growth = 0.03 * (1.0 + rng.random(cfg.n))  # wealth gained per year
+    field = WealthField(
+        cfg.seed, centres, size, effect, waves, phase, (0.0, 1.0), np.zeros(0), max(cfg.years)
     )
+    pull = field.pull(pts).max(axis=1)
+    field.pull_moments = (float(pull.mean()), float(pull.std()))
+    latent = field.latent(pts, home, noise)
+    field.reference = np.sort(latent)
+    return field, pts, latent, growth
+
+
+def wealth_field(cfg: WorldConfig) -> WealthField:
+    """The wealth field of the world made with ``cfg`` (same seed, n, bbox, years)."""
+    return _draw_world(cfg)[0]
+
+
+def invent_places(cfg: WorldConfig) -> pd.DataFrame:
+    """Cells clustered around settlements, with spatially autocorrelated wealth.
+
+    Returns a tidy labels frame (``cell_id, year, latitude, longitude, label``), one
+    row per cell and year; later years grow a little richer.
+    """
+    from scipy.stats import rankdata  # noqa: PLC0415
+
+    _, pts, latent, growth = _draw_world(cfg)
     # ranks -> quantiles: the marginal follows the real shape exactly, neighbours stay alike
     wealth = wealth_quantile((rankdata(latent) - 0.5) / cfg.n)
     rows = []
-    growth = 0.03 * (1.0 + rng.random(cfg.n))  # wealth gained per year
     for year in cfg.years:
         label = np.clip(wealth + growth * (year - max(cfg.years)), *WEALTH_RANGE)
         rows.append(
@@ -387,11 +467,13 @@ def render_record(row: pd.Series, cfg: WorldConfig) -> dict[str, np.ndarray]:
     """All bands of one record (image channels + constant metadata bands)."""
     landscape = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), 7])
     year_rng = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), int(row.year)])
-    shown = row.label + cfg.scene_noise * year_rng.normal()  # the scene shows a noisy wealth
+    # a place without label shows its true wealth (TRUTH_FILE), which stays out of the record
+    wealth = row.label if np.isfinite(row.label) else row.true_wealth
+    shown = wealth + cfg.scene_noise * year_rng.normal()  # the scene shows a noisy wealth
     clearing = None  # the clearings show the scene's wealth, or their own noisy copy
     if cfg.tail_noise is not None:
         tail_rng = np.random.default_rng([*_cell_seed(cfg.seed, row.cell_key), int(row.year), 11])
-        clearing = row.label + cfg.tail_noise * tail_rng.normal()
+        clearing = wealth + cfg.tail_noise * tail_rng.normal()
     classes, cleared = land_cover(
         shown, landscape, year_rng, cfg.size, tail_wealth=cfg.tail_wealth, clearing_wealth=clearing
     )
@@ -438,7 +520,7 @@ def damage(bands: dict[str, np.ndarray], kind: str, rng: np.random.Generator) ->
         arr[: max(1, arr.shape[0] // 4), : max(1, arr.shape[1] // 4)] = np.nan
         bands[name] = arr
     elif kind == "bad_label":
-        bands["label"] = np.full_like(bands["label"], NODATA_LABEL)
+        bands["label"] = np.full_like(bands["latitude"], NODATA_LABEL)  # places have none
     elif kind != "truncated_gzip":
         raise ValueError(f"unknown damage {kind!r}; valid: {', '.join(CORRUPTION_KINDS)}")
     return bands
@@ -515,6 +597,8 @@ def generate_world(
     table["file"] = [
         schema.record_file_name(k, y) for k, y in zip(table.cell_key, table.year, strict=True)
     ]
+    if table["label"].isna().any():
+        _write_truth(out, table, cfg)
     damaged = pick_damaged(len(table), cfg.corrupt_fraction, cfg.seed)
 
     todo = [i for i in range(len(table)) if not (out / table.file[i]).exists()]
@@ -538,6 +622,18 @@ def generate_world(
     with atomic_open(out / "corruptions.csv") as handle:
         corruptions.to_csv(handle, index=False, lineterminator="\n")
     return WorldReport(out, table, written, skipped, corruptions, dataclasses.asdict(cfg))
+
+
+def _write_truth(out: Path, table: pd.DataFrame, cfg: WorldConfig) -> None:
+    """Draw the true wealth of the rows without label from the world's field (into
+    ``table.true_wealth``, for rendering) and write it to ``out / TRUTH_FILE``, apart from
+    the records, so that a map's error can be measured."""
+    places = table["label"].isna().to_numpy()
+    table["true_wealth"] = np.nan
+    table.loc[places, "true_wealth"] = wealth_field(cfg).at(table[places]).round(6)
+    columns = ["file", "cell_id", "cell_key", "year", "latitude", "longitude", "true_wealth"]
+    with atomic_open(out / TRUTH_FILE) as handle:
+        table.loc[places, columns].to_csv(handle, index=False, lineterminator="\n")
 
 
 def write_record(out: Path, row: pd.Series, cfg: WorldConfig, index: int, kind: str | None) -> Path:

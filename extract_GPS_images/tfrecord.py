@@ -20,7 +20,7 @@ from pathlib import Path
 import google_crc32c
 import numpy as np
 
-from extract_GPS_images.schema import CELL_ID_FEATURE, META_BANDS, image_band_names
+from extract_GPS_images.schema import CELL_ID_FEATURE, LABEL_BAND, META_BANDS, image_band_names
 from utils import example_wire
 from utils.atomic import atomic_path
 from utils.quiet import quiet_tensorflow
@@ -53,7 +53,8 @@ def sample_bands(
     Args:
         image: (C, H, W) array whose channels are ``names`` (default: the 24
             Sentinel-2 channels and ``DW``).
-        meta: values of ``label``, ``latitude``, ``longitude``, ``year``, ``imagery_year``.
+        meta: values of ``label``, ``latitude``, ``longitude``, ``year``, ``imagery_year``
+            (a NaN label: a place to predict, written without a ``label`` band).
         names: channel names of ``image``.
     """
     names = names or image_band_names()
@@ -62,6 +63,8 @@ def sample_bands(
     height, width = image.shape[1:]
     bands = {name: image[i] for i, name in enumerate(names)}
     for key in META_BANDS:
+        if key == LABEL_BAND and not np.isfinite(meta[key]):
+            continue  # a place to predict carries no label band
         bands[key] = np.full((height, width), meta[key], np.float32)
     return bands
 

@@ -57,16 +57,21 @@ def helps() -> dict[str, tuple[str, str]]:
     """Every CLI's --help, run side by side in subprocesses: name -> (stdout, stderr)."""
     running = {
         " ".join([m, *s]): subprocess.Popen(
-            [sys.executable, "-c", HELP_PROBE, m, *s], env=_env(), cwd=project_root(),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-c", HELP_PROBE, m, *s],
+            env=_env(),
+            cwd=project_root(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for m, s, _, _ in CLIS
     }
     return {name: proc.communicate(timeout=300) for name, proc in running.items()}
 
 
-@pytest.mark.parametrize(("module", "sub", "stage", "light"), CLIS,
-                         ids=[" ".join([m, *s]) for m, s, _, _ in CLIS])
+@pytest.mark.parametrize(
+    ("module", "sub", "stage", "light"), CLIS, ids=[" ".join([m, *s]) for m, s, _, _ in CLIS]
+)
 def test_help_names_the_program_and_shows_defaults(helps, module, sub, stage, light) -> None:
     text, err = helps[" ".join([module, *sub])]
     assert text.startswith(f"usage: python -m {' '.join([module, *sub])}"), text[:200]
@@ -86,15 +91,34 @@ def test_help_names_the_program_and_shows_defaults(helps, module, sub, stage, li
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], env=_env(), cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        env=_env(),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_paths_are_relative_to_the_shell_folder(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    made = _run(["extract_GPS_images", "synthetic", "--out", "relw", "--n", "12", "--size", "8",
-                 "--corrupt-fraction", "0"], elsewhere)
+    made = _run(
+        [
+            "extract_GPS_images",
+            "synthetic",
+            "--out",
+            "relw",
+            "--n",
+            "12",
+            "--size",
+            "8",
+            "--corrupt-fraction",
+            "0",
+        ],
+        elsewhere,
+    )
     assert made.returncode == 0, made.stderr
     assert len(list((elsewhere / "relw").glob("*.tfrecord.gz"))) == 12
     assert not (project_root() / "relw").exists()
@@ -102,8 +126,9 @@ def test_cli_paths_are_relative_to_the_shell_folder(tmp_path: Path) -> None:
     assert split.returncode == 0, split.stderr
     assert (elsewhere / "shards" / "manifest.csv").is_file()
     # the same with --run-dir: <run-dir>/exports then <run-dir>/shards
-    made = _run(["extract_GPS_images.synthetic", "--run-dir", "r", "--n", "12", "--size", "8"],
-                elsewhere)
+    made = _run(
+        ["extract_GPS_images.synthetic", "--run-dir", "r", "--n", "12", "--size", "8"], elsewhere
+    )
     assert made.returncode == 0, made.stderr
     split = _run(["utils.split_and_batch", "--run-dir", "r", "--no-progress"], elsewhere)
     assert split.returncode == 0, split.stderr
@@ -143,9 +168,9 @@ def test_notebook_defaults_are_the_config_defaults() -> None:
         "visualization.ipynb": asdict(ExplainConfig()),
         "extract_GPS_images/image.ipynb": {  # corrupt_fraction: generate_world's (None)
             **asdict(WorldConfig()),
-            "corrupt_fraction": inspect.signature(generate_world).parameters[
-                "corrupt_fraction"
-            ].default,
+            "corrupt_fraction": inspect.signature(generate_world)
+            .parameters["corrupt_fraction"]
+            .default,
         },
     }
     for notebook, config in pairs.items():

@@ -10,8 +10,12 @@ import pytest
 
 from utils.paths import project_root
 
-DOCS = ["README.md", *sorted(p.relative_to(project_root()).as_posix()
-                             for p in (project_root() / "docs").glob("*.md"))]
+DOCS = [
+    "README.md",
+    *sorted(
+        p.relative_to(project_root()).as_posix() for p in (project_root() / "docs").glob("*.md")
+    ),
+]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 

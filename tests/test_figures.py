@@ -20,8 +20,11 @@ from visualization.heatmaps import plot_heatmap_grid  # noqa: E402
 
 def _bands(missing: tuple[str, ...]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {f"{b}_{q}": (np.zeros((4, 4)) if q in missing else rng.random((4, 4)))
-            for b in ("B2", "B3", "B4", "B8") for q in ("q1", "q2", "q3", "q4")}
+    return {
+        f"{b}_{q}": (np.zeros((4, 4)) if q in missing else rng.random((4, 4)))
+        for b in ("B2", "B3", "B4", "B8")
+        for q in ("q1", "q2", "q3", "q4")
+    }
 
 
 def test_examples_show_a_quarter_with_data() -> None:
@@ -38,8 +41,9 @@ def test_residual_map_outlines_the_places(tmp_path) -> None:
     assert hull.shape == (5, 2) and np.array_equal(hull[0], hull[-1])
     assert not any(np.array_equal(p, [100.5, 10.5]) for p in hull)
     assert places_outline(lon[:2], lat[:2]) is None
-    table = pd.DataFrame({"longitude": lon, "latitude": lat, "label": lat / 10,
-                          "prediction": lat / 10 + 0.1})
+    table = pd.DataFrame(
+        {"longitude": lon, "latitude": lat, "label": lat / 10, "prediction": lat / 10 + 0.1}
+    )
     fig = residual_map(table, tmp_path / "residuals.png")
     assert (tmp_path / "residuals.png").stat().st_size > 0
     assert "convex hull" in fig.axes[0].get_legend().get_texts()[0].get_text()
@@ -63,18 +67,30 @@ def test_heatmap_grid_has_a_colour_scale_and_the_difference(tmp_path, monkeypatc
 
 
 def test_per_bin_plot_one_panel_per_family_against_l2() -> None:
-    names = ["L2", "L3", "weighted L2 a=0.5", "weighted L2 a=1", "BMC", "BNI",
-             "L2 + calibration a=0.5"]
-    results = pd.DataFrame({
-        "name": names,
-        "per_bin_mae": [list(np.linspace(0.9, 0.2, 6) + 0.01 * i) for i in range(len(names))],
-        "bin_edges": [list(np.linspace(0.28, 3.09, 7))] * len(names),
-        "bin_counts": [[3, 29, 109, 281, 406, 172]] * len(names),
-    })
+    names = [
+        "L2",
+        "L3",
+        "weighted L2 a=0.5",
+        "weighted L2 a=1",
+        "BMC",
+        "BNI",
+        "L2 + calibration a=0.5",
+    ]
+    results = pd.DataFrame(
+        {
+            "name": names,
+            "per_bin_mae": [list(np.linspace(0.9, 0.2, 6) + 0.01 * i) for i in range(len(names))],
+            "bin_edges": [list(np.linspace(0.28, 3.09, 7))] * len(names),
+            "bin_counts": [[3, 29, 109, 281, 406, 172]] * len(names),
+        }
+    )
     fig = per_bin_plot(results)
     panels = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
     assert set(panels) == {"other", "weighted L2", "Balanced MSE", "calibration"}
     assert [line.get_label() for line in panels["weighted L2"].get_lines()] == [
-        "L2", "weighted L2 a=0.5", "weighted L2 a=1"]
+        "L2",
+        "weighted L2 a=0.5",
+        "weighted L2 a=1",
+    ]
     assert method_family("resampling a=0.75") == "resampling"
     plt.close(fig)

@@ -71,7 +71,7 @@ def run(tmp_path: Path, text: str, *extra: str) -> None:
             r"line 3: duplicate \(cell id, year\) = \('A', 2019\), first at line 2",
         ),
         (HEADER + "2999,A,1,1,1.2\n", r"line 2, column 'year': year 2999 is after"),
-        (HEADER + "2019,A,1,1,\n", r"line 2, column 'label': not a number: ''"),
+        (HEADER + "2019,A,1,1,x\n", r"line 2, column 'label': not a number: 'x'"),  # empty: a place
     ],
 )
 def test_bad_labels_exit_with_the_readers_message(tmp_path, text, message):

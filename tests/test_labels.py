@@ -93,7 +93,7 @@ HEADER = "year,cell id,centroid latitude,centroid longitude,label\n"
     ("body", "message"),
     [
         ("2019,A,abc,105,1\n", r"line 2, column 'centroid latitude': not a number: 'abc'"),
-        ("2019,A,21,105,\n", r"line 2, column 'label': not a number: ''"),
+        ("2019,A,21,105,x\n", r"line 2, column 'label': not a number: 'x'"),  # empty: a place
         ("2019,A,95,105,1\n", r"line 2, column 'centroid latitude': 95.0 is outside \[-90, 90\]"),
         ("2019,A,21,190,1\n", r"line 2, column 'centroid longitude': 190.0 is outside"),
         (
@@ -111,8 +111,8 @@ def test_bad_rows_are_refused_with_line_and_column(tmp_path: Path, body: str, me
 
 
 def test_missing_column_names_what_is_accepted(tmp_path: Path) -> None:
-    with pytest.raises(LabelsError, match=r"lacks column\(s\) 'label' \(accepted: 'label', 'wi'"):
-        read_labels(write(tmp_path, "year,cell id,lat,lon\n2019,A,1,2\n"))
+    with pytest.raises(LabelsError, match=r"lacks column\(s\) 'year' \(accepted: 'year', 'surv"):
+        read_labels(write(tmp_path, "cell id,lat,lon,label\nA,1,2,3\n"))  # no label: places
 
 
 def test_missing_file() -> None:

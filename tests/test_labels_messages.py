@@ -34,7 +34,10 @@ MALFORMED: dict[str, tuple[bytes, list[str]]] = {
         [r"not a number: '21,5'", r"decimal comma", r"decimal points"],
     ),
     "swapped coordinates": (_swapped(20), [r"did you swap latitude and longitude\?", r"20 rows"]),
-    "missing column": (b"year,cell id,lat,lon\n2019,A,1,2\n", [r"lacks column\(s\) 'label'"]),
+    "missing column": (
+        b"year,cell id,lon,label\n2019,A,2,1.5\n",
+        [r"lacks column\(s\) 'latitude'", r"accepted: 'centroid latitude'"],
+    ),
     "bad number": (
         (HEADER + "2019,A,abc,105,1\n").encode(),
         [r"line 2, column 'centroid latitude'", r"on_error='skip'"],
@@ -130,14 +133,16 @@ def test_unwritable_output_folder_is_a_sentence(tmp_path: Path) -> None:
 
 def test_your_own_labels_are_not_damaged_by_default(tmp_path: Path) -> None:
     path = tmp_path / "mine.csv"
-    path.write_text(HEADER + "".join(f"2019,P{i},{10 + i * 0.1},105.0,{1 + i * 0.02}\n"
-                                     for i in range(60)))
+    path.write_text(
+        HEADER + "".join(f"2019,P{i},{10 + i * 0.1},105.0,{1 + i * 0.02}\n" for i in range(60))
+    )
     mine = generate_world(tmp_path / "mine", labels=path, size=8, progress=False)
     assert len(mine.corruptions) == 0
     invented = generate_world(tmp_path / "invented", n=60, size=8, progress=False)
     assert len(invented.corruptions) == round(60 * synthetic.WorldConfig.corrupt_fraction)
-    asked = generate_world(tmp_path / "asked", labels=path, size=8, corrupt_fraction=0.05,
-                           progress=False)
+    asked = generate_world(
+        tmp_path / "asked", labels=path, size=8, corrupt_fraction=0.05, progress=False
+    )
     assert len(asked.corruptions) == 3
 
 

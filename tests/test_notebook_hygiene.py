@@ -25,6 +25,7 @@ def test_pipeline_lists_the_four_notebooks() -> None:
             "split_and_batch.ipynb",
             "main.ipynb",
             "visualization.ipynb",
+            "map.ipynb",
         ]
     )
     if tracked:  # in a git checkout every notebook of the pipeline is committed

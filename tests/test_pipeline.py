@@ -27,7 +27,7 @@ def test_parse_overrides() -> None:
 
 
 def test_stage_order_is_the_pipeline_order() -> None:
-    assert [s.name for s in STAGES] == ["image", "split_and_batch", "main", "visualization"]
+    assert [s.name for s in STAGES] == ["image", "split_and_batch", "main", "visualization", "map"]
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=lambda s: s.name)
@@ -64,12 +64,16 @@ def test_timings_keep_the_last_real_time_of_a_skipped_stage(tmp_path, monkeypatc
     run = tmp_path / "run"
     run_pipeline(run, stages=STAGES[:2])
     assert (run / "timings.csv").read_text().splitlines() == [
-        "stage,seconds,status", "image,12.5,ran", "split_and_batch,3.0,ran"
+        "stage,seconds,status",
+        "image,12.5,ran",
+        "split_and_batch,3.0,ran",
     ]
     rows = run_pipeline(run, stages=STAGES[:2])  # both up to date: nothing runs
     assert rows == [("image", 12.5, "skipped"), ("split_and_batch", 3.0, "skipped")]
     assert (run / "timings.csv").read_text().splitlines() == [
-        "stage,seconds,status", "image,12.5,skipped", "split_and_batch,3.0,skipped"
+        "stage,seconds,status",
+        "image,12.5,skipped",
+        "split_and_batch,3.0,skipped",
     ]
     run_pipeline(run, stages=STAGES[1:2])  # only one stage asked for: the other row stays
     assert (run / "timings.csv").read_text().splitlines()[1] == "image,12.5,not run"
@@ -88,17 +92,26 @@ def _outputs_text(notebook: Path) -> str:
     return "\n".join(parts)
 
 
-@pytest.mark.parametrize("code", [
-    "from extract_GPS_images.tfrecord import _tf; print(_tf().constant(1).numpy())",
-    # what utils.train does before TensorBoard, which imports TensorFlow when installed
-    "from utils.quiet import quiet_tensorflow; quiet_tensorflow(); import tempfile; "
-    "from torch.utils.tensorboard import SummaryWriter; "
-    "SummaryWriter(tempfile.mkdtemp()).close(); print(1)",
-], ids=["tfrecord", "tensorboard"])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "from extract_GPS_images.tfrecord import _tf; print(_tf().constant(1).numpy())",
+        # what utils.train does before TensorBoard, which imports TensorFlow when installed
+        "from utils.quiet import quiet_tensorflow; quiet_tensorflow(); import tempfile; "
+        "from torch.utils.tensorboard import SummaryWriter; "
+        "SummaryWriter(tempfile.mkdtemp()).close(); print(1)",
+    ],
+    ids=["tfrecord", "tensorboard"],
+)
 def test_tensorflow_starts_quietly(code: str) -> None:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=project_root(), timeout=300,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("TF_")})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=project_root(),
+        timeout=300,
+        env={k: v for k, v in os.environ.items() if not k.startswith("TF_")},
+    )
     assert done.stdout.strip() == "1", done.stderr
     assert not [word for word in NOISE if word in done.stderr], done.stderr
 
@@ -116,8 +129,11 @@ def test_run_then_skip_finished_stage(tmp_path, caplog, capfd) -> None:
     # the console: no transport warning from the kernel, nothing from TensorFlow (a kernel of
     # an earlier test may still log its own shutdown here, so not every kernel line counts)
     printed = capfd.readouterr()
-    console = [line for line in (printed.err + printed.out).splitlines()
-               if any(w in line for w in NOISE if w not in ("IPKernelApp", "0%|"))]
+    console = [
+        line
+        for line in (printed.err + printed.out).splitlines()
+        if any(w in line for w in NOISE if w not in ("IPKernelApp", "0%|"))
+    ]
     assert not console, console
     assert [(name, status) for name, _, status in rows] == [("image", "ran")]
     assert (tmp_path / "run" / "notebooks" / "image.ipynb").is_file()

@@ -35,15 +35,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 def _shows_default(action: argparse.Action) -> bool:
     default = action.default
-    return bool(action.option_strings) and action.nargs != 0 and not (
-        default is None or default is argparse.SUPPRESS or default == []
+    return (
+        bool(action.option_strings)
+        and action.nargs != 0
+        and not (default is None or default is argparse.SUPPRESS or default == [])
     )
 
 
 def make_parser(module: str, description: str | None, **kwargs) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` named ``python -m <module>`` that shows defaults."""
     return argparse.ArgumentParser(
-        prog=f"python -m {module}", description=description, formatter_class=HelpFormatter,
+        prog=f"python -m {module}",
+        description=description,
+        formatter_class=HelpFormatter,
         **kwargs,
     )
 
@@ -53,11 +57,16 @@ def shell_path(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
 
-def add_run_dir(parser: argparse.ArgumentParser, default: str | None = "runs/demo",
-                what: str = "") -> None:
+def add_run_dir(
+    parser: argparse.ArgumentParser, default: str | None = "runs/demo", what: str = ""
+) -> None:
     """The ``--run-dir`` option every stage accepts (a shell path)."""
-    parser.add_argument("--run-dir", type=shell_path, default=default,
-                        help=f"run folder{': ' + what if what else ''}")
+    parser.add_argument(
+        "--run-dir",
+        type=shell_path,
+        default=default,
+        help=f"run folder{': ' + what if what else ''}",
+    )
 
 
 def writable_folder(path: str | Path, option: str) -> Path:
@@ -74,8 +83,7 @@ def writable_folder(path: str | Path, option: str) -> Path:
     except OSError as err:
         reason = err.strerror or type(err).__name__
         raise SystemExit(
-            f"error: cannot write to {folder} ({reason}): give {option} a folder you can "
-            "write to"
+            f"error: cannot write to {folder} ({reason}): give {option} a folder you can write to"
         ) from None
     return folder
 
@@ -100,6 +108,7 @@ def field_help(cls: type) -> dict[str, str]:
             entries.update({n: f"{entries[n]} {line.strip()}" for n in names})
         elif line and not line.startswith(" "):
             break  # the next section
+
     def plain(text: str) -> str:  # reST roles and literals read as plain text in --help
         text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)
         return text.replace("``", "").replace("%", "%%")

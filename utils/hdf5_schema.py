@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+#: Records without a label (places to predict, DESIGN section 8): never train/val/test.
+PREDICT = "predict"
+ALL_SPLITS: tuple[str, ...] = (*SPLITS, PREDICT)
 
 # datasets of one shard file
 DATA = "data"  # (n, C, H, W) float32 or float16, one sample per chunk, compressed
@@ -47,8 +50,8 @@ def split_files(shards_dir: str | Path, split: str) -> list[Path]:
     Raises:
         FileNotFoundError: naming the folder and the notebook that writes it.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    if split not in ALL_SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(ALL_SPLITS)}")
     files = sorted((Path(shards_dir) / split).glob(f"{split}_*.h5"))
     if not files:
         raise FileNotFoundError(

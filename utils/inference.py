@@ -4,7 +4,8 @@
 label, prediction); :func:`evaluate_checkpoint` rebuilds a trained model and the inputs
 it was trained on from its checkpoint, predicts a split, writes
 ``predictions_<split>.csv`` and ``metrics_<split>.json`` beside the checkpoint and
-returns the table with the metric report.
+returns the table with the metric report. ``python -m utils.inference predict ...`` maps
+places without labels (:mod:`utils.maps`).
 """
 
 from __future__ import annotations
@@ -130,3 +131,15 @@ def evaluate_checkpoint(
     with atomic_open(out / f"metrics_{split}.json") as handle:
         json.dump(report, handle, indent=2, allow_nan=True)
     return table, report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m utils.inference predict --checkpoint CKPT --shards DIR --split predict
+    --out DIR``: places with conformal intervals as map files (:mod:`utils.maps`)."""
+    from utils.maps import main as predict_main  # noqa: PLC0415 (maps imports this package)
+
+    predict_main(argv)
+
+
+if __name__ == "__main__":
+    main()

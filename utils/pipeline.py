@@ -1,4 +1,4 @@
-"""Run the four notebooks headless, in pipeline order, with papermill.
+"""Run the notebooks headless, in pipeline order, with papermill.
 
 ``make demo`` calls ``python -m utils.pipeline --run-dir runs/demo``: each notebook's
 ``parameters`` cell is overridden with the demo values below, the executed copy lands
@@ -50,14 +50,22 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "main.ipynb",
         # the study trains 16 models: a small CNN on whole 48 px patches (cached in memory)
-        {"model": "tiny_cnn", "crop": None, "epochs": 5, "batch_size": 64, "lr": 0.003,
-         "progress": False},
+        {
+            "model": "tiny_cnn",
+            "crop": None,
+            "epochs": 5,
+            "batch_size": 64,
+            "lr": 0.003,
+            "progress": False,
+        },
     ),
     Stage(
         "visualization.ipynb",
         # 2 examples from each of the 6 label bins, pushed 0.5 poorer and richer
         {"examples_per_bin": 2, "iterations": 100, "push": 0.5, "faithfulness_steps": 16},
     ),
+    # the map: a 1 x 1 degree grid (about 280 cells of 6,750 m) around the world's biggest town
+    Stage("map.ipynb", {"box_deg": 1.0, "cell_m": 6750}),
 )
 
 

@@ -9,6 +9,7 @@
    one per ``part_files`` inputs, each written atomically), damaged ones are copied to
    ``out/quarantine/`` with their reason;
 3. assigns the samples to train/val/test by location (:mod:`utils.spatial_split`);
+   records without a label (places to predict) go to the ``predict`` split;
 4. writes each sample's encoded chunk into ``out/<split>/<split>_00000.h5`` shards
    (written atomically, no re-encoding), computes ``stats.json`` on train and writes
    ``manifest.csv`` (one row per input record) and ``report.json``.
@@ -748,7 +749,7 @@ def _convert(
         staging.mkdir(parents=True)
         stamp.write_text(fingerprint)
     quarantine.mkdir(parents=True, exist_ok=True)
-    for folder in (out, staging, quarantine, *(out / s for s in hs.SPLITS)):
+    for folder in (out, staging, quarantine, *(out / s for s in hs.ALL_SPLITS)):
         if folder.is_dir():
             remove_stale_temporaries(folder)
 
@@ -808,8 +809,11 @@ def _convert(
             f"no valid record among the {len(manifest)} inputs under {src}; the reasons "
             f"are in {out / hs.MANIFEST_FILE}"
         )
+    places = ok[ok["label"].astype(float).isna()]  # no label: to predict, never train/val/test
+    manifest.loc[places.index, "split"] = hs.PREDICT
+    labelled = ok.drop(index=places.index)
     result = assign_splits(
-        ok[["cell_id", "latitude", "longitude", "label"]].astype(
+        labelled[["cell_id", "latitude", "longitude", "label"]].astype(
             {"latitude": float, "longitude": float, "label": float}
         ),
         mode=cfg.split,
@@ -818,15 +822,17 @@ def _convert(
         block_km=cfg.block_km,
         n_bins=cfg.n_bins,
     )
-    manifest.loc[ok.index, "split"] = result.split
-    _refuse_empty_splits(manifest, cfg, out)
+    manifest.loc[labelled.index, "split"] = result.split
+    if len(labelled):  # a run of places alone (to predict) has no labelled split to fill
+        _refuse_empty_splits(manifest, cfg, out)
+    splits = (*hs.SPLITS, hs.PREDICT) if len(places) else hs.SPLITS
 
     # 4. shards + train statistics
     stats = BandStats(band_names, rules.reflectance_range)
     handles = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
     shard_counts = {}
     try:
-        for split in hs.SPLITS:
+        for split in splits:
             members = manifest[manifest["split"] == split]
             starts = range(0, len(members), cfg.shard_size)
             shard_counts[split] = len(starts)
@@ -873,7 +879,7 @@ def _convert(
         skipped_kinds=skipped_kinds([*entries, *extracted]),
         entries=len(entries),
         size_mix={_size_text(v): n for v, n in sizes.items()},
-        per_split={s: int((table["split"] == s).sum()) for s in hs.SPLITS},
+        per_split={s: int((table["split"] == s).sum()) for s in splits},
         per_reason={r: int(counts[r]) for r in REASONS if r in counts},
         shards=shard_counts,
         size=size,

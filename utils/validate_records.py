@@ -25,8 +25,10 @@ is under ``min_valid`` is ``mostly_nodata``, one whose clear share is under
 A record passes when every band is there with H*W finite values in range
 (reflectance within :data:`~extract_GPS_images.schema.REFLECTANCE_RANGE`, DW integer
 codes 0-8), its metadata bands are constant, the label lies in the configured range
-and the coordinates on Earth. Otherwise it gets one reason of
-:data:`utils.quarantine.REASONS` and a detail that names the band and values.
+and the coordinates on Earth (a record without a ``label`` band is a place to predict:
+it passes with a NaN label, and ``split_and_batch`` puts it in the ``predict`` split).
+Otherwise it gets one reason of :data:`utils.quarantine.REASONS` and a detail that names
+the band and values.
 """
 
 from __future__ import annotations
@@ -424,6 +426,8 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
     else:
         scalars = set(schema.META_BANDS)  # constant bands, or scalars of a table export
         meta_bands = schema.META_BANDS
+    if schema.LABEL_BAND not in floats:  # no label: a place to predict (DESIGN section 8)
+        meta_bands = tuple(k for k in meta_bands if k != schema.LABEL_BAND)
     channels = (*IMAGE_BANDS, *rules.extra)
     missing = [k for k in (*channels, *meta_bands) if k not in floats]
     if missing:
@@ -447,9 +451,9 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
     image = image.reshape(len(channels), rules.size, rules.size)
     band_min, band_max = _check_image(image, rules)
 
-    label = _constant("label", floats["label"], "bad_label")
+    label = _constant("label", floats["label"], "bad_label") if "label" in floats else math.nan
     low, high = rules.label_range
-    if not low <= label <= high:
+    if not (math.isnan(label) or low <= label <= high):
         raise RecordError("bad_label", f"label {label} outside the label range [{low}, {high}]")
     lat = _constant("latitude", floats["latitude"], "bad_coordinates")
     lon = _constant("longitude", floats["longitude"], "bad_coordinates")

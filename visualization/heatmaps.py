@@ -290,15 +290,22 @@ def plot_heatmap_grid(
     first_heat = 1 + int(has_dw)
     bars = []
     if heat_image is not None:
-        bars.append((heat_image, first_heat, first_heat + len(heatmaps) - 1,
-                     "map value (each map scaled to its maximum)"))
+        bars.append(
+            (
+                heat_image,
+                first_heat,
+                first_heat + len(heatmaps) - 1,
+                "map value (each map scaled to its maximum)",
+            )
+        )
     if diff_image is not None:
         bars.append((diff_image, cols - 1, cols - 1, "difference of the scaled maps"))
     for image, first, last, label in bars:  # own axes under the grid: no row loses space
         left, right = axes[-1, first].get_position(), axes[-1, last].get_position()
         gap = 0.1 * (left.x1 - left.x0)  # room between two bars' tick labels
-        cax = fig.add_axes((left.x0 + gap, 0.55 / height, right.x1 - left.x0 - 2 * gap,
-                            0.12 / height))
+        cax = fig.add_axes(
+            (left.x0 + gap, 0.55 / height, right.x1 - left.x0 - 2 * gap, 0.12 / height)
+        )
         bar = fig.colorbar(image, cax=cax, orientation="horizontal")
         bar.set_label(label, fontsize=8)
         bar.ax.tick_params(labelsize=7)
