@@ -420,14 +420,14 @@ def main(args: argparse.Namespace) -> GeeReport:
     if (args.out_dir is None) == (run_dir is None):
         raise SystemExit("error: give --run-dir (writes <run-dir>/exports) or --out FOLDER")
     out = args.out_dir or RunPaths.of(run_dir).exports
-    option = "--out" if args.out_dir else "--run-dir"
-    dry = getattr(args, "dry_run", False)  # a dry run writes nothing, not even the folder
-    params["out_dir"] = str(out if dry else writable_folder(out, option))
+    params["out_dir"] = str(out)
     params["labels"] = str(params["labels"])
     if params.get("service_account_key") is not None:
         params["service_account_key"] = str(params["service_account_key"])
     try:
-        config = GeeConfig.from_flat(**params)
+        config = GeeConfig.from_flat(**params)  # checked before any folder is made
+        if not config.dry_run:  # a dry run writes nothing, not even the folder
+            writable_folder(out, "--out" if args.out_dir else "--run-dir")
         report = extract_gee(config)
     except LabelsError as error:
         raise SystemExit(f"error: {error.for_tool('--on-error skip')}") from None

@@ -1,5 +1,5 @@
 """Direct download: ``ee.data.computePixels`` over a thread pool, written as local
-gzip TFRecords in the export schema (DESIGN section 3).
+gzip TFRecords in the export schema (docs/design.md).
 
 Each location-year is one request (NumPy format) on its own fixed pixel grid; a
 pool of ``concurrency`` threads keeps that many requests in flight. Quota (429) and

@@ -1,4 +1,4 @@
-"""Earth Engine image recipe: one expression graph per location-year (DESIGN section 3).
+"""Earth Engine image recipe: one expression graph per location-year (docs/design.md).
 
 Pure builders with keyword-only arguments; they return ``ee`` objects and never call
 the server (no ``getInfo()``), so the whole recipe is built and serialised offline.

@@ -1,4 +1,4 @@
-"""Table-export batch mode: many places per Earth Engine export task (DESIGN section 3).
+"""Table-export batch mode: many places per Earth Engine export task (docs/design.md).
 
 The original study's reader and Yeh et al.'s ``africa_poverty`` export so: the image
 is turned into arrays with ``neighborhoodToArray`` over a ``size`` x ``size`` kernel and

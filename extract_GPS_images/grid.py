@@ -1,4 +1,4 @@
-"""A grid of square cells over an area: a *places* file to predict (DESIGN section 8).
+"""A grid of square cells over an area: a *places* file to predict (docs/maps.md).
 
 Cells are ``cell_m`` metres square (default 6,750 m, the original study's grid) in a
 projected CRS (default: the UTM zone of the area's centre), aligned to multiples of

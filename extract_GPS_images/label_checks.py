@@ -1,4 +1,4 @@
-"""Labels that cannot be real (issue 17): nodata codes, (0, 0), outliers, lone places.
+"""Labels that cannot be real: nodata codes, (0, 0), outliers, lone places.
 
 Called by :func:`extract_GPS_images.labels.read_labels` on the parsed numbers:
 

@@ -1,4 +1,4 @@
-"""The one labels.csv reader (DESIGN section 3), used by the synthetic world and the
+"""The one labels.csv reader (docs/design.md), used by the synthetic world and the
 Earth Engine extraction.
 
 Documented columns: ``year, cell id, centroid latitude, centroid longitude, label``.
@@ -48,7 +48,7 @@ COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
     "label": ("label", "wi", "wealth index", "iwi", "y"),
 }
 #: Columns a file may lack: without ``label`` (or with empty labels) it is a *places*
-#: file, rows to predict (DESIGN section 8); their label is NaN.
+#: file, rows to predict (docs/maps.md); their label is NaN.
 OPTIONAL_COLUMNS: tuple[str, ...] = ("label",)
 
 #: Header written by :func:`write_labels` (the documented format).

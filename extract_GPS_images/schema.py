@@ -1,4 +1,4 @@
-"""Band names and metadata of the Earth Engine export schema (DESIGN section 3).
+"""Band names and metadata of the Earth Engine export schema (docs/design.md).
 
 One place says what a record holds, so the synthetic world, both Earth Engine
 export paths and ``split_and_batch`` agree on it:

@@ -1,6 +1,6 @@
 """Synthetic Sentinel-2 world: the embedded default data source, no Earth Engine needed.
 
-Writes what an Earth Engine extraction writes (DESIGN sections 3 and 7): a
+Writes what an Earth Engine extraction writes (docs/design.md): a
 ``labels.csv`` in the documented format and one gzip TFRecord per location-year in
 the export schema (24 Sentinel-2 channels ``B2_q1 ... B12_q4``, ``DW``, constant
 metadata bands, the original ``cell_id``).
@@ -68,7 +68,7 @@ from utils.ownership import OutputFolder
 
 #: (lat_min, lat_max, lon_min, lon_max) of Vietnam.
 VIETNAM_BBOX: tuple[float, float, float, float] = (8.4, 23.4, 102.1, 109.5)
-#: Range and six-bin shares of the Vietnamese wealth index (DESIGN section 3).
+#: Range and six-bin shares of the Vietnamese wealth index (docs/design.md).
 WEALTH_RANGE: tuple[float, float] = (0.281, 3.095)
 WEALTH_BIN_SHARES: tuple[float, ...] = (0.003, 0.029, 0.109, 0.281, 0.406, 0.172)
 CORRUPTION_KINDS: tuple[str, ...] = (
@@ -192,7 +192,7 @@ def wealth_quantile(u: np.ndarray) -> np.ndarray:
 
 @dataclass
 class WealthField:
-    """The world's latent wealth, defined at any point (DESIGN section 8): city pull, a
+    """The world's latent wealth, defined at any point (docs/maps.md): city pull, a
     regional trend, the effect of the settlement that pulls hardest, and per-cell noise,
     mapped through the distribution of the invented places' latents onto the wealth
     index's shape. An invented place evaluated with its own settlement and noise gets

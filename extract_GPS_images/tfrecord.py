@@ -1,4 +1,4 @@
-"""Write and read records in the Earth Engine TFRecord export schema (DESIGN section 3).
+"""Write and read records in the Earth Engine TFRecord export schema (docs/design.md).
 
 Each record is a gzip-compressed ``tf.train.Example``: one float feature per band
 holding H*W values row-major (metadata bands are constant images), plus, when

@@ -1,5 +1,5 @@
 """Regression metrics: the balanced MAE of the original study and the usual ones
-(DESIGN section 5). :func:`regression_report` returns them all as one dict."""
+(docs/design.md). :func:`regression_report` returns them all as one dict."""
 
 from metrics.balanced_mae import (
     FEW_SHOT,

@@ -1,4 +1,4 @@
-"""Balanced MAE and the other regression metrics (DESIGN section 5).
+"""Balanced MAE and the other regression metrics (docs/design.md).
 
 The balanced MAE (b-MAE) splits the label range into ``K`` bins (equal width by
 default, K=6 over (0.28095, 3.09452) in the original study; or quantile bins), takes
@@ -314,7 +314,7 @@ def regression_report(
     many: int = MANY_SHOT,
     few: int = FEW_SHOT,
 ) -> dict[str, Any]:
-    """Every metric of DESIGN section 5 in one dict.
+    """Every metric of docs/design.md in one dict.
 
     Args:
         pred, target: predictions and labels.

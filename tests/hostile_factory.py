@@ -1,4 +1,4 @@
-"""Builders of hostile inputs for the tests of issue 17 (and the benchmark): valid
+"""Builders of hostile inputs for the hostile-input tests (and the benchmark): valid
 records, files framed by hand, CRC damage, bombs. Seeded, tiny (8 x 8 pixels)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Damaged shards and checkpoints are named, never used silently (issue 17, items 9-10)."""
+"""Damaged shards and checkpoints are named, never used silently."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Earth Engine extraction keeps to its own folder (issue 17, items 6-7): a
+"""The Earth Engine extraction keeps to its own folder: a
 non-empty folder it did not make is refused naming it, a second run into one folder
 is refused naming the process that holds it, a folder an earlier version made is
 adopted and resumed, and a dry run touches no folder."""

@@ -1,4 +1,4 @@
-"""split_and_batch on hostile inputs (issue 17): each test builds its bad input itself."""
+"""split_and_batch on hostile inputs: each test builds its bad input itself."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Labels that cannot be real (issue 17, item 12): nodata codes are missing values,
+"""Labels that cannot be real: nodata codes are missing values,
 (0, 0), outlying labels and lone places are warned about with their line numbers, a
 bounding box refuses places outside it."""
 

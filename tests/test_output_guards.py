@@ -1,4 +1,4 @@
-"""Stages other than split_and_batch keep to their own folders (issue 17, items 6-7):
+"""Stages other than split_and_batch keep to their own folders:
 training and the synthetic world refuse a non-empty folder they did not make, a second
 training run on one folder is refused naming the holder, a study's --force deletes only
 a folder training made."""

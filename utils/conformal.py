@@ -1,4 +1,4 @@
-"""Split-conformal prediction intervals for a trained regressor (DESIGN section 8).
+"""Split-conformal prediction intervals for a trained regressor (docs/maps.md).
 
 Calibrated on a held-out split (validation) that the model did not train on, with the
 absolute residual ``|y - f(x)|`` as the score (Vovk et al. 2005; Lei et al. 2018,

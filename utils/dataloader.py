@@ -1,4 +1,4 @@
-"""PyTorch dataset and loaders over the HDF5 shards of one split (DESIGN section 4).
+"""PyTorch dataset and loaders over the HDF5 shards of one split (docs/design.md).
 
 :class:`ShardDataset` reads only shard lengths in ``__init__``; each process (the main
 one and every DataLoader worker, forked or spawned) opens the shard files itself on

@@ -1,4 +1,4 @@
-"""The HDF5 shard contract (DESIGN section 3) shared by the writer (``split_and_batch``)
+"""The HDF5 shard contract (docs/design.md) shared by the writer (``split_and_batch``)
 and the readers (dataloader, training, LOTS).
 
 Layout: ``<shards>/<split>/<split>_00000.h5`` ..., each file holding up to
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-#: Records without a label (places to predict, DESIGN section 8): never train/val/test.
+#: Records without a label (places to predict, docs/maps.md): never train/val/test.
 PREDICT = "predict"
 ALL_SPLITS: tuple[str, ...] = (*SPLITS, PREDICT)
 

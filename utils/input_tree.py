@@ -1,5 +1,5 @@
 """Every entry under an input folder, classified without opening anything that is not a
-regular file (issue 17: links and special files).
+regular file (links and special files).
 
 :func:`scan_inputs` walks the folder without following links and gives each entry
 (everything but folders) one :class:`Entry`:

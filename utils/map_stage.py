@@ -1,5 +1,5 @@
 """The Map stage of the pipeline (``map.ipynb``): grid -> imagery -> predict split ->
-predictions with intervals -> map files, region means and figures (DESIGN section 8).
+predictions with intervals -> map files, region means and figures (docs/maps.md).
 
 Everything lands under ``<run_dir>/map/``: ``places.csv`` (the grid), ``exports/`` (its
 records, and the synthetic world's ``truth.csv``), ``shards/`` (all in ``predict``) and

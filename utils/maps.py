@@ -1,4 +1,4 @@
-"""Wealth maps of places without labels (DESIGN section 8): predictions with conformal
+"""Wealth maps of places without labels (docs/maps.md): predictions with conformal
 intervals as CSV, GeoJSON and GeoTIFF, region means, and the error against a known truth.
 
 :func:`predict_map` is what the Map notebook (``map.ipynb``) and ``python -m

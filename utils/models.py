@@ -1,4 +1,4 @@
-"""CNN and transformer regressors for multispectral patches (DESIGN section 4).
+"""CNN and transformer regressors for multispectral patches (docs/design.md).
 
 torchvision backbones (ResNet-18/34/50, EfficientNet-B0, ConvNeXt-Tiny, Swin-T) with the
 first convolution widened to C input channels and a one-output regression head, a tiny

@@ -1,4 +1,4 @@
-"""Valid-pixel masks, clear shares and per-record metadata of one record (DESIGN section 3).
+"""Valid-pixel masks, clear shares and per-record metadata of one record (docs/design.md).
 
 Earth Engine records of this project carry their own quality and identity:
 

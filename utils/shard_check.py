@@ -1,4 +1,4 @@
-"""Damaged or missing HDF5 shards are named, never trained on silently (issue 17).
+"""Damaged or missing HDF5 shards are named, never trained on silently.
 
 :func:`check_against_manifest` compares the shard files of a split with the counts in
 ``manifest.csv`` (which ``split_and_batch`` writes beside them): a missing shard, one

@@ -1,4 +1,4 @@
-"""Exported TFRecords -> quarantine + split by location + HDF5 shards (DESIGN section 3).
+"""Exported TFRecords -> quarantine + split by location + HDF5 shards (docs/design.md).
 
 ``run_split_and_batch(src, out, cfg)`` is what ``split_and_batch.ipynb`` and
 ``python -m utils.split_and_batch --run-dir RUN`` (or ``SRC OUT``) call. It

@@ -1,5 +1,5 @@
 """The balanced-regression study: train every method with the same seed and budget,
-score each on the test split, and tabulate (DESIGN sections 4 and 5).
+score each on the test split, and tabulate (docs/design.md).
 
 An :class:`Experiment` names a loss, an optional density weighting of the training
 labels (used as loss weights, or as resampling weights with ``resample=True``) and

@@ -1,5 +1,5 @@
 """Training loop: ``fit`` trains one regressor on the HDF5 shards and keeps the best
-checkpoint by validation balanced MAE (DESIGN section 4).
+checkpoint by validation balanced MAE (docs/design.md).
 
 Adam/AdamW, an exponential learning-rate decay per epoch (x0.95 in the original study),
 AMP with GradScaler on GPU, gradient clipping, per-sample loss weights and samplers,

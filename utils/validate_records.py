@@ -2,7 +2,7 @@
 
 A file is read streaming (gzip inflate, then the TFRecord framing: length, CRC,
 payload, CRC); each record is parsed as a ``tf.train.Example`` and checked against
-one of two schemas (DESIGN section 3):
+one of two schemas (docs/design.md):
 
 * **canonical**: the 24 channels ``B2_q1 ... B12_q4``, ``DW`` and the constant metadata
   bands ``label``, ``latitude``, ``longitude``, ``year``, ``imagery_year``, each
@@ -426,7 +426,7 @@ def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name:
     else:
         scalars = set(schema.META_BANDS)  # constant bands, or scalars of a table export
         meta_bands = schema.META_BANDS
-    if schema.LABEL_BAND not in floats:  # no label: a place to predict (DESIGN section 8)
+    if schema.LABEL_BAND not in floats:  # no label: a place to predict (docs/maps.md)
         meta_bands = tuple(k for k in meta_bands if k != schema.LABEL_BAND)
     channels = (*IMAGE_BANDS, *rules.extra)
     missing = [k for k in (*channels, *meta_bands) if k not in floats]

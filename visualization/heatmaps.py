@@ -1,4 +1,4 @@
-"""Heatmaps, band/season importance and their figures (DESIGN section 6).
+"""Heatmaps, band/season importance and their figures (docs/design.md).
 
 Arrays first (:func:`perturbation_heatmap`, :func:`channel_importance`,
 :func:`group_importance`, :func:`true_colour`), then plotting functions that save PNGs

@@ -1,4 +1,4 @@
-"""LOTS: Layerwise Origin-Target Synthesis, batched over samples (DESIGN section 6).
+"""LOTS: Layerwise Origin-Target Synthesis, batched over samples (docs/design.md).
 
 Reference: A. Rozsa, M. Günther, T. E. Boult, "LOTS about attacking deep features",
 IEEE International Joint Conference on Biometrics (IJCB), 2017.

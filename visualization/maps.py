@@ -1,4 +1,4 @@
-"""Map figures of predicted wealth (DESIGN section 8): cells drawn as their polygons in
+"""Map figures of predicted wealth (docs/maps.md): cells drawn as their polygons in
 longitude/latitude, a colour bar with the index's units, a title on every panel.
 
 Each function takes the GeoJSON written by :func:`utils.maps.predict_map` (or
