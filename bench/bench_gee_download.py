@@ -66,21 +66,21 @@ class CachedReplies:
 
 def measure(
     k: int, *, latency: float, waves: int, size: int, codec: str = "isal", level: int = 1
-) -> tuple[float, float]:
-    """(achieved downloads/s, ideal k/latency) of one run."""
+) -> tuple[float, float, float]:
+    """(achieved downloads/s, ideal k/latency, CPU seconds per download) of one run."""
     recipe = RecipeConfig(size=size)
     locations = [Location(cell_key=f"b{i:05d}", cell_id=f"cell {i}", year=2019,
                           imagery_year=2019, lat=10 + i * 1e-3, lon=100 + i * 1e-3, label=1.0)
                  for i in range(k * waves)]
     fake = CachedReplies(recipe.record_bands, size, latency)
     with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = download_locations(locations, out_dir=out, recipe=recipe, compute_pixels=fake,
                                     config=DownloadConfig(concurrency=k, progress=False,
                                                               gzip_codec=codec, gzip_level=level))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert report.fetched == len(locations), report.summary()
-    return len(locations) / seconds, k / latency
+    return len(locations) / seconds, k / latency, cpu / len(locations)
 
 
 def main(args: argparse.Namespace) -> float:
@@ -90,16 +90,18 @@ def main(args: argparse.Namespace) -> float:
     result = 0.0
     with offline_ee():
         print(f"fake computePixels latency {args.latency * 1000:.0f} ms, {args.waves} waves "
-              "per k; achieved/s (ratio to ideal k/latency) per patch size")
+              "per k; per patch size: achieved/s (ratio to ideal k/latency), CPU ms per "
+              "download (all threads), cores the ideal rate needs at that CPU cost")
         print(f"{'codec':>7} {'k':>4} {'ideal/s':>8} "
-              + " ".join(f"{f'{s} px':>17}" for s in args.size))
+              + " ".join(f"{f'{s} px: /s (ratio) ms cores':>32}" for s in args.size))
         for codec, level in codecs:
             for k in sorted(args.k):
                 cells = []
                 for size in args.size:
-                    achieved, ideal = measure(k, latency=args.latency, waves=args.waves,
-                                              size=size, codec=codec, level=level)
-                    cells.append(f"{achieved:9.1f} ({achieved / ideal:5.3f})")
+                    achieved, ideal, cpu = measure(k, latency=args.latency, waves=args.waves,
+                                                   size=size, codec=codec, level=level)
+                    cells.append(f"{achieved:7.1f} ({achieved / ideal:5.3f}) "
+                                 f"{1000 * cpu:6.1f} {ideal * cpu:5.2f}")
                     if (codec, level) == codecs[0] and k == max(args.k) and size == args.size[0]:
                         result = achieved / ideal
                 print(f"{f'{codec}:{level}':>7} {k:>4} {ideal:>8.1f} " + " ".join(cells))
