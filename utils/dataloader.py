@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from extract_GPS_images.schema import DW_BAND, DW_CLASSES, NIGHT_LIGHTS_BAND, s2_channel_names
 from utils import hdf5_schema as hs
+from utils.fast_chunks import read_sample
 from utils.paths import resolve
 
 DwMode = Literal["onehot", "channel", "none"]
@@ -250,22 +251,25 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         k, row = self.locate(int(index))
-        raw = self._file(k)[hs.DATA][row]
+        raw = read_sample(self._file(k)[hs.DATA], row)  # ISA-L inflate, same values
         meta = self._meta[k]
         top, left = self._window()
-        raw = raw[:, top : top + self.crop, left : left + self.crop].astype(np.float32)
-        parts = [raw[self._s2_index]]
+        rows, cols = slice(top, top + self.crop), slice(left, left + self.crop)
+        n_norm, n_image = len(self._mean), self.num_channels
+        n_mask = self._file(k)[hs.MASK].shape[1] if self.with_mask else 0
+        image = np.empty((n_image + n_mask, self.crop, self.crop), np.float32)  # one output,
+        image[: len(self._s2_index)] = raw[self._s2_index, rows, cols]  # filled in place
         if self.dw_mode == "channel":
-            parts.append(raw[self._dw_index][None])
-        image = (np.concatenate(parts) - self._mean[:, None, None]) / self._std[:, None, None]
+            image[n_norm - 1] = raw[self._dw_index, rows, cols]
+        image[:n_norm] -= self._mean[:, None, None]
+        image[:n_norm] /= self._std[:, None, None]
         if self.dw_mode == "onehot":
-            codes = np.rint(np.nan_to_num(raw[self._dw_index], nan=-1.0))
-            onehot = codes[None] == np.arange(len(DW_CLASSES), dtype=np.float32)[:, None, None]
-            image = np.concatenate([image, onehot.astype(np.float32)])
-        n_image = len(image)
-        if self.with_mask:
-            mask = self._file(k)[hs.MASK][row][:, top : top + self.crop, left : left + self.crop]
-            image = np.concatenate([image, mask.astype(np.float32)])  # augmented alike
+            dw = raw[self._dw_index, rows, cols].astype(np.float32)
+            codes = np.rint(np.nan_to_num(dw, nan=-1.0))
+            for c in range(len(DW_CLASSES)):
+                image[n_norm + c] = codes == c
+        if self.with_mask:  # augmented alike
+            image[n_image:] = read_sample(self._file(k)[hs.MASK], row)[:, rows, cols]
         if self.train and self.augment:
             image = augment(image)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
