@@ -324,6 +324,7 @@ def make_loader(
     drop_last: bool = False,
     pin_memory: bool = False,
     multiprocessing_context: str | None = None,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """A DataLoader with its own seeded generator (shuffling and worker seeds come from
     it, so reseeding ``loader.generator`` per epoch makes epochs reproducible).
@@ -331,6 +332,9 @@ def make_loader(
     Args:
         sampler: a sampler (e.g. the weighted sampler); excludes ``shuffle``.
         multiprocessing_context: ``"fork"``, ``"spawn"`` or None (platform default).
+        persistent_workers: keep workers (and their open shards) between epochs; their
+            RNG is then seeded once, not per epoch (off by default: epochs stay
+            reproducible from ``loader.generator`` alone).
     """
     if sampler is not None and shuffle:
         raise ValueError("give either shuffle=True or a sampler, not both")
@@ -345,6 +349,7 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+        persistent_workers=persistent_workers and num_workers > 0,
     )
 
 
