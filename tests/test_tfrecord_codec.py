@@ -70,3 +70,25 @@ def test_download_config_rejects_a_codec_the_writer_lacks() -> None:
     assert DownloadConfig().gzip_codec == "isal"
     with pytest.raises(ValueError, match="valid: isal 0..3, zlib 0..9"):
         DownloadConfig(gzip_codec="isal", gzip_level=6)
+
+
+@pytest.mark.parametrize("layout", ["packed", "mixed", "strided"])
+def test_to_channels_takes_each_band_whatever_the_reply_layout(layout: str) -> None:
+    from extract_GPS_images.gee_download import to_channels  # noqa: PLC0415
+
+    rng = np.random.default_rng(2)
+    names = ["a", "b", "c"]
+    size = 70  # 4,900 pixels: more than one block of the blocked transpose
+    kinds = {"a": "<f4", "b": "<f8" if layout == "mixed" else "<f4", "c": "<f4"}
+    reply = np.zeros((size, size), dtype=[(n, kinds[n]) for n in ["c", "a", "b"]])
+    for n in names:
+        reply[n] = rng.normal(size=(size, size))
+    if layout == "strided":
+        strided = np.zeros((size, 2 * size), reply.dtype)[:, ::2]
+        strided[...] = reply
+        reply = strided
+        assert not reply.flags.c_contiguous
+    got = to_channels(reply, ["b", "c"], size)
+    assert got.dtype == np.float32 and got.shape == (2, size, size)
+    for i, n in enumerate(["b", "c"]):
+        assert got[i].tobytes() == reply[n].astype(np.float32).tobytes()
