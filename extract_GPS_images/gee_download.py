@@ -43,7 +43,12 @@ from extract_GPS_images.gee_recipe import (
 )
 from extract_GPS_images.labels import Labels
 from extract_GPS_images.schema import record_file_name
-from extract_GPS_images.tfrecord import encode_example, sample_bands, write_tfrecord
+from extract_GPS_images.tfrecord import (
+    TFRECORD_CODECS,
+    encode_example,
+    sample_bands,
+    write_tfrecord,
+)
 from utils.atomic import remove_stale_temporaries
 
 MANIFEST_NAME = "gee_manifest.csv"
@@ -110,6 +115,9 @@ class DownloadConfig:
         retry: backoff policy for retryable errors.
         manifest_every_s: at most this often the manifest is rewritten during a run.
         progress: show a tqdm progress bar.
+        gzip_codec: deflate of the written TFRecords (``"isal"`` or ``"zlib"``).
+        gzip_level: its level (ISA-L 0-3, zlib 0-9); ISA-L level 1 keeps 16 requests
+            in flight fed at 225 px (zlib level 6 costs ~150 ms a record there).
     """
 
     concurrency: int = 16
@@ -118,12 +126,20 @@ class DownloadConfig:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     manifest_every_s: float = 2.0
     progress: bool = True
+    gzip_codec: str = "isal"
+    gzip_level: int = 1
 
     def __post_init__(self) -> None:
         if min(self.concurrency, self.writers, self.write_backlog) < 1:
             raise ValueError(
                 f"concurrency, writers and write_backlog must be >= 1, got "
                 f"{self.concurrency}, {self.writers}, {self.write_backlog}"
+            )
+        codec = TFRECORD_CODECS.get(self.gzip_codec)
+        if codec is None or not 0 <= self.gzip_level <= codec[1]:
+            valid = ", ".join(f"{k} 0..{top}" for k, (_, top) in TFRECORD_CODECS.items())
+            raise ValueError(
+                f"gzip_codec {self.gzip_codec!r} at level {self.gzip_level}; valid: {valid}"
             )
 
 
@@ -186,12 +202,34 @@ def to_channels(pixels: Any, names: Sequence[str], size: int) -> np.ndarray:
         raise ValueError(f"computePixels returned bands {list(available)}, lacking {missing}")
     if arr.shape != (size, size):
         raise ValueError(f"computePixels returned shape {arr.shape}, expected ({size}, {size})")
-    return np.stack([arr[n].astype(np.float32) for n in names])
+    out = np.empty((len(names), size * size), np.float32)
+    fields = arr.dtype.fields
+    if (
+        arr.flags.c_contiguous
+        and arr.dtype.itemsize == 4 * len(fields)
+        and all(dtype == np.dtype("<f4") for dtype, *_ in fields.values())
+    ):  # packed float32 bands (npy replies): a cache-blocked transpose, ~5x faster
+        cols = np.array([fields[name][1] // 4 for name in names])
+        flat = arr.reshape(-1).view(np.float32).reshape(size * size, len(fields))
+        for start in range(0, size * size, 4096):
+            out[:, start : start + 4096] = flat[start : start + 4096, cols].T
+    else:
+        for i, name in enumerate(names):  # one strided copy per band
+            out[i] = arr[name].reshape(-1)
+    return out.reshape(len(names), size, size)
 
 
-def write_location(path: Path, location: Location, image: np.ndarray, names: list[str]) -> Path:
+def write_location(
+    path: Path,
+    location: Location,
+    image: np.ndarray,
+    names: list[str],
+    *,
+    codec: str = "isal",
+    level: int = 1,
+) -> Path:
     """Write one record atomically: the channels ``names`` of ``image`` (C, H, W), the
-    constant metadata bands and ``cell_id``."""
+    constant metadata bands and ``cell_id`` (gzip by ``codec`` at ``level``)."""
     meta = {
         "label": location.label,
         "latitude": location.lat,
@@ -200,7 +238,7 @@ def write_location(path: Path, location: Location, image: np.ndarray, names: lis
         "imagery_year": location.imagery_year,
     }
     record = encode_example(sample_bands(image, meta, names), cell_id=location.cell_id)
-    return write_tfrecord(path, [record])
+    return write_tfrecord(path, [record], level=level, codec=codec)
 
 
 @dataclass
@@ -254,11 +292,18 @@ def _fetch_one(
             sleep(retry.delay(attempt, rng))
 
 
-def _write_one(outcome: _Outcome, *, out_dir: Path, names: list[str]) -> _Outcome:
+def _write_one(
+    outcome: _Outcome, *, out_dir: Path, names: list[str], config: DownloadConfig
+) -> _Outcome:
     """Write a fetched patch (atomically); a write error fails the location."""
     try:
         write_location(
-            out_dir / outcome.location.file_name, outcome.location, outcome.channels, names
+            out_dir / outcome.location.file_name,
+            outcome.location,
+            outcome.channels,
+            names,
+            codec=config.gzip_codec,
+            level=config.gzip_level,
         )
     except Exception as error:  # noqa: BLE001 (recorded in the manifest)
         outcome.ok, outcome.error = False, f"write failed: {type(error).__name__}: {error}"
@@ -351,7 +396,11 @@ def download_locations(
                 if future in fetching:
                     fetching.discard(future)
                     if outcome.ok:
-                        writing.add(writers.submit(_write_one, outcome, out_dir=out, names=names))
+                        writing.add(
+                            writers.submit(
+                                _write_one, outcome, out_dir=out, names=names, config=config
+                            )
+                        )
                         continue
                 else:
                     writing.discard(future)

@@ -266,7 +266,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cell-m",
         type=float,
         default=DEFAULT_CELL_M,
-        help="cell side in metres (default 6750, the original study's grid)",
+        help="cell side in metres (6750: the original study's grid)",
     )
     parser.add_argument("--years", type=int, nargs="+", default=[2019], help="years to predict")
     parser.add_argument("--crs", help="projected CRS of the grid (default: UTM zone of the area)")

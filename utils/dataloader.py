@@ -40,6 +40,7 @@ from extract_GPS_images.schema import (
     s2_channel_names,
 )
 from utils import hdf5_schema as hs
+from utils.fast_chunks import read_sample
 from utils.paths import resolve
 from utils.shard_check import check_against_manifest, read_error
 
@@ -330,24 +331,28 @@ class ShardDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         k, row = self.locate(int(index))
         try:
-            raw = self._file(k)[hs.DATA][row]
+            raw = read_sample(self._file(k)[hs.DATA], row)  # ISA-L inflate, same values
         except (OSError, KeyError, ValueError) as err:  # a damaged chunk or file
             raise read_error(self.files[k], err, row) from err
         meta = self._meta[k]
         top, left = self._window()
-        raw = raw[:, top : top + self.crop, left : left + self.crop].astype(np.float32)
-        parts = [raw[self._s2_index]]
+        rows, cols = slice(top, top + self.crop), slice(left, left + self.crop)
+        n_norm = len(self._mean)  # the stacked channels, before any time grid
+        n_image = n_norm + (len(DW_CLASSES) if self.dw_mode == "onehot" else 0)
+        n_mask = self._file(k)[hs.MASK].shape[1] if self.with_mask else 0
+        image = np.empty((n_image + n_mask, self.crop, self.crop), np.float32)  # one output,
+        image[: len(self._s2_index)] = raw[self._s2_index, rows, cols]  # filled in place
         if self.dw_mode == "channel":
-            parts.append(raw[self._dw_index][None])
-        image = (np.concatenate(parts) - self._mean[:, None, None]) / self._std[:, None, None]
+            image[n_norm - 1] = raw[self._dw_index, rows, cols]
+        image[:n_norm] -= self._mean[:, None, None]
+        image[:n_norm] /= self._std[:, None, None]
         if self.dw_mode == "onehot":
-            codes = np.rint(np.nan_to_num(raw[self._dw_index], nan=-1.0))
-            onehot = codes[None] == np.arange(len(DW_CLASSES), dtype=np.float32)[:, None, None]
-            image = np.concatenate([image, onehot.astype(np.float32)])
-        n_image = len(image)
-        if self.with_mask:
-            mask = self._file(k)[hs.MASK][row][:, top : top + self.crop, left : left + self.crop]
-            image = np.concatenate([image, mask.astype(np.float32)])  # augmented alike
+            dw = raw[self._dw_index, rows, cols].astype(np.float32)
+            codes = np.rint(np.nan_to_num(dw, nan=-1.0))
+            for c in range(len(DW_CLASSES)):
+                image[n_norm + c] = codes == c
+        if self.with_mask:  # augmented alike
+            image[n_image:] = read_sample(self._file(k)[hs.MASK], row)[:, rows, cols]
         if self.train and self.augment:
             image = augment(image)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
@@ -406,6 +411,7 @@ def make_loader(
     drop_last: bool = False,
     pin_memory: bool = False,
     multiprocessing_context: str | None = None,
+    persistent_workers: bool = False,
 ) -> DataLoader:
     """A DataLoader with its own seeded generator (shuffling and worker seeds come from
     it, so reseeding ``loader.generator`` per epoch makes epochs reproducible).
@@ -413,6 +419,9 @@ def make_loader(
     Args:
         sampler: a sampler (e.g. the weighted sampler); excludes ``shuffle``.
         multiprocessing_context: ``"fork"``, ``"spawn"`` or None (platform default).
+        persistent_workers: keep workers (and their open shards) between epochs; their
+            RNG is then seeded once, not per epoch (off by default: epochs stay
+            reproducible from ``loader.generator`` alone).
     """
     if sampler is not None and shuffle:
         raise ValueError("give either shuffle=True or a sampler, not both")
@@ -427,6 +436,7 @@ def make_loader(
         drop_last=drop_last,
         pin_memory=pin_memory,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
+        persistent_workers=persistent_workers and num_workers > 0,
     )
 
 

@@ -1,0 +1,211 @@
+"""Benchmark: CPU cost of one training sample at the real patch size, old path and new.
+
+    python -m bench.bench_loader [--n 200] [--size 225] [--crop 224] [--gpu-rate 3000]
+
+On the train shards of a synthetic world (``--n`` records at ``--size`` px, converted
+by split_and_batch; cached under ``runs/bench/``), one process, one core, CPU seconds
+(``time.process_time``) per sample of:
+
+* **read, h5py**: ``data[row]`` through h5py's filter pipeline (zlib inflate, unshuffle);
+* **read, ISA-L**: :func:`utils.fast_chunks.read_sample` (the same values, bit for bit);
+* **old item**: the per-sample path before (h5py read, crop, astype, concatenations,
+  normalisation, one-hot DW, flips on the CPU), kept here as the baseline;
+* **new item**: ``ShardDataset[i]`` with random crops and flips on the CPU (ISA-L read,
+  one preallocated output; identical items, ``tests/test_fast_chunks.py``);
+* **new item, whole patch**: ``ShardDataset(crop=None)[i]`` (whole patches), crops and
+  flips left to :class:`utils.batch_transforms.BatchCropFlip` on the training device;
+* **read** of the first shard recoded as float32 uncompressed, float16 gzip and float16
+  uncompressed (``ChunkCodec``), with the stored MB a sample of each, and the new item
+  (cropped on the CPU, or whole) from the split recoded as float32 uncompressed (exact).
+
+Each is printed as ms and samples/s per core, with the cores one GPU consuming
+``--gpu-rate`` images/s would need, side by side in one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import h5py  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from extract_GPS_images.schema import DW_CLASSES  # noqa: E402
+from utils import hdf5_schema as hs  # noqa: E402
+from utils.batch_transforms import BatchCropFlip  # noqa: E402
+from utils.dataloader import ShardDataset, augment  # noqa: E402
+from utils.fast_chunks import read_sample  # noqa: E402
+from utils.paths import project_root  # noqa: E402
+from utils.shard_writer import ChunkCodec, write_chunk  # noqa: E402
+
+
+def shards(n: int, size: int) -> Path:
+    """The cached shards of the synthetic world of ``n`` records (made on first use)."""
+    from bench.bench_split_and_batch import world  # noqa: PLC0415
+    from utils.split_and_batch import SplitConfig, run_split_and_batch  # noqa: PLC0415
+
+    out = project_root() / "runs" / "bench" / f"shards_n{n}_s{size}"
+    if not (out / "stats.json").exists():
+        run_split_and_batch(world(n, size), out, SplitConfig(workers=2, progress=False))
+    return out
+
+
+def old_item(ds: ShardDataset, handles: dict, index: int) -> np.ndarray:
+    """The per-sample path before this change (the baseline)."""
+    k, row = ds.locate(index)
+    if k not in handles:
+        handles[k] = h5py.File(ds.files[k], "r")
+    raw = handles[k][hs.DATA][row]
+    top, left = ds._window()
+    raw = raw[:, top : top + ds.crop, left : left + ds.crop].astype(np.float32)
+    image = (raw[ds._s2_index] - ds._mean[:, None, None]) / ds._std[:, None, None]
+    codes = np.rint(np.nan_to_num(raw[ds._dw_index], nan=-1.0))
+    onehot = codes[None] == np.arange(len(DW_CLASSES), dtype=np.float32)[:, None, None]
+    image = augment(np.concatenate([image, onehot.astype(np.float32)]))
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def stored_mb(dataset: h5py.Dataset) -> float:
+    """Mean stored (compressed) MB of one sample's chunk."""
+    sizes = [dataset.id.get_chunk_info(i).size for i in range(dataset.id.get_num_chunks())]
+    return float(np.mean(sizes)) / 1e6
+
+
+def recode(dataset: h5py.Dataset, path: Path, codec: ChunkCodec) -> tuple[Path, float]:
+    """Write ``dataset``'s samples to ``path`` with ``codec``; (path, stored MB a sample)."""
+    with h5py.File(path, "w") as f:
+        out = f.create_dataset(hs.DATA, shape=dataset.shape, **codec.dataset_options())
+        for i in range(len(dataset)):
+            write_chunk(out, i, codec.encode(read_sample(dataset, i)), codec)
+        return path, stored_mb(out)
+
+
+def recode_split(root: Path, out: Path, codec_of: Callable[[tuple], ChunkCodec]) -> Path:
+    """A copy of ``root``'s train split and stats.json with ``data`` stored by a codec."""
+    (out / "train").mkdir(parents=True)
+    shutil.copy(root / "stats.json", out / "stats.json")
+    for path in sorted((root / "train").glob("*.h5")):
+        target = out / "train" / path.name
+        shutil.copy(path, target)
+        with h5py.File(target, "a") as f:
+            data = f[hs.DATA]
+            codec = codec_of(data.shape[1:])
+            samples = [read_sample(data, i) for i in range(len(data))]
+            del f[hs.DATA]
+            new = f.create_dataset(
+                hs.DATA, shape=(len(samples), *codec.shape), **codec.dataset_options()
+            )
+            for i, sample in enumerate(samples):
+                write_chunk(new, i, codec.encode(sample), codec)
+    return out
+
+
+def cpu_ms(fn: Callable[[int], object], count: int, repeats: int) -> float:
+    """Best CPU milliseconds per call of ``fn(i)`` over ``i < count``."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.process_time()
+        for i in range(count):
+            fn(i)
+        best = min(best, (time.process_time() - start) / count * 1000)
+    return best
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="records of the world")
+    parser.add_argument("--size", type=int, default=225, help="patch side")
+    parser.add_argument("--crop", type=int, default=224, help="training crop side")
+    parser.add_argument("--batch", type=int, default=32, help="batch of the batch transform")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--gpu-rate",
+        type=float,
+        default=3000.0,
+        help="images/s one GPU trains (ResNet-50 AMP at 224 px: ~3,000)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = get_args_parser().parse_args(argv)
+    torch.set_num_threads(1)
+    root = shards(args.n, args.size)
+    crop = args.crop if args.crop < args.size else None
+    per_sample = ShardDataset(root, "train", crop=crop, train=True, augment=True)
+    whole = ShardDataset(root, "train", crop=None)
+    count = len(per_sample)
+    handles: dict = {}
+    data = [h5py.File(p, "r")[hs.DATA] for p in per_sample.files]
+
+    def located(fn: Callable) -> Callable[[int], object]:
+        def call(i: int) -> object:
+            k, row = per_sample.locate(i)
+            return fn(data[k], row)
+
+        return call
+
+    sizes = {"float32 gzip (ISA-L 1)": stored_mb(data[0])}
+    transform = BatchCropFlip(args.crop, seed=0)
+    batch = torch.stack([whole[i]["image"] for i in range(min(args.batch, count))])
+    transform_ms = cpu_ms(lambda _: transform(batch), 3, args.repeats) / len(batch)
+    rows = {
+        "read, h5py": cpu_ms(located(lambda d, r: d[r]), count, args.repeats),
+        "read, ISA-L": cpu_ms(located(read_sample), count, args.repeats),
+        "old item": cpu_ms(lambda i: old_item(per_sample, handles, i), count, args.repeats),
+        "new item": cpu_ms(lambda i: per_sample[i], count, args.repeats),
+        "new item, whole patch": cpu_ms(lambda i: whole[i], count, args.repeats),  # crop on GPU
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype, compression in (("float32", "none"), ("float16", "gzip"), ("float16", "none")):
+            recoded, stored = recode(
+                data[0],
+                Path(tmp) / f"{dtype}_{compression}.h5",
+                ChunkCodec(data[0].shape[1:], dtype, compression),
+            )
+            with h5py.File(recoded, "r") as f:
+                ms = cpu_ms(
+                    lambda i, d=f[hs.DATA]: read_sample(d, i), len(f[hs.DATA]), args.repeats
+                )
+            rows[f"read, {dtype} {compression}"] = ms
+            sizes[f"{dtype} {compression}"] = stored
+        raw = recode_split(
+            root, Path(tmp) / "none", lambda shape: ChunkCodec(shape, "float32", "none")
+        )
+        uncompressed = ShardDataset(raw, "train", crop=crop, train=True, augment=True)
+        rows["new item, float32 none"] = cpu_ms(lambda i: uncompressed[i], count, args.repeats)
+        whole_raw = ShardDataset(raw, "train", crop=None)
+        rows["new item, float32 none, whole patch"] = cpu_ms(
+            lambda i: whole_raw[i], count, args.repeats
+        )
+    print(
+        f"{count} train samples of {root.name} ({whole.num_channels} channels, crop "
+        f"{args.crop}), one core, CPU ms per sample; cores for {args.gpu_rate:.0f} img/s"
+    )
+    print(f"{'':36} {'ms':>7} {'samples/s/core':>15} {'cores':>7}")
+    for name, ms in rows.items():
+        print(f"{name:36} {ms:7.2f} {1000 / ms:15.1f} {args.gpu_rate * ms / 1000:7.1f}")
+    print(
+        f"batch crop+flip on the CPU: {transform_ms:.2f} ms a sample (batch {len(batch)}; "
+        "meant for the GPU, where it leaves the loader's cores)"
+    )
+    print("stored MB a sample: " + ", ".join(f"{k} {v:.2f}" for k, v in sizes.items()))
+    speedup = rows["old item"] / rows["new item"]
+    print(f"new item / old item: {speedup:.2f}x less CPU per sample")
+    result = {k: round(v, 3) for k, v in rows.items()}
+    result.update(batch_transform_ms=round(transform_ms, 3), samples=count, speedup=speedup)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
