@@ -17,17 +17,20 @@ Notebook: ``fit(TrainConfig(...))``; command line: ``python -m utils.train --hel
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # parse first: --help and bad options answer before torch loads
+    from utils.train_config import get_args_parser
+
+    get_args_parser().parse_args()
+
 import csv
 import inspect
-import json
 import math
 import os
 import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +53,9 @@ from utils.checkpoint import (
 from utils.dataloader import ShardDataset, build_datasets, make_loader
 from utils.models import build_model
 from utils.ownership import guard_output
-from utils.paths import RunPaths, resolve
 from utils.quiet import quiet_tensorflow
 from utils.selection import run_problems, select_epoch
+from utils.train_config import PATH_FIELDS, TrainConfig, get_args_parser
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
@@ -63,90 +66,6 @@ TRAIN_STAGE = "training"  # the owner of a training run folder (utils.ownership)
 TRAIN_MARKERS = (LAST_FILE, HISTORY_FILE)  # a folder an earlier version trained in
 #: Metric that picks the best checkpoint and drives early stopping (lower is better).
 SELECTION_METRIC = "val_bmae"
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of one training run (saved in its checkpoints).
-
-    Attributes:
-        run_dir: run folder; shards are read from ``RunPaths.of(run_dir).shards`` unless
-            ``shards_dir`` is set, outputs go to ``RunPaths.of(run_dir).train/experiment``.
-        shards_dir: another shards folder (None: the run's).
-        experiment: name of this run's output folder.
-        model: a name of :data:`utils.models.MODEL_NAMES`.
-        channels: channel preset (``"s2"``, ``"rgb"``; ``"s2_nl"``, ``"rgb_nl"`` add night
-            lights ``NL``) or band names.
-        dw_mode: Dynamic World as ``"onehot"``, ``"channel"`` or ``"none"``.
-        crop: crop side in px (int), share of the patch (float) or None (whole patch).
-        augment: random flips / rot90 on the training split.
-        epochs, batch_size, lr, weight_decay: the usual.
-        optimizer: ``"adamw"`` or ``"adam"``.
-        lr_decay: learning rate factor per epoch (the original: 0.95).
-        grad_clip: max gradient norm (None: no clipping).
-        amp: mixed precision on GPU (ignored on CPU).
-        early_stopping: stop after this many epochs without a better val b-MAE (0: off).
-        select_mae_within: None keeps the epoch of lowest val b-MAE (the original's);
-            a share ``x`` keeps the lowest val b-MAE among the epochs whose val MAE is
-            within ``x`` (0.1 = 10 %) of the best val MAE (:mod:`utils.selection`).
-        seed: seed of everything (weights, data order, augmentation).
-        deterministic: deterministic algorithms (warn-only where none exists).
-        num_workers: DataLoader workers.
-        loss, loss_kwargs: name and options for :func:`loss.get_loss`.
-        loss_lr: learning rate of a loss module's own parameters (None: ``lr``).
-        bins, label_range, quantile_bins: balanced-MAE bins; ``label_range`` None takes
-            the range of the training labels.
-        dropout, pretrained_path: model options (see :func:`utils.models.build_model`).
-        device: ``"auto"`` (GPU when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        resume: continue from ``last.pt`` of the experiment folder when it exists.
-        progress, tensorboard: tqdm bars and TensorBoard events.
-    """
-
-    run_dir: str = "runs/demo"
-    shards_dir: str | None = None
-    experiment: str = "l2_baseline"
-    model: str = "resnet18"
-    channels: str | list[str] = "s2"
-    dw_mode: str = "onehot"
-    crop: int | float | None = None
-    augment: bool = True
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    optimizer: str = "adamw"
-    lr_decay: float = 0.95
-    weight_decay: float = 1e-4
-    grad_clip: float | None = 5.0
-    amp: bool = True
-    early_stopping: int = 0
-    select_mae_within: float | None = None
-    seed: int = 0
-    deterministic: bool = True
-    num_workers: int = 0
-    loss: str = "mse"
-    loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    loss_lr: float | None = None
-    bins: int = 6
-    label_range: tuple[float, float] | list[float] | None = None
-    quantile_bins: bool = False
-    dropout: float = 0.0
-    pretrained_path: str | None = None
-    device: str = "auto"
-    resume: bool = False
-    progress: bool = True
-    tensorboard: bool = True
-
-    def resolved_shards_dir(self) -> Path:
-        """The shards folder of this run."""
-        return resolve(self.shards_dir) if self.shards_dir else RunPaths.of(self.run_dir).shards
-
-    def out_dir(self) -> Path:
-        """``RunPaths.of(run_dir).train / experiment``."""
-        return RunPaths.of(self.run_dir).train / self.experiment
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict of the fields."""
-        return json.loads(json.dumps(asdict(self)))
 
 
 @dataclass
@@ -741,44 +660,6 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
 
 
 # --- command line --------------------------------------------------------------------------
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-#: TrainConfig fields holding paths: typed at a shell, they are taken from its folder.
-PATH_FIELDS = ("run_dir", "shards_dir", "pretrained_path")
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """``python -m utils.train`` options: one ``--field VALUE`` per :class:`TrainConfig`
-    field (values parsed as JSON when they are JSON: ``44``, ``null``, ``true``,
-    ``'["B4_q1","B3_q1"]'``, ``'{"delta": 1.0}'``; plain text otherwise)."""
-    from utils.cli import field_help, make_parser, shell_path  # noqa: PLC0415
-
-    parser = make_parser(
-        "utils.train", "Train a regressor on HDF5 shards (the CLI twin of main.ipynb's fit)."
-    )
-    helps = field_help(TrainConfig)
-    for f in fields(TrainConfig):
-        default = f.default if f.default is not MISSING else f.default_factory()
-        kind = shell_path if f.name in PATH_FIELDS else _parse_value
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=kind,
-            default=default,
-            metavar=f.name.upper(),
-            help=f"{helps.get(f.name, '')} ({f.type})",
-        )
-    parser.add_argument(
-        "--no-test", action="store_true", help="skip the test-split evaluation after training"
-    )
-    return parser
-
-
 def main(argv: list[str] | None = None) -> FitResult:
     """Entry point: parse options, :func:`fit`, then evaluate the best model on test."""
     args = vars(get_args_parser().parse_args(argv))

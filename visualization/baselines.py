@@ -25,10 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from visualization.explain_config import METHODS  # the Captum methods offered here
 from visualization.lots import _prediction
-
-#: Captum methods offered here.
-METHODS: tuple[str, ...] = ("saliency", "integrated_gradients", "occlusion")
 
 
 def _forward(model: nn.Module):  # noqa: ANN202

@@ -28,6 +28,7 @@ from utils.ownership import OutputFolder
 from utils.paths import RunPaths, resolve
 from visualization import baselines as bl
 from visualization import heatmaps as hm
+from visualization.explain_config import GROW, ExplainConfig  # noqa: F401 (GROW re-exported)
 from visualization.lots import (
     LotsResult,
     data_range,
@@ -42,91 +43,11 @@ from visualization.lots import (
 BASELINE_EXPERIMENT = "l2_baseline"
 #: Files only the explanations stage writes (an earlier version's folder is adopted).
 EXPLAIN_MARKERS: tuple[str, ...] = ("config.json", "pushes.csv", "faithfulness.csv")
-#: Default LOTS step growth (``ExplainConfig.grow``): at the demo's settings all 24 pushes
-#: converge, in 18-19 iterations on average (4 of 24 within the 100 with the fixed step).
-GROW = 1.2
 #: Below this share of converged pushes the stage warns (raise ``iterations``/``grow``).
 MIN_CONVERGED = 0.9
 
 #: Names of the two LOTS pushes, in plotting order.
 PUSHES: tuple[str, ...] = ("poorer", "richer")
-
-
-@dataclass
-class ExplainConfig:
-    """Every knob of the explanation stage (the notebook's ``parameters`` cell).
-
-    Attributes:
-        run_dir: the run folder (``RunPaths``); figures go to its ``explain`` folder.
-        checkpoint: checkpoint file; None = ``train/<BASELINE_EXPERIMENT>/best.pt`` (or the
-            only ``best.pt`` under ``train``).
-        shards_dir: HDF5 shards; None = the run's ``shards`` folder.
-        split: split whose samples are explained.
-        examples_per_bin: examples drawn from each label bin (fewer where a bin is small).
-        n_bins: number of label bins; None = the checkpoint's (``bins``, 6 by default),
-            over its ``label_range`` or the training labels' range.
-        iterations: LOTS iteration cap.
-        step: LOTS step as a fraction of each band's typical (1-99 %) data range.
-        layer: LOTS layer for the pushes: ``"output"`` (the prediction itself; the
-            default, as a push through ``"features"`` targets the nearest feature vector
-            with the wanted head output, which a trained ResNet often cannot reach: on the
-            demo it stalls at a third of the push) or ``"features"``.
-        push: how far each prediction is pushed down and up, in label units.
-        rtol: LOTS stop: within this share of the starting distance / planned change.
-        anneal: a sample's step shrinks by this factor each time it overshoots.
-        grow: a sample's step grows by this factor after each step that brought it
-            closer (up to 16 x ``step``; 1: the fixed step of the original LOTS, which
-            leaves most demo pushes at the cap short of ``push``).
-        quarter: quarter whose B4/B3/B2 make the true-colour image.
-        sigma: Gaussian blur of the heatmaps, in pixels.
-        clip_percentile: heatmaps are clipped at this per-map percentile.
-        perturb_dw: let LOTS change the Dynamic World channels (off: they are categorical).
-        methods: Captum baselines to compare (empty: none).
-        ig_steps: integration steps of integrated gradients.
-        occlusion_window: occluding square side in pixels.
-        faithfulness_steps: steps of the deletion/insertion curves.
-        batch_size: samples per LOTS / attribution batch.
-        seed: seed of the example draw and the random reference map.
-    """
-
-    run_dir: str = "runs/demo"
-    checkpoint: str | None = None
-    shards_dir: str | None = None
-    split: str = "test"
-    examples_per_bin: int = 2
-    n_bins: int | None = None
-    iterations: int = 100
-    step: float = 1 / 255
-    layer: str = "output"
-    push: float = 0.5
-    rtol: float = 0.01
-    anneal: float = 0.5
-    grow: float = GROW
-    quarter: str = "q2"
-    sigma: float = 1.0
-    clip_percentile: float | None = 99.0
-    perturb_dw: bool = False
-    methods: tuple[str, ...] = bl.METHODS
-    ig_steps: int = 16
-    occlusion_window: int = 8
-    faithfulness_steps: int = 16
-    batch_size: int = 32
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        self.methods = tuple(self.methods)
-        unknown = [m for m in self.methods if m not in bl.METHODS]
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; valid: {', '.join(bl.METHODS)}")
-        if self.examples_per_bin < 1 or (self.n_bins or 1) < 1 or self.push <= 0:
-            raise ValueError(
-                "need examples_per_bin >= 1, n_bins >= 1 and push > 0; got "
-                f"{self.examples_per_bin}, {self.n_bins}, {self.push}"
-            )
-
-    @property
-    def paths(self) -> RunPaths:
-        return RunPaths.of(self.run_dir)
 
 
 @dataclass

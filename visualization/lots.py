@@ -28,9 +28,13 @@ The CLI twin ``python -m visualization.lots`` runs the same :func:`explain_run` 
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # parse first: --help and bad options answer before torch loads
+    from visualization.explain_config import get_args_parser
+
+    get_args_parser().parse_args()
+
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,6 +42,7 @@ from torch import Tensor, nn
 
 from extract_GPS_images.schema import DW_BAND, REFLECTANCE_RANGE, S2_BANDS
 from metrics import bin_index
+from visualization.explain_config import ExplainConfig, get_args_parser
 
 #: Layer names with a meaning of their own; any other name is a sub-module of the model.
 FEATURES_LAYER = "features"  # the model's ``features(x) -> (N, D)`` (its head follows)
@@ -572,44 +577,9 @@ def _lots_batch(
 
 
 # ------------------------------------------------------------------------------ CLI
-
-
-#: ExplainConfig fields that may be None, and their type on the command line.
-OPTIONAL_NUMBERS: dict[str, type] = {"clip_percentile": float, "n_bins": int}
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    """Options of ``python -m visualization.lots`` (the fields of ``ExplainConfig``)."""
-    from utils.cli import field_help, make_parser, shell_path  # noqa: PLC0415
-    from visualization.explain import ExplainConfig  # noqa: PLC0415 (explain imports lots)
-
-    defaults, helps = ExplainConfig(), field_help(ExplainConfig)
-    parser = make_parser(
-        "visualization.lots",
-        "LOTS heatmaps, band/quarter importance, Captum baselines and faithfulness for a "
-        "trained checkpoint (writes PNGs/CSVs to <run_dir>/explain; the CLI twin of "
-        "visualization.ipynb).",
-    )
-    for f in fields(ExplainConfig):
-        flag, text = "--" + f.name.replace("_", "-"), helps.get(f.name)
-        default = getattr(defaults, f.name)
-        if f.name == "methods":
-            parser.add_argument(flag, nargs="*", default=list(default), help=text)
-        elif isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", help=text)
-        elif f.name in ("run_dir", "checkpoint", "shards_dir"):  # typed at a shell
-            parser.add_argument(flag, type=shell_path, default=default, help=text)
-        elif default is None or f.name in OPTIONAL_NUMBERS:
-            kind = OPTIONAL_NUMBERS.get(f.name, str)
-            parser.add_argument(flag, type=kind, default=default, help=text)
-        else:
-            parser.add_argument(flag, type=type(default), default=default, help=text)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> dict:
     """Entry point: run the whole explanation stage and print where the outputs went."""
-    from visualization.explain import ExplainConfig, explain_run  # noqa: PLC0415
+    from visualization.explain import explain_run  # noqa: PLC0415 (explain imports lots)
 
     args = vars(get_args_parser().parse_args(argv))
     args.update({k: str(args[k]) for k in ("run_dir", "checkpoint", "shards_dir") if args[k]})
