@@ -53,10 +53,12 @@ def test_residual_map_outlines_the_places(tmp_path) -> None:
 def test_heatmap_grid_has_a_colour_scale_and_the_difference(tmp_path, monkeypatch) -> None:
     rng = np.random.default_rng(1)
     rgb = [rng.random((8, 8, 3)) for _ in range(2)]
-    maps = {"LOTS poorer": rng.random((2, 8, 8)), "LOTS richer": rng.random((2, 8, 8))}
+    # column titles as the explanation stage writes them: name, then the converged share
+    poorer, richer = "LOTS poorer\nconverged 90%", "LOTS richer\nconverged 100%"
+    maps = {poorer: rng.random((2, 8, 8)), richer: rng.random((2, 8, 8))}
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to inspect it
-    plot_heatmap_grid(rgb, maps, tmp_path / "grid.png", difference=("LOTS poorer", "LOTS richer"))
+    plot_heatmap_grid(rgb, maps, tmp_path / "grid.png", difference=(poorer, richer))
     fig = figures[-1]
     titles = [ax.get_title() for ax in fig.axes]
     assert "richer − poorer" in titles

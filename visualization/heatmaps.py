@@ -275,7 +275,8 @@ def plot_heatmap_grid(
             change = _normalise(heatmaps[b][i]) - _normalise(heatmaps[a][i])
             diff_image = axes[i, col].imshow(change, cmap="RdBu_r", vmin=-1, vmax=1)
             if i == 0:
-                axes[i, col].set_title(f"{b.split()[-1]} − {a.split()[-1]}", fontsize=9)
+                first = [name.splitlines()[0].split()[-1] for name in (b, a)]  # "richer", ...
+                axes[i, col].set_title(" − ".join(first), fontsize=9)
         if i == 0:
             axes[i, 0].set_title("true colour", fontsize=9)
             if has_dw:
