@@ -48,6 +48,19 @@ def _refuse(name: str) -> Callable[..., Any]:
     return call
 
 
+def calls(node: Any, name: str) -> Iterator[dict]:
+    """Arguments of every invocation of ``name`` anywhere in ``node``."""
+    if isinstance(node, dict):
+        inv = node.get("functionInvocationValue")
+        if inv and inv.get("functionName") == name:
+            yield inv["arguments"]
+        for value in node.values():
+            yield from calls(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            yield from calls(value, name)
+
+
 @contextlib.contextmanager
 def offline_ee() -> Iterator[None]:
     """Initialise ``ee`` offline; every network call not replaced by a test raises."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import ee
 import pytest
-from gee_fakes import offline_ee
+from gee_fakes import calls, offline_ee
 
 from extract_GPS_images import gee_recipe as recipe
 from extract_GPS_images import schema
@@ -37,19 +37,6 @@ def _ee():
 def graph(obj: Any) -> dict:
     """The expression as Earth Engine's Cloud API JSON, without value references."""
     return ee.serializer.encode(obj, is_compound=False, for_cloud_api=True)
-
-
-def calls(node: Any, name: str) -> Iterator[dict]:
-    """Arguments of every invocation of ``name`` anywhere in ``node``."""
-    if isinstance(node, dict):
-        inv = node.get("functionInvocationValue")
-        if inv and inv.get("functionName") == name:
-            yield inv["arguments"]
-        for value in node.values():
-            yield from calls(value, name)
-    elif isinstance(node, list):
-        for value in node:
-            yield from calls(value, name)
 
 
 def const(arg: dict) -> Any:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import ee
 import pytest
-from gee_fakes import FakeComputePixels, FakeTasks, http_error, offline_ee
+from gee_fakes import FakeComputePixels, FakeTasks, calls, http_error, offline_ee
 
 from extract_GPS_images import gee_auth
 from extract_GPS_images.__main__ import main as cli
@@ -50,18 +50,6 @@ def places(n: int, *, years=(2019,)) -> list[Location]:
         )
         for i in range(n)
     ]
-
-
-def calls(node, name):
-    if isinstance(node, dict):
-        inv = node.get("functionInvocationValue")
-        if inv and inv.get("functionName") == name:
-            yield inv["arguments"]
-        for value in node.values():
-            yield from calls(value, name)
-    elif isinstance(node, list):
-        for value in node:
-            yield from calls(value, name)
 
 
 def test_2000_places_make_ceil_n_over_points_per_task_table_tasks():
