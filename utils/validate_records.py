@@ -38,7 +38,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -585,6 +585,19 @@ def _check_image(image: np.ndarray, rules: RecordRules) -> tuple[np.ndarray, np.
     return mins, maxs
 
 
+def _first_image_features(paths: Iterable[Path]) -> Iterator[dict[str, np.ndarray]]:
+    """The float features of each file's first readable record that holds the first
+    Sentinel-2 band (in either schema), lazily, file by file."""
+    for path in paths:
+        try:
+            first = next(iter_records(path), None)
+            floats, _ = _float_features(first) if first is not None else ({}, {})
+        except RecordError:
+            continue
+        if "B2_q1" in floats or "B2_1" in floats:
+            yield floats
+
+
 def infer_size(paths: list[Path], limit: int = 32) -> int | None:
     """Patch side H (= W) from the first readable records of ``paths``: the most common
     length of the first Sentinel-2 band, which must be a perfect square. ``None`` when
@@ -593,19 +606,10 @@ def infer_size(paths: list[Path], limit: int = 32) -> int | None:
     Raises:
         ValueError: the band length is not a square.
     """
-    lengths: list[int] = []
-    for path in paths:
-        if len(lengths) >= limit:
-            break
-        try:
-            first = next(iter_records(path), None)
-            floats, _ = _float_features(first) if first is not None else ({}, {})
-        except RecordError:
-            continue
-        for key in ("B2_q1", "B2_1"):
-            if key in floats:
-                lengths.append(floats[key].size)
-                break
+    lengths = [
+        (f["B2_q1"] if "B2_q1" in f else f["B2_1"]).size
+        for f in itertools.islice(_first_image_features(paths), limit)
+    ]
     if not lengths:
         return None
     values, counts = np.unique(lengths, return_counts=True)
@@ -619,17 +623,10 @@ def infer_size(paths: list[Path], limit: int = 32) -> int | None:
 
 
 def infer_extra_channels(paths: list[Path], limit: int = 32) -> tuple[str, ...]:
-    """Optional channel groups (``NL``) present in the first readable records of
-    ``paths`` (empty when none has them)."""
-    for path in paths[:limit]:
-        try:
-            first = next(iter_records(path), None)
-            floats, _ = _float_features(first) if first is not None else ({}, {})
-        except RecordError:
-            continue
-        if "B2_q1" in floats or "B2_1" in floats:
-            return tuple(b for b in (schema.NIGHT_LIGHTS_BAND,) if b in floats)
-    return ()
+    """Optional channel groups (``NL``) present in the first readable record of the
+    first ``limit`` of ``paths`` (empty when none has them)."""
+    floats = next(_first_image_features(paths[:limit]), {})
+    return tuple(b for b in (schema.NIGHT_LIGHTS_BAND,) if b in floats)
 
 
 def iter_results(path: Path, rules: RecordRules) -> Iterator[RecordResult]:
