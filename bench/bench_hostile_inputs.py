@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from extract_GPS_images.tfrecord import encode_example, frame_record, sample_bands, write_tfrecord
-from utils.crc32c import masked_crc
-from utils.split_and_batch import SplitConfig, run_split_and_batch
-from utils.validate_records import ReadLimits, iter_frames
+from utils.batching.crc32c import masked_crc
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
+from utils.batching.validate_records import ReadLimits, iter_frames
 
 CHUNK = 16 << 20
 BOMBS = (
@@ -101,8 +101,8 @@ def write_bombs(src: Path, inflated: int, size: int) -> int:
 
 CHILD = """
 import json, resource, sys, time
-from utils.split_and_batch import SplitConfig, run_split_and_batch
-from utils.validate_records import ReadLimits, iter_frames
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
+from utils.batching.validate_records import ReadLimits, iter_frames
 start = time.perf_counter()
 report = run_split_and_batch(sys.argv[1], sys.argv[2], SplitConfig(progress=False, split="random"))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -42,16 +42,16 @@ import torch  # noqa: E402
 from extract_GPS_images.schema import DW_CLASSES  # noqa: E402
 from utils import hdf5_schema as hs  # noqa: E402
 from utils.batch_transforms import BatchCropFlip  # noqa: E402
+from utils.batching.shard_writer import ChunkCodec, write_chunk  # noqa: E402
 from utils.dataloader import ShardDataset, augment  # noqa: E402
 from utils.fast_chunks import read_sample  # noqa: E402
 from utils.paths import project_root  # noqa: E402
-from utils.shard_writer import ChunkCodec, write_chunk  # noqa: E402
 
 
 def shards(n: int, size: int) -> Path:
     """The cached shards of the synthetic world of ``n`` records (made on first use)."""
     from bench.bench_split_and_batch import world  # noqa: PLC0415
-    from utils.split_and_batch import SplitConfig, run_split_and_batch  # noqa: PLC0415
+    from utils.batching.split_and_batch import SplitConfig, run_split_and_batch  # noqa: PLC0415
 
     out = project_root() / "runs" / "bench" / f"shards_n{n}_s{size}"
     if not (out / "stats.json").exists():

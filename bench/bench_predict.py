@@ -1,4 +1,4 @@
-"""Benchmark: predicting places without labels (``utils.maps.predict_map``): places per
+"""Benchmark: predicting places without labels (``utils.maps.maps.predict_map``): places per
 second (shard reading + decoding + model + writing the map files) on CPU, and peak memory
 at two numbers of places, each in a fresh process.
 
@@ -40,7 +40,7 @@ def prepare(workdir: Path, size: int, model: str, n_train: int) -> tuple[Path, P
     """The trained checkpoint and the one predict shard file (built on first use)."""
     from extract_GPS_images.grid import Grid, make_grid, write_places  # noqa: PLC0415
     from extract_GPS_images.synthetic import generate_world  # noqa: PLC0415
-    from utils.split_and_batch import SplitConfig, run_split_and_batch  # noqa: PLC0415
+    from utils.batching.split_and_batch import SplitConfig, run_split_and_batch  # noqa: PLC0415
     from utils.train import TrainConfig, fit  # noqa: PLC0415
 
     checkpoint = workdir / "train" / model / "best.pt"
@@ -99,7 +99,7 @@ def child(checkpoint: str, shards: str, out: str, batch_size: int) -> None:
     """One measured run (in a fresh process): prints a JSON line."""
     import torch  # noqa: PLC0415
 
-    from utils.maps import MapConfig, predict_map  # noqa: PLC0415
+    from utils.maps.maps import MapConfig, predict_map  # noqa: PLC0415
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     start = time.perf_counter()

@@ -37,8 +37,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from extract_GPS_images.schema import all_band_names  # noqa: E402
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch  # noqa: E402
 from utils.paths import project_root  # noqa: E402
-from utils.split_and_batch import SplitConfig, run_split_and_batch  # noqa: E402
 
 
 def world(n: int, size: int) -> Path:

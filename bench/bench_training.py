@@ -29,9 +29,10 @@ import torch
 
 from utils import hdf5_schema as hs
 from utils.dataloader import ShardDataset, make_loader
+from utils.device import resolve_device
 from utils.models import build_model
 from utils.paths import project_root
-from utils.train import resolve_device, train_one_epoch
+from utils.train import train_one_epoch
 
 
 def bare_h5py_read(shards: Path, split: str) -> tuple[int, float]:

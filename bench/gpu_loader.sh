@@ -21,7 +21,7 @@ stamp "world: ${N:=2000} records of ${SIZE:=225} px"
 for compression in gzip none; do
     if [[ ! -f $run/shards_$compression/stats.json ]]; then
         stamp "split_and_batch ($compression)"
-        "$python" -m utils.split_and_batch "$run/exports" "$run/shards_$compression" \
+        "$python" -m utils.batching.split_and_batch "$run/exports" "$run/shards_$compression" \
             --compression "$compression" --workers "$workers" --no-progress
     fi
     for transform in "" --batch-transform; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The balanced-regression study in the original study's setting, on one GPU: a synthetic
 # world of N places of SIZE px (225: Earth Engine's patch), split_and_batch (float16
-# shards), then bench.study with ResNet-18 on whole patches, every sample kept in GPU
+# shards), then utils.study.run with ResNet-18 on whole patches, every sample kept in GPU
 # memory (--cache device), each method once per seed. Steps already done are skipped
 # (the world and the shards resume, finished runs are cached).
 #
@@ -12,7 +12,7 @@
 # crossed with the experiments, e.g. "resnet18 swin3d_t mosaiks"), WORKERS, PYTHON, WORLD
 # (more options of python -m extract_GPS_images.synthetic, e.g. "--tail-noise 1.2"),
 # EXPORTS (folder of the world's TFRecords; default RUN_DIR/exports), EXPERIMENTS
-# (space-separated names of bench.study; names with spaces use _ for the space).
+# (space-separated names of utils.study.run; names with spaces use _ for the space).
 set -euo pipefail
 # shellcheck disable=SC2086  # WORLD and SEEDS are lists
 run=${1:?usage: bash bench/gpu_study.sh RUN_DIR}
@@ -28,11 +28,11 @@ stamp "world: ${N:=5000} places of ${SIZE:=225} px -> $exports"
     --workers "$workers" ${WORLD:-}
 stamp "split_and_batch -> $run/shards"
 if [[ ! -f $run/shards/.split_and_batch.done ]]; then
-    "$python" -m utils.split_and_batch "$exports" "$run/shards" --dtype float16 \
+    "$python" -m utils.batching.split_and_batch "$exports" "$run/shards" --dtype float16 \
         --workers "$workers" --no-progress
 fi
 stamp "study"
-"$python" -m bench.study --run-dir "$run" --model "${MODEL:-resnet18}" --epochs "${EPOCHS:-10}" \
+"$python" -m utils.study.run --run-dir "$run" --model "${MODEL:-resnet18}" --epochs "${EPOCHS:-10}" \
     --batch-size "${BATCH:-64}" --lr "${LR:-0.001}" --cache device --num-workers "$workers" \
     --seeds ${SEEDS:-0 1 2} --experiments "${experiments[@]}" ${MODELS:+--models $MODELS}
 stamp "done"

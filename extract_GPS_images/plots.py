@@ -12,8 +12,8 @@ from matplotlib.colors import ListedColormap
 
 from extract_GPS_images import schema
 from extract_GPS_images.synthetic import WEALTH_BIN_SHARES, WEALTH_RANGE
-from utils.example_wire import decode_example
-from utils.validate_records import iter_records
+from utils.batching.example_wire import decode_example
+from utils.batching.validate_records import iter_records
 
 
 def stretch(rgb: np.ndarray, low: float = 2.0, high: float = 98.0) -> np.ndarray:

@@ -23,8 +23,8 @@ import numpy as np
 from isal import isal_zlib
 
 from extract_GPS_images.schema import CELL_ID_FEATURE, LABEL_BAND, META_BANDS, image_band_names
-from utils import example_wire
 from utils.atomic import atomic_path
+from utils.batching import example_wire
 from utils.quiet import quiet_tensorflow
 
 

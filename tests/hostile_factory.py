@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from extract_GPS_images.tfrecord import encode_example, sample_bands
-from utils.crc32c import masked_crc
+from utils.batching.crc32c import masked_crc
 
 SIZE = 8
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from metrics import balanced_mae, mae
-from utils.calibration import BalancedCalibration
+from utils.study.calibration import BalancedCalibration
 
 
 def test_weights_are_inverse_bin_shares_to_the_alpha() -> None:

@@ -25,13 +25,13 @@ CLIS = [
     ("extract_GPS_images", ["synthetic"], True),
     ("extract_GPS_images", ["gee"], True),
     ("extract_GPS_images.synthetic", [], True),
-    ("utils.split_and_batch", [], True),
+    ("utils.batching.split_and_batch", [], True),
     ("utils.pipeline", [], True),
-    ("bench.study", [], True),
+    ("utils.study.run", [], True),
     # torch stages: their options come from TrainConfig / ExplainConfig (utils.train_config,
     # visualization.explain_config) and are parsed before the stage's torch imports
     ("utils.train", [], True),
-    ("visualization.lots", [], True),
+    ("visualization.explain", [], True),
 ]
 
 HELP_PROBE = """
@@ -88,7 +88,7 @@ def test_help_names_the_program_and_shows_defaults(helps, module, sub, stage) ->
         assert "--run-dir" in text
 
 
-@pytest.mark.parametrize("module", ["utils.train", "visualization.lots"])
+@pytest.mark.parametrize("module", ["utils.train", "visualization.explain"])
 def test_a_bad_option_of_a_torch_stage_fails_before_torch_loads(module: str) -> None:
     done = subprocess.run(
         [sys.executable, "-c", HELP_PROBE, module, "--no-such-option", "1"],
@@ -136,7 +136,7 @@ def test_cli_paths_are_relative_to_the_shell_folder(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr
     assert len(list((elsewhere / "relw").glob("*.tfrecord.gz"))) == 12
     assert not (project_root() / "relw").exists()
-    split = _run(["utils.split_and_batch", "relw", "shards", "--no-progress"], elsewhere)
+    split = _run(["utils.batching.split_and_batch", "relw", "shards", "--no-progress"], elsewhere)
     assert split.returncode == 0, split.stderr
     assert (elsewhere / "shards" / "manifest.csv").is_file()
     # the same with --run-dir: <run-dir>/exports then <run-dir>/shards
@@ -144,10 +144,10 @@ def test_cli_paths_are_relative_to_the_shell_folder(tmp_path: Path) -> None:
         ["extract_GPS_images.synthetic", "--run-dir", "r", "--n", "12", "--size", "8"], elsewhere
     )
     assert made.returncode == 0, made.stderr
-    split = _run(["utils.split_and_batch", "--run-dir", "r", "--no-progress"], elsewhere)
+    split = _run(["utils.batching.split_and_batch", "--run-dir", "r", "--no-progress"], elsewhere)
     assert split.returncode == 0, split.stderr
     assert (elsewhere / "r" / "shards" / "stats.json").is_file()
-    missing = _run(["utils.split_and_batch", "nothere", "out"], elsewhere)
+    missing = _run(["utils.batching.split_and_batch", "nothere", "out"], elsewhere)
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
     assert f"no export folder {elsewhere / 'nothere'}" in missing.stderr
 
@@ -171,8 +171,8 @@ def test_notebook_defaults_are_the_config_defaults() -> None:
     from dataclasses import asdict
 
     from extract_GPS_images.synthetic import WorldConfig, generate_world
-    from utils.split_and_batch import SplitConfig
-    from utils.study import StudyConfig
+    from utils.batching.split_and_batch import SplitConfig
+    from utils.study.study import StudyConfig
     from utils.train import TrainConfig
     from visualization.explain import ExplainConfig
 

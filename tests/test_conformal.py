@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.conformal import Conformal, conformal_quantile, coverage_report
+from utils.maps.conformal import Conformal, conformal_quantile, coverage_report
 
 EDGES = np.linspace(0.0, 6.0, 7)
 
@@ -79,7 +79,7 @@ def test_fit_refuses_bad_input() -> None:
 
 
 def test_sparse_bins_are_merged_with_their_neighbours() -> None:
-    from utils.conformal import merge_sparse_bins
+    from utils.maps.conformal import merge_sparse_bins
 
     assert merge_sparse_bins(np.array([1, 12, 37, 83]), 9) == [[0, 1], [2], [3]]
     assert merge_sparse_bins(np.array([50, 3, 20, 2]), 9) == [[0], [1, 2, 3]]

@@ -12,6 +12,7 @@ from hostile_factory import spread_records
 
 from extract_GPS_images.tfrecord import write_tfrecord
 from utils import hdf5_schema as hs
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
 from utils.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -22,7 +23,6 @@ from utils.checkpoint import (
 from utils.dataloader import ShardDataset
 from utils.models import build_model
 from utils.shard_check import ShardError
-from utils.split_and_batch import SplitConfig, run_split_and_batch
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from extract_GPS_images.tfrecord import encode_example
-from utils.example_wire import ExampleDecodeError, decode_example
+from utils.batching.example_wire import ExampleDecodeError, decode_example
 
 
 def _example_class():

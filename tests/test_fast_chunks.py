@@ -13,9 +13,9 @@ from shards_factory import write_tiny_shards
 
 from extract_GPS_images.schema import DW_BAND, DW_CLASSES
 from utils import hdf5_schema as hs
+from utils.batching.shard_writer import ChunkCodec, write_chunk
 from utils.dataloader import ShardDataset, augment
 from utils.fast_chunks import chunk_plan, read_sample
-from utils.shard_writer import ChunkCodec, write_chunk
 
 N, C, S = 3, 5, 9
 

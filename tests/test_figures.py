@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 
 from extract_GPS_images.plots import shown_quarter  # noqa: E402
 from utils.plots import places_outline, residual_map  # noqa: E402
-from utils.study import method_family, per_bin_plot  # noqa: E402
+from utils.study.study import method_family, per_bin_plot  # noqa: E402
 from visualization.heatmaps import plot_heatmap_grid  # noqa: E402
 
 

@@ -181,7 +181,7 @@ def test_downloaded_records_convert_with_their_masks(tmp_path, locations):
     import h5py
 
     from utils import hdf5_schema as hs
-    from utils.split_and_batch import SplitConfig, run_split_and_batch
+    from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
 
     fake = FakeComputePixels(NAMES, SIZE)
     download_locations(

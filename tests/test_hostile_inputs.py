@@ -23,12 +23,12 @@ from hostile_factory import (
 
 from extract_GPS_images.tfrecord import frame_record, write_tfrecord
 from utils import hdf5_schema as hs
-from utils import validate_records
+from utils.batching import validate_records
+from utils.batching.split_and_batch import InputError, SplitConfig, run_split_and_batch
+from utils.batching.unzip import extract_archives
+from utils.batching.validate_records import RecordError, iter_records
 from utils.folder_lock import FolderLockedError
 from utils.ownership import ForeignFolderError
-from utils.split_and_batch import InputError, SplitConfig, run_split_and_batch
-from utils.unzip import extract_archives
-from utils.validate_records import RecordError, iter_records
 
 CFG = SplitConfig(split="random", shard_size=8, progress=False)
 
@@ -78,7 +78,7 @@ def test_bombs_are_one_quarantined_input_each(tmp_path: Path, monkeypatch) -> No
         archive.writestr("big.tfrecord", bytes(8 << 20))  # declares more than the cap
     with zipfile.ZipFile(src / "ratio.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("dense.tfrecord", bytes(1 << 20))  # 1000:1 past the floor
-    monkeypatch.setattr("utils.unzip.RATIO_FLOOR", 1 << 19)
+    monkeypatch.setattr("utils.batching.unzip.RATIO_FLOOR", 1 << 19)
     out = tmp_path / "out"
     report = run_split_and_batch(src, out, dataclasses.replace(CFG, max_inflate_bytes=2 << 20))
     rows = _manifest(out).set_index("file")
@@ -102,7 +102,7 @@ def test_bombs_are_one_quarantined_input_each(tmp_path: Path, monkeypatch) -> No
 
 def test_inflate_steps_are_bounded(tmp_path: Path, monkeypatch) -> None:
     """A stream of valid records inflates in steps of INFLATE_STEP, not all at once."""
-    monkeypatch.setattr("utils.validate_records.INFLATE_STEP", 4096)
+    monkeypatch.setattr("utils.batching.validate_records.INFLATE_STEP", 4096)
     seen: list[int] = []
     real = validate_records._frame
 
@@ -110,7 +110,7 @@ def test_inflate_steps_are_bounded(tmp_path: Path, monkeypatch) -> None:
         seen.append(len(data))
         return real(data, start, limits, index)
 
-    monkeypatch.setattr("utils.validate_records._frame", spy)
+    monkeypatch.setattr("utils.batching.validate_records._frame", spy)
     frames = [frame_record(r) for r in spread_records(1)] * 50
     path = write_framed(tmp_path / "many.tfrecord.gz", frames)
     assert len(list(iter_records(path))) == 50

@@ -1,11 +1,12 @@
-"""The ideal-predictor analysis of bench/ideal_balancing.py on worlds whose answer is known."""
+"""The ideal-predictor analysis of utils/study/ideal_balancing.py on worlds whose answer is
+known."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.ideal_balancing import finite_training_table, ideal_table, spread_over_test_sets
 from extract_GPS_images.synthetic import WorldConfig
+from utils.study.ideal_balancing import finite_training_table, ideal_table, spread_over_test_sets
 
 N = 200_000
 

@@ -11,7 +11,7 @@ import torch
 from shards_factory import write_tiny_shards
 
 from utils.inference import evaluate_checkpoint
-from utils.study import default_experiments, run_study, select_experiments
+from utils.study.study import default_experiments, run_study, select_experiments
 from utils.train import TrainConfig, fit
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""visualization.ipynb and its CLI twin ``python -m visualization.lots`` on a tiny run:
+"""visualization.ipynb and its CLI twin ``python -m visualization.explain`` on a tiny run:
 tiny shards (tests/shards_factory.py) and a tiny CNN trained for a few steps, saved as the
 baseline checkpoint of main.ipynb."""
 
@@ -19,7 +19,7 @@ from utils.dataloader import ShardDataset
 from utils.models import build_model
 from utils.paths import RunPaths
 from visualization import explain as ex
-from visualization.lots import main as lots_main
+from visualization.explain import main as lots_main
 
 FIGURES = ("lots_heatmaps", "band_quarter_importance", "lots_traces", "lots_vs_baselines")
 TINY = dict(examples_per_bin=1, iterations=8, step=0.002, faithfulness_steps=4)

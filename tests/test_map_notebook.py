@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from extract_GPS_images.synthetic import generate_world
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
 from utils.paths import RunPaths
-from utils.split_and_batch import SplitConfig, run_split_and_batch
 from utils.train import TrainConfig, fit
 
 

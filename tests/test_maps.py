@@ -14,7 +14,8 @@ from pyproj import Transformer
 
 from extract_GPS_images.grid import make_grid, reproject, write_places
 from extract_GPS_images.synthetic import TRUTH_FILE, generate_world
-from utils.maps import (
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
+from utils.maps.maps import (
     INTERVALS_JSON,
     MapConfig,
     aggregate_regions,
@@ -22,7 +23,6 @@ from utils.maps import (
     map_error,
     predict_map,
 )
-from utils.split_and_batch import SplitConfig, run_split_and_batch
 from utils.train import TrainConfig, fit
 
 SIZE = 8

@@ -14,10 +14,11 @@ import torchvision
 from shards_factory import write_tiny_shards
 from torch import nn
 
-from utils.dataloader import ShardDataset, time_grid
+from utils.dataloader import ShardDataset, input_layout, time_grid
 from utils.inference import evaluate_checkpoint
-from utils.models import StackedVideo, build_model, example_input, input_layout, widen_conv
+from utils.models import StackedVideo, build_model, example_input
 from utils.paths import RunPaths
+from utils.pretrained import widen_conv
 from utils.train import TrainConfig, fit
 from visualization import explain as ex
 from visualization.lots import frame_change, lots

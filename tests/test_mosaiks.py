@@ -14,7 +14,7 @@ import torch
 from shards_factory import write_tiny_shards
 
 from utils.dataloader import ShardDataset
-from utils.mosaiks import (
+from utils.study.mosaiks import (
     MosaiksConfig,
     featurize,
     fixed_view,
@@ -23,7 +23,7 @@ from utils.mosaiks import (
     sample_filters,
     select_ridge,
 )
-from utils.study import Experiment, MemoryCachedDataset, StudyConfig, run_study, study
+from utils.study.study import Experiment, MemoryCachedDataset, StudyConfig, run_study, study
 from utils.train import TrainConfig
 
 torch.set_num_threads(1)

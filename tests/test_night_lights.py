@@ -11,11 +11,11 @@ from scipy.stats import spearmanr
 
 from extract_GPS_images import schema
 from extract_GPS_images.synthetic import NL_SATURATION, generate_world
-from utils import example_wire
 from utils import hdf5_schema as hs
+from utils.batching import example_wire
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
+from utils.batching.validate_records import iter_records
 from utils.dataloader import ShardDataset
-from utils.split_and_batch import SplitConfig, run_split_and_batch
-from utils.validate_records import iter_records
 
 SIZE = 16
 

@@ -27,10 +27,10 @@ from extract_GPS_images.synthetic import (
     wealth_field,
 )
 from utils import hdf5_schema as hs
+from utils.batching.example_wire import decode_example
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
+from utils.batching.validate_records import RecordRules, iter_records, read_file
 from utils.dataloader import ShardDataset
-from utils.example_wire import decode_example
-from utils.split_and_batch import SplitConfig, run_split_and_batch
-from utils.validate_records import RecordRules, iter_records, read_file
 
 SIZE = 8
 WORLD = dict(n=60, size=SIZE, seed=3, progress=False)

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import study as bench_study
 from extract_GPS_images.synthetic import generate_world
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
 from utils.dataloader import ShardDataset
-from utils.repeated_splits import repeated_split_study, split_config_of
-from utils.split_and_batch import SplitConfig, run_split_and_batch
-from utils.study import StudyConfig
+from utils.study import run as bench_study
+from utils.study.repeated_splits import repeated_split_study, split_config_of
+from utils.study.study import StudyConfig
 from utils.train import TrainConfig
 
 torch.set_num_threads(1)

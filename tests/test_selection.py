@@ -14,7 +14,7 @@ from shards_factory import write_tiny_shards
 import utils.train as train_module
 from utils.checkpoint import load_checkpoint
 from utils.selection import MIN_STEPS, run_problems, select_epoch
-from utils.study import (
+from utils.study.study import (
     StudyConfig,
     default_experiments,
     results_table,
@@ -151,7 +151,7 @@ def test_study_with_the_selection_option_on_tiny_shards(tmp_path: Path) -> None:
 
 
 def test_cli_twin_takes_the_selection_option() -> None:
-    from bench.study import config_from_args, get_args_parser
+    from utils.study.run import config_from_args, get_args_parser
 
     args = get_args_parser().parse_args(["--select-mae-within", "0.1"])
     assert config_from_args(args).select_mae_within == 0.1

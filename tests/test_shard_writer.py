@@ -11,7 +11,7 @@ import pytest
 
 from extract_GPS_images import schema
 from utils import hdf5_schema as hs
-from utils.shard_writer import (
+from utils.batching.shard_writer import (
     STAT_GRID_PIXELS,
     BandStats,
     ChunkCodec,

@@ -22,9 +22,9 @@ from extract_GPS_images.tfrecord import (
     write_tfrecord,
 )
 from utils import hdf5_schema as hs
-from utils.split_and_batch import InputError, SplitConfig, run_split_and_batch
-from utils.unzip import extract_archives
-from utils.validate_records import iter_records
+from utils.batching.split_and_batch import InputError, SplitConfig, run_split_and_batch
+from utils.batching.unzip import extract_archives
+from utils.batching.validate_records import iter_records
 
 SIZE = 8
 
@@ -227,7 +227,7 @@ def test_unzip_skips_what_is_already_there(exports: Path, tmp_path: Path) -> Non
 
 
 def test_cli_twin(exports: Path, tmp_path: Path, capsys) -> None:
-    from utils.split_and_batch import main
+    from utils.batching.split_and_batch import main
 
     report = main(
         [
@@ -273,8 +273,9 @@ def test_records_read_alike_at_any_block_size(tmp_path: Path, monkeypatch, block
     gz = write_tfrecord(tmp_path / "one.tfrecord.gz", records)
     members = tmp_path / "two.tfrecord.gz"  # two gzip members back to back
     members.write_bytes(gz.read_bytes() + gzip.compress(plain.read_bytes()))
-    monkeypatch.setattr("utils.validate_records.READ_BLOCK", block)
-    monkeypatch.setattr("utils.validate_records.INFLATE_STEP", block)  # bounded inflate steps
+    monkeypatch.setattr("utils.batching.validate_records.READ_BLOCK", block)
+    # bounded inflate steps
+    monkeypatch.setattr("utils.batching.validate_records.INFLATE_STEP", block)
     assert [bytes(r) for r in iter_records(gz)] == records
     assert [bytes(r) for r in iter_records(members)] == records * 2
     assert [bytes(r) for r in iter_records(plain)] == records

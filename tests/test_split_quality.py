@@ -16,11 +16,11 @@ from extract_GPS_images import schema
 from extract_GPS_images.labels import cell_key
 from extract_GPS_images.synthetic import generate_world
 from extract_GPS_images.tfrecord import sample_bands, write_tfrecord
-from utils import example_wire
 from utils import hdf5_schema as hs
+from utils.batching import example_wire
+from utils.batching.split_and_batch import InputError, SplitConfig, run_split_and_batch
+from utils.batching.validate_records import RecordRules, iter_records, read_file
 from utils.dataloader import ShardDataset
-from utils.split_and_batch import InputError, SplitConfig, run_split_and_batch
-from utils.validate_records import RecordRules, iter_records, read_file
 
 SIZE = 8
 PIXELS = SIZE * SIZE

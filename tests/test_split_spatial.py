@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from utils.spatial_split import assign_splits, block_of, location_groups
+from utils.batching.spatial_split import assign_splits, block_of, location_groups
 
 
 def world_table(n_cells: int = 400, years: int = 2, seed: int = 0) -> pd.DataFrame:

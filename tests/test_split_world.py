@@ -20,9 +20,9 @@ import pytest
 from extract_GPS_images.schema import image_band_names
 from extract_GPS_images.synthetic import generate_world
 from utils import hdf5_schema as hs
+from utils.batching.split_and_batch import SplitConfig, SplitReport, run_split_and_batch
+from utils.batching.validate_records import RecordRules, read_file
 from utils.paths import project_root
-from utils.split_and_batch import SplitConfig, SplitReport, run_split_and_batch
-from utils.validate_records import RecordRules, read_file
 
 SIZE = 8
 KIND_TO_REASON = {
@@ -176,7 +176,7 @@ def test_float16_lzf_variant(world: Path, tmp_path: Path) -> None:
 
 KILLER = """
 import os, signal, sys
-import utils.split_and_batch as sb
+import utils.batching.split_and_batch as sb
 calls = {{"n": 0}}
 original = sb.{target}
 def killing(*args, **kwargs):

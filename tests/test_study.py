@@ -16,10 +16,10 @@ import torch
 from shards_factory import write_tiny_shards
 
 from metrics import balanced_mae
-from utils.calibration import BalancedCalibration
 from utils.dataloader import ShardDataset
 from utils.paths import project_root
-from utils.study import (
+from utils.study.calibration import BalancedCalibration
+from utils.study.study import (
     Experiment,
     MemoryCachedDataset,
     StudyConfig,
@@ -202,7 +202,7 @@ def test_cli_twin_runs_the_study(tiny_run: tuple[Path, TrainConfig]) -> None:
         [
             sys.executable,
             "-m",
-            "bench.study",
+            "utils.study.run",
             "--run-dir",
             str(root),
             "--experiments",

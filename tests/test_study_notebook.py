@@ -10,7 +10,7 @@ import pytest
 from shards_factory import write_tiny_shards
 
 from utils.paths import RunPaths
-from utils.study import DEFAULT_ALPHAS, default_experiments
+from utils.study.study import DEFAULT_ALPHAS, default_experiments
 
 
 @pytest.mark.notebook

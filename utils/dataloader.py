@@ -49,12 +49,20 @@ DW_MODES: tuple[str, ...] = ("onehot", "channel", "none")
 #: Sample layouts: quarters stacked as channels, or as a time axis (see the module doc).
 LAYOUTS: tuple[str, ...] = ("stack", "time")
 RGB_BANDS: tuple[str, ...] = ("B4", "B3", "B2")
+#: Models whose input is ``(N, C, T, H, W)``: the quarters as the time axis.
+TEMPORAL_MODELS: tuple[str, ...] = ("swin3d_t", "swin3d_b")
 #: Named channel selections (Sentinel-2 channels only; Dynamic World comes from dw_mode).
 CHANNEL_PRESETS: dict[str, list[str]] = {
     "s2": s2_channel_names(),
     "rgb": [c for c in s2_channel_names() if c.split("_")[0] in RGB_BANDS],
 }
 CHANNEL_PRESETS.update({f"{k}_nl": [*v, NIGHT_LIGHTS_BAND] for k, v in CHANNEL_PRESETS.items()})
+
+
+def input_layout(name: str) -> str:
+    """``"time"`` for a model reading ``(N, C, T, H, W)`` (:data:`TEMPORAL_MODELS`), else
+    ``"stack"`` (``(N, C, H, W)``, the quarters stacked as channels)."""
+    return "time" if name in TEMPORAL_MODELS else "stack"
 
 
 def resolve_channels(channels: str | Sequence[str]) -> list[str]:
@@ -443,9 +451,7 @@ def make_loader(
 def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, ShardDataset]:
     """The datasets of ``splits`` for a config with ``shards_dir``, ``channels``,
     ``dw_mode``, ``crop`` and ``augment`` (a :class:`utils.train.TrainConfig`), in the
-    layout its ``model`` takes (:func:`utils.models.input_layout`)."""
-    from utils.models import input_layout  # noqa: PLC0415 (models import this module)
-
+    layout its ``model`` takes (:func:`input_layout`)."""
     layout = input_layout(str(getattr(cfg, "model", "")))
     shards = cfg.resolved_shards_dir() if hasattr(cfg, "resolved_shards_dir") else cfg.shards_dir
     return {

@@ -1,7 +1,7 @@
 """Read one sample of a shard's ``data`` as one HDF5 chunk, inflated by ISA-L.
 
 The shards store one sample per chunk, byte-shuffled and deflated (HDF5's ``shuffle``
-and ``gzip`` filters, :mod:`utils.shard_writer`). h5py's filter pipeline inflates with
+and ``gzip`` filters, :mod:`utils.batching.shard_writer`). h5py's filter pipeline inflates with
 zlib and unshuffles into a buffer it then copies out; at 225 px (26 x 225 x 225
 float32, 5.3 MB a sample) that is ~9 ms of inflate plus ~6 ms of copies a sample.
 :func:`read_sample` reads the chunk's stored bytes (``read_direct_chunk``), inflates

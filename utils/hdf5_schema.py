@@ -56,7 +56,8 @@ def split_files(shards_dir: str | Path, split: str) -> list[Path]:
     if not files:
         raise FileNotFoundError(
             f"no HDF5 shards for split {split!r} under {Path(shards_dir) / split}; "
-            "run split_and_batch.ipynb (or `python -m utils.split_and_batch SRC OUT`) first"
+            "run split_and_batch.ipynb "
+            "(or `python -m utils.batching.split_and_batch SRC OUT`) first"
         )
     return files
 

@@ -5,7 +5,7 @@ label, prediction); :func:`evaluate_checkpoint` rebuilds a trained model and the
 it was trained on from its checkpoint, predicts a split, writes
 ``predictions_<split>.csv`` and ``metrics_<split>.json`` beside the checkpoint and
 returns the table with the metric report. ``python -m utils.inference predict ...`` maps
-places without labels (:mod:`utils.maps`).
+places without labels (:mod:`utils.maps.maps`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from tqdm import tqdm
 from metrics import regression_report
 from utils.atomic import atomic_open, atomic_path
 from utils.checkpoint import load_model_from_checkpoint
-from utils.dataloader import ShardDataset, make_loader
+from utils.dataloader import ShardDataset, input_layout, make_loader
+from utils.device import resolve_device
 
 PREDICTION_COLUMNS: tuple[str, ...] = (
     "cell_id",
@@ -94,13 +95,9 @@ def evaluate_checkpoint(
         The predictions table and :func:`metrics.regression_report` of it (both also
         written to ``out_dir``, default the checkpoint's folder).
     """
-    from utils.train import resolve_device  # noqa: PLC0415 (train imports this module)
-
     dev = resolve_device(device)
     model, cfg = load_model_from_checkpoint(checkpoint, map_location=dev)
     shards = Path(shards_dir) if shards_dir is not None else Path(cfg["shards_dir"])
-    from utils.models import input_layout  # noqa: PLC0415
-
     kwargs = {
         "channels": cfg["channels"],
         "crop": cfg["crop"],
@@ -135,8 +132,9 @@ def evaluate_checkpoint(
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m utils.inference predict --checkpoint CKPT --shards DIR --split predict
-    --out DIR``: places with conformal intervals as map files (:mod:`utils.maps`)."""
-    from utils.maps import main as predict_main  # noqa: PLC0415 (maps imports this package)
+    --out DIR``: places with conformal intervals as map files (:mod:`utils.maps.maps`)."""
+    # the map code (shapely, rasterio) loads only for this command
+    from utils.maps.maps import main as predict_main  # noqa: PLC0415
 
     predict_main(argv)
 

@@ -8,7 +8,8 @@ CNN for tests and quick demos, and the video Swin transformers Swin3D-T / Swin3D
 World and any other static channel repeated in every quarter, see
 :class:`utils.dataloader.ShardDataset` with ``layout="time"``), T = 4. These are the
 models of the original study (``models/resnet.py``, ``swin.py``, ``swin3D.py`` of
-lhmtrinh/Remote-Sensing-VisionDL). :func:`input_layout` says which layout a model takes.
+lhmtrinh/Remote-Sensing-VisionDL). :func:`utils.dataloader.input_layout` says which layout a model
+takes.
 
 Patch sizes: Swin-T's stride-4 patch convolution would silently drop the last rows and
 columns of a crop that 4 does not divide; the input is zero-padded at the bottom/right to
@@ -29,7 +30,6 @@ study's recipe). Without pretrained weights every layer is randomly initialised.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -38,11 +38,8 @@ import torchvision
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from utils.dataloader import RGB_BANDS
+from utils.dataloader import input_layout
 from utils.pretrained import TORCH_CACHE, load_pretrained, resolve_weights_path
-
-#: Models whose input is ``(N, C, T, H, W)``: the quarters as the time axis.
-TEMPORAL_MODELS: tuple[str, ...] = ("swin3d_t", "swin3d_b")
 
 
 class TinyCNN(nn.Module):
@@ -132,12 +129,6 @@ BACKBONES: dict[str, Callable[[], Built]] = {
 MODEL_NAMES: tuple[str, ...] = ("tiny_cnn", *BACKBONES)
 
 
-def input_layout(name: str) -> str:
-    """``"time"`` for a model reading ``(N, C, T, H, W)`` (:data:`TEMPORAL_MODELS`), else
-    ``"stack"`` (``(N, C, H, W)``, the quarters stacked as channels)."""
-    return "time" if name in TEMPORAL_MODELS else "stack"
-
-
 def example_input(name: str, in_channels: int, size: int = 32, batch: int = 2) -> Tensor:
     """A random input of the shape model ``name`` takes (4 quarters for a temporal one)."""
     if input_layout(name) == "time":
@@ -184,46 +175,6 @@ def _replace(root: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def widen_conv(
-    conv: nn.Conv2d | nn.Conv3d, in_channels: int, band_names: Sequence[str] | None = None
-) -> nn.Conv2d | nn.Conv3d:
-    """A copy of a 3-channel (RGB) ``conv`` (2-D, or the 3-D patch embedding of Swin3D)
-    taking ``in_channels`` inputs.
-
-    Red/green/blue filters go to channels named B4/B3/B2 (any quarter), the mean filter
-    to the others, all scaled by ``sqrt(3 / in_channels)`` (the original study's recipe;
-    for Swin3D, C is the per-quarter channel count, its ``sqrt(3 / 6)``). The bias is
-    kept (the original dropped it for Swin-T and re-drew it for Swin3D). Without
-    ``band_names`` the first three channels are taken as R, G, B.
-    """
-    weight = conv.weight.detach()
-    if weight.shape[1] != 3:
-        raise ValueError(f"expected an RGB first layer, got {weight.shape[1]} input channels")
-    names = list(band_names) if band_names is not None else ["B4", "B3", "B2"]
-    if len(names) != in_channels and band_names is not None:
-        raise ValueError(f"{len(names)} band names for {in_channels} channels")
-    mean = weight.mean(dim=1)
-    new = torch.empty(weight.shape[0], in_channels, *weight.shape[2:], dtype=weight.dtype)
-    for c in range(in_channels):
-        band = names[c].split("_")[0] if c < len(names) else ""
-        new[:, c] = weight[:, RGB_BANDS.index(band)] if band in RGB_BANDS else mean
-    layer = type(conv)(
-        in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        conv.stride,
-        conv.padding,
-        conv.dilation,
-        conv.groups,
-        conv.bias is not None,
-    )
-    with torch.no_grad():
-        layer.weight.copy_(new * math.sqrt(3.0 / in_channels))
-        if conv.bias is not None:
-            layer.bias.copy_(conv.bias)
-    return layer
-
-
 def build_model(
     name: str,
     in_channels: int,
@@ -242,7 +193,8 @@ def build_model(
             holding torchvision's file, or ``"torch-cache"`` (the torch hub cache); loaded
             with ``weights_only=True``, never downloaded (:mod:`utils.pretrained`).
         dropout: dropout probability before the head.
-        band_names: channel names (to place the RGB filters), see :func:`widen_conv`.
+        band_names: channel names (to place the RGB filters), see
+            :func:`utils.pretrained.widen_conv`.
 
     Raises:
         ValueError: for an unknown name (listing the valid ones).

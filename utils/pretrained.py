@@ -7,7 +7,7 @@ Two kinds of ``state_dict`` file are read (``torch.load(weights_only=True)``):
   names torchvision's weight enums give (``resnet50-11ad3fa6.pth``,
   ``swin_t-704ceda3.pth``, ``swin3d_t-7615ae03.pth``, ...: :func:`torchvision_files`).
   The first layer is widened to the project's channels by
-  :func:`utils.models.widen_conv` (the original study's recipe).
+  :func:`widen_conv` (the original study's recipe).
 * a Sentinel-2 self-supervised ResNet in the format torchgeo publishes (e.g. the
   SSL4EO-S12 MoCo / DINO ResNet-18/50 of Wang et al. 2022: timm ResNet keys, which are
   torchvision's, and a first layer over the 13 Sentinel-2 bands B1 ... B12 with B8A,
@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import Tensor, nn
+
+from utils.dataloader import RGB_BANDS
 
 #: ``pretrained_path`` value that looks in the torch hub cache (never downloading).
 TORCH_CACHE = "torch-cache"
@@ -179,6 +181,46 @@ def sentinel2_conv(
     return layer
 
 
+def widen_conv(
+    conv: nn.Conv2d | nn.Conv3d, in_channels: int, band_names: Sequence[str] | None = None
+) -> nn.Conv2d | nn.Conv3d:
+    """A copy of a 3-channel (RGB) ``conv`` (2-D, or the 3-D patch embedding of Swin3D)
+    taking ``in_channels`` inputs.
+
+    Red/green/blue filters go to channels named B4/B3/B2 (any quarter), the mean filter
+    to the others, all scaled by ``sqrt(3 / in_channels)`` (the original study's recipe;
+    for Swin3D, C is the per-quarter channel count, its ``sqrt(3 / 6)``). The bias is
+    kept (the original dropped it for Swin-T and re-drew it for Swin3D). Without
+    ``band_names`` the first three channels are taken as R, G, B.
+    """
+    weight = conv.weight.detach()
+    if weight.shape[1] != 3:
+        raise ValueError(f"expected an RGB first layer, got {weight.shape[1]} input channels")
+    names = list(band_names) if band_names is not None else ["B4", "B3", "B2"]
+    if len(names) != in_channels and band_names is not None:
+        raise ValueError(f"{len(names)} band names for {in_channels} channels")
+    mean = weight.mean(dim=1)
+    new = torch.empty(weight.shape[0], in_channels, *weight.shape[2:], dtype=weight.dtype)
+    for c in range(in_channels):
+        band = names[c].split("_")[0] if c < len(names) else ""
+        new[:, c] = weight[:, RGB_BANDS.index(band)] if band in RGB_BANDS else mean
+    layer = type(conv)(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        conv.bias is not None,
+    )
+    with torch.no_grad():
+        layer.weight.copy_(new * math.sqrt(3.0 / in_channels))
+        if conv.bias is not None:
+            layer.bias.copy_(conv.bias)
+    return layer
+
+
 def load_pretrained(
     net: nn.Module,
     name: str,
@@ -202,8 +244,6 @@ def load_pretrained(
         ValueError: for a first layer of neither 3 (RGB) nor 13 (Sentinel-2) inputs, a
             Sentinel-2 checkpoint without ``band_names``, or keys that do not fit.
     """
-    from utils.models import widen_conv  # noqa: PLC0415 (models import this module)
-
     path = resolve_weights_path(name, pretrained_path)
     state = read_state_dict(path)
     key = f"{first}.weight"

@@ -17,7 +17,7 @@ from utils import hdf5_schema as hs
 
 REBUILD = (
     "rebuild the shards with split_and_batch.ipynb or "
-    "`python -m utils.split_and_batch SRC OUT` (a re-run rewrites only what changed)"
+    "`python -m utils.batching.split_and_batch SRC OUT` (a re-run rewrites only what changed)"
 )
 
 

@@ -51,6 +51,8 @@ from utils.checkpoint import (
     unwrap,
 )
 from utils.dataloader import ShardDataset, build_datasets, make_loader
+from utils.device import resolve_device
+from utils.inference import evaluate_checkpoint
 from utils.models import build_model
 from utils.ownership import guard_output
 from utils.quiet import quiet_tensorflow
@@ -92,17 +94,7 @@ class FitResult:
     stopped_early: bool = False
 
 
-# --- device, seeds, distributed ------------------------------------------------------------
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``"auto"``: ``cuda:<local_rank>`` when a GPU is visible, else CPU."""
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for but no GPU is visible; use 'auto'/'cpu'")
-    return dev
-
-
+# --- seeds, distributed ------------------------------------------------------------
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed Python, NumPy and torch; optionally ask for deterministic kernels."""
     random.seed(seed)
@@ -457,7 +449,7 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
             f"sample_weights has {len(sample_weights)} values for {len(train_ds)} train samples"
         )
     train_sampler = _train_sampler(cfg, train_ds, info, sampler, sampler_weights)
-    # items already kept on a device (utils.study.MemoryCachedDataset) are not pinned
+    # items already kept on a device (utils.study.study.MemoryCachedDataset) are not pinned
     pin = device.type == "cuda" and getattr(train_ds, "device", None) is None
     train_loader = make_loader(
         train_ds,
@@ -476,7 +468,7 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
         pin_memory=pin,
     )
     if model is None:
-        torch.manual_seed(cfg.seed)  # the initial weights of utils.study's runs, too
+        torch.manual_seed(cfg.seed)  # the initial weights of utils.study.study's runs, too
         model = build_model(
             cfg.model,
             train_ds.num_channels,
@@ -676,8 +668,6 @@ def main(argv: list[str] | None = None) -> FitResult:
     )
     test_dir = cfg.resolved_shards_dir() / "test"
     if not skip_test and any(test_dir.glob("test_*.h5")):
-        from utils.inference import evaluate_checkpoint  # noqa: PLC0415
-
         _, report = evaluate_checkpoint(result.best_checkpoint, split="test", device=cfg.device)
         print(f"test: b-MAE {report['bmae']:.4f}, MAE {report['mae']:.4f}, R2 {report['r2']:.3f}")
     return result

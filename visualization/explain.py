@@ -1,4 +1,4 @@
-"""The steps of ``visualization.ipynb`` and of ``python -m visualization.lots``.
+"""The steps of ``visualization.ipynb`` and of its CLI twin ``python -m visualization.explain``.
 
 Load the trained model and the test split, pick examples from every label bin (the rare
 ones included), push each prediction down (poorer) and up (richer) with LOTS
@@ -9,6 +9,11 @@ written under the run's ``explain`` folder.
 """
 
 from __future__ import annotations
+
+if __name__ == "__main__":  # parse first: --help and bad options answer before torch loads
+    from visualization.explain_config import get_args_parser
+
+    get_args_parser().parse_args()
 
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -28,7 +33,11 @@ from utils.ownership import OutputFolder
 from utils.paths import RunPaths, resolve
 from visualization import baselines as bl
 from visualization import heatmaps as hm
-from visualization.explain_config import GROW, ExplainConfig  # noqa: F401 (GROW re-exported)
+from visualization.explain_config import (  # noqa: F401 (GROW re-exported)
+    GROW,
+    ExplainConfig,
+    get_args_parser,
+)
 from visualization.lots import (
     LotsResult,
     data_range,
@@ -139,7 +148,8 @@ def load_session(
     channels = _get(model_config, "channels", "s2")
     dw_mode = _get(model_config, "dw_mode", "onehot")
     crop = _get(model_config, "crop", None)
-    from utils.models import StackedVideo, input_layout  # noqa: PLC0415
+    from utils.dataloader import input_layout  # noqa: PLC0415
+    from utils.models import StackedVideo  # noqa: PLC0415
 
     layout = input_layout(str(_get(model_config, "model", "")))
     dataset = ShardDataset(
@@ -459,3 +469,21 @@ def explain_run(cfg: ExplainConfig, **session_kwargs: Any) -> dict[str, Any]:
         "figures": figures,
         "convergence": convergence(pushes),
     }
+
+
+# ------------------------------------------------------------------------------ CLI
+def main(argv: list[str] | None = None) -> dict:
+    """Entry point: run the whole explanation stage and print where the outputs went."""
+    args = vars(get_args_parser().parse_args(argv))
+    args.update({k: str(args[k]) for k in ("run_dir", "checkpoint", "shards_dir") if args[k]})
+    cfg = ExplainConfig(**args)
+    out = explain_run(cfg)
+    print(out["pushes"].to_string(index=False))
+    print(out["faithfulness"].to_string())
+    for name, path in out["figures"].items():
+        print(f"{name}: {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

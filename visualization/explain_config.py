@@ -1,5 +1,5 @@
 """The knobs of the explanation stage (:class:`ExplainConfig`) and the options of
-``python -m visualization.lots``, in a module without torch: ``--help`` answers before
+``python -m visualization.explain``, in a module without torch: ``--help`` answers before
 torch loads.
 
 :mod:`visualization.explain` re-exports the config; the stage itself lives there.
@@ -102,12 +102,12 @@ OPTIONAL_NUMBERS: dict[str, type] = {"clip_percentile": float, "n_bins": int}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Options of ``python -m visualization.lots`` (the fields of ``ExplainConfig``)."""
+    """Options of ``python -m visualization.explain`` (the fields of ``ExplainConfig``)."""
     from utils.cli import field_help, make_parser, shell_path  # noqa: PLC0415
 
     defaults, helps = ExplainConfig(), field_help(ExplainConfig)
     parser = make_parser(
-        "visualization.lots",
+        "visualization.explain",
         "LOTS heatmaps, band/quarter importance, Captum baselines and faithfulness for a "
         "trained checkpoint (writes PNGs/CSVs to <run_dir>/explain; the CLI twin of "
         "visualization.ipynb).",

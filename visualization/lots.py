@@ -21,17 +21,12 @@ a label bin (:func:`bin_mean_target`), or a push of the prediction up or down by
 amount (:func:`push_target`). Every sample of a batch runs its own iteration: it stops
 (and is frozen) as soon as it is close enough, the others go on.
 
-This module computes arrays only; plotting lives in :mod:`visualization.heatmaps`.
-The CLI twin ``python -m visualization.lots`` runs the same :func:`explain_run` as
-``visualization.ipynb``.
+This module computes arrays only; plotting lives in :mod:`visualization.heatmaps`, and
+the explanation stage that drives it (``visualization.ipynb`` and its CLI twin
+``python -m visualization.explain``) in :mod:`visualization.explain`.
 """
 
 from __future__ import annotations
-
-if __name__ == "__main__":  # parse first: --help and bad options answer before torch loads
-    from visualization.explain_config import get_args_parser
-
-    get_args_parser().parse_args()
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +37,6 @@ from torch import Tensor, nn
 
 from extract_GPS_images.schema import DW_BAND, REFLECTANCE_RANGE, S2_BANDS
 from metrics import bin_index
-from visualization.explain_config import ExplainConfig, get_args_parser
 
 #: Layer names with a meaning of their own; any other name is a sub-module of the model.
 FEATURES_LAYER = "features"  # the model's ``features(x) -> (N, D)`` (its head follows)
@@ -574,23 +568,3 @@ def _lots_batch(
     dist = torch.where(later, dist.gather(1, steps[:, None]), dist)
     pred = torch.where(later, pred.gather(1, steps[:, None]), pred)
     return x.detach(), dist, pred, converged.cpu(), steps
-
-
-# ------------------------------------------------------------------------------ CLI
-def main(argv: list[str] | None = None) -> dict:
-    """Entry point: run the whole explanation stage and print where the outputs went."""
-    from visualization.explain import explain_run  # noqa: PLC0415 (explain imports lots)
-
-    args = vars(get_args_parser().parse_args(argv))
-    args.update({k: str(args[k]) for k in ("run_dir", "checkpoint", "shards_dir") if args[k]})
-    cfg = ExplainConfig(**args)
-    out = explain_run(cfg)
-    print(out["pushes"].to_string(index=False))
-    print(out["faithfulness"].to_string())
-    for name, path in out["figures"].items():
-        print(f"{name}: {path}")
-    return out
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,8 @@
 """Map figures of predicted wealth (docs/maps.md): cells drawn as their polygons in
 longitude/latitude, a colour bar with the index's units, a title on every panel.
 
-Each function takes the GeoJSON written by :func:`utils.maps.predict_map` (or
-:func:`utils.maps.aggregate_regions`), optionally joined with more columns, saves a PNG
+Each function takes the GeoJSON written by :func:`utils.maps.maps.predict_map` (or
+:func:`utils.maps.maps.aggregate_regions`), optionally joined with more columns, saves a PNG
 when given a path and returns the figure.
 """
 

@@ -6,7 +6,7 @@ utils.inference predict`` call. It
 
 1. rebuilds the model and its inputs from the checkpoint; normalisation always comes
    from the *training* shards' ``stats.json`` (the checkpoint's ``shards_dir``);
-2. calibrates split-conformal intervals (:mod:`utils.conformal`) on the training shards'
+2. calibrates split-conformal intervals (:mod:`utils.maps.conformal`) on the training shards'
    validation split and reports their coverage on the test split (``intervals.json``);
 3. predicts the places of ``split`` (default ``predict``) shard by shard, in batches,
    writing each batch at once to ``predictions.csv`` and ``predictions.geojson`` (cell
@@ -38,8 +38,9 @@ from metrics import bin_edges, regression_report
 from utils import hdf5_schema as hs
 from utils.atomic import atomic_open, atomic_path
 from utils.checkpoint import load_model_from_checkpoint
-from utils.conformal import METHODS, Conformal, coverage_report
 from utils.dataloader import ShardDataset, make_loader
+from utils.device import resolve_device
+from utils.maps.conformal import METHODS, Conformal, coverage_report
 from utils.paths import resolve
 
 MAP_COLUMNS: tuple[str, ...] = (
@@ -340,8 +341,6 @@ def predict_map(cfg: MapConfig) -> MapResult:
     Returns:
         A :class:`MapResult` (files under ``cfg.out_dir``).
     """
-    from utils.train import resolve_device  # noqa: PLC0415 (train imports inference)
-
     device = resolve_device(cfg.device)
     model, train_cfg = load_model_from_checkpoint(cfg.checkpoint, map_location=device)
     train_shards = resolve(cfg.train_shards or train_cfg["shards_dir"])

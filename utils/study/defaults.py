@@ -1,5 +1,5 @@
 """The study's default knobs, in a module without heavy imports, so that
-``python -m bench.study --help`` shows them without loading torch."""
+``python -m utils.study.run --help`` shows them without loading torch."""
 
 from __future__ import annotations
 

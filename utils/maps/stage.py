@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 
 from extract_GPS_images.grid import Grid, make_grid, read_area, write_places
-from utils import maps
+from utils.batching.split_and_batch import SplitConfig, SplitReport, run_split_and_batch
+from utils.maps import maps
 from utils.paths import RunPaths, resolve
-from utils.split_and_batch import SplitConfig, SplitReport, run_split_and_batch
 
 BACKENDS: tuple[str, ...] = ("synthetic", "gee")
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from utils.atomic import TMP_PREFIX, atomic_path
-from utils.input_tree import scan_inputs
+from utils.batching.input_tree import scan_inputs
 
 ARCHIVE_SUFFIX = ".zip"
 #: How deep archives inside archives are followed.

@@ -1,13 +1,13 @@
 """The balanced-regression study from the command line, at any size, on CPU or GPU.
 
-The twin of main.ipynb's study cells: the same :func:`utils.study.study` call. When
+The twin of main.ipynb's study cells: the same :func:`utils.study.study.study` call. When
 the run folder has no shards yet it first runs the image and split_and_batch stages of
 the pipeline on the synthetic world at ``--n`` places of ``--size`` px.
 
-    python -m bench.study --run-dir runs/study5k --n 5000 --size 64 --epochs 12
-    python -m bench.study --run-dir runs/demo --experiments L2 BMC "weighted L2 a=0.5"
-    python -m bench.study --run-dir runs/study5k --split-seeds 42 1 2 3 4   # 5 test sets
-    python -m bench.study --run-dir runs/demo --models tiny_cnn resnet18 swin3d_t mosaiks \
+    python -m utils.study.run --run-dir runs/study5k --n 5000 --size 64 --epochs 12
+    python -m utils.study.run --run-dir runs/demo --experiments L2 BMC "weighted L2 a=0.5"
+    python -m utils.study.run --run-dir runs/study5k --split-seeds 42 1 2 3 4   # 5 test sets
+    python -m utils.study.run --run-dir runs/demo --models tiny_cnn resnet18 swin3d_t mosaiks \
         --experiments L2 "weighted L2 a=1"                                  # models x methods
 
 Prints the results table (Markdown); files land in ``<run-dir>/train/study/``.
@@ -19,17 +19,17 @@ import argparse
 import time
 from typing import TYPE_CHECKING
 
-from utils.study_defaults import DEFAULT_ALPHAS, DEFAULT_CALIBRATE
+from utils.study.defaults import DEFAULT_ALPHAS, DEFAULT_CALIBRATE
 
 if TYPE_CHECKING:  # torch-heavy: imported once the options are parsed (--help stays quick)
-    from utils.study import StudyConfig
+    from utils.study.study import StudyConfig
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Options of ``python -m bench.study``."""
+    """Options of ``python -m utils.study.run``."""
     from utils.cli import add_run_dir, make_parser  # noqa: PLC0415
 
-    p = make_parser("bench.study", __doc__.splitlines()[0])
+    p = make_parser("utils.study.run", __doc__.splitlines()[0])
     add_run_dir(p, "runs/study", "shards from <run-dir>/shards, results in <run-dir>/train")
     p.add_argument("--n", type=int, default=5000, help="synthetic places (only if no shards)")
     p.add_argument("--size", type=int, default=64, help="patch px (only if no shards)")
@@ -77,7 +77,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="re-split the places with each seed and run the study on every split "
-        "(utils.repeated_splits; the run's own split seed reuses its shards)",
+        "(utils.study.repeated_splits; the run's own split seed reuses its shards)",
     )
     p.add_argument(
         "--select-mae-within",
@@ -101,8 +101,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     """The :class:`StudyConfig` of parsed options."""
-    from utils.mosaiks import MosaiksConfig  # noqa: PLC0415
-    from utils.study import StudyConfig  # noqa: PLC0415
+    from utils.study.mosaiks import MosaiksConfig  # noqa: PLC0415
+    from utils.study.study import StudyConfig  # noqa: PLC0415
     from utils.train import TrainConfig  # noqa: PLC0415
 
     args.run_dir = str(args.run_dir)
@@ -156,8 +156,8 @@ def prepare_data(run_dir: str, n: int, size: int) -> None:
 
 def main(cfg: StudyConfig, split_seeds: list[int] | None = None) -> None:
     """Run the study (on each split of ``split_seeds`` when given) and print its table."""
-    from utils.repeated_splits import repeated_split_study  # noqa: PLC0415
-    from utils.study import study, to_markdown  # noqa: PLC0415
+    from utils.study.repeated_splits import repeated_split_study  # noqa: PLC0415
+    from utils.study.study import study, to_markdown  # noqa: PLC0415
 
     start = time.perf_counter()
     outputs = repeated_split_study(cfg, split_seeds) if split_seeds else study(cfg)

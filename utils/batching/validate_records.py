@@ -18,7 +18,7 @@ exports do): the metadata as scalar features or constant bands, the cell from th
 ``year`` feature, its file name or :attr:`RecordRules.year`. Only a single-record file
 without ids takes its cell key from its name; other records without ids are keyed by
 their coordinates, so distinct places never share a cell. The valid mask and clear
-shares (:mod:`utils.record_quality`) come with every sample; a patch whose valid share
+shares (:mod:`utils.batching.record_quality`) come with every sample; a patch whose valid share
 is under ``min_valid`` is ``mostly_nodata``, one whose clear share is under
 ``min_clear`` is ``cloudy``.
 
@@ -27,7 +27,7 @@ A record passes when every band is there with H*W finite values in range
 codes 0-8), its metadata bands are constant, the label lies in the configured range
 and the coordinates on Earth (a record without a ``label`` band is a place to predict:
 it passes with a NaN label, and ``split_and_batch`` puts it in the ``predict`` split).
-Otherwise it gets one reason of :data:`utils.quarantine.REASONS` and a detail that names
+Otherwise it gets one reason of :data:`utils.batching.quarantine.REASONS` and a detail that names
 the band and values.
 """
 
@@ -48,9 +48,9 @@ from isal import isal_zlib
 from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from extract_GPS_images.labels import cell_key as make_cell_key
-from utils import record_quality as rq
-from utils.crc32c import masked_crc
-from utils.example_wire import ExampleDecodeError, decode_example
+from utils.batching import record_quality as rq
+from utils.batching.crc32c import masked_crc
+from utils.batching.example_wire import ExampleDecodeError, decode_example
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: Largest read: a smaller file is read whole (one allocation of its own size, which
@@ -170,7 +170,7 @@ class Sample:
     schema_name: str
     band_min: np.ndarray | None = None  # per band, as found by the checks
     band_max: np.ndarray | None = None
-    mask: np.ndarray | None = None  # (5, H, W) uint8 valid mask (utils.record_quality)
+    mask: np.ndarray | None = None  # (5, H, W) uint8 valid mask (utils.batching.record_quality)
     clear: np.ndarray | None = None  # (4,) clear share per quarter, NaN where unknown
     key_from_name: bool = False  # no id features: the cell key came from the file name
 

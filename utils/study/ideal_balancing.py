@@ -10,8 +10,8 @@ loss by ``(1 / bin share) ** a`` makes the ideal model the weighted conditional 
 Both are taken here on a fine grid of the two numbers, so the table shows the trade-off
 the world allows before any CNN, sample size or optimiser enters.
 
-    python -m bench.ideal_balancing                      # the default world
-    python -m bench.ideal_balancing --tail-wealth 0.33 --tail-noise -1  # until 2026-11-25
+    python -m utils.study.ideal_balancing                      # the default world
+    python -m utils.study.ideal_balancing --tail-wealth 0.33 --tail-noise -1  # until 2026-11-25
 
 It also shows how those changes read on one test split of ``--test-size`` places (the
 poorest bin holds about 3 of 980, so even the ideal models' measured cut swings by
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     world = WorldConfig()
     from utils.cli import make_parser  # noqa: PLC0415
 
-    p = make_parser("bench.ideal_balancing", __doc__.splitlines()[0])
+    p = make_parser("utils.study.ideal_balancing", __doc__.splitlines()[0])
     p.add_argument("--scene-noise", type=float, default=world.scene_noise)
     p.add_argument("--tail-wealth", type=float, default=world.tail_wealth)
     p.add_argument(

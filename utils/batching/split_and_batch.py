@@ -1,14 +1,14 @@
 """Exported TFRecords -> quarantine + split by location + HDF5 shards (docs/design.md).
 
 ``run_split_and_batch(src, out, cfg)`` is what ``split_and_batch.ipynb`` and
-``python -m utils.split_and_batch --run-dir RUN`` (or ``SRC OUT``) call. It
+``python -m utils.batching.split_and_batch --run-dir RUN`` (or ``SRC OUT``) call. It
 
 1. unzips the archives under ``src`` into ``out/extracted/`` (unsafe entries refused);
 2. reads and validates every record, in parallel, streaming: valid samples are
    encoded once into staging parts (``out/.staging/part_*.chunks`` + ``part_*.h5``,
    one per ``part_files`` inputs, each written atomically), damaged ones are copied to
    ``out/quarantine/`` with their reason;
-3. assigns the samples to train/val/test by location (:mod:`utils.spatial_split`);
+3. assigns the samples to train/val/test by location (:mod:`utils.batching.spatial_split`);
    records without a label (places to predict) go to the ``predict`` split;
 4. writes each sample's encoded chunk into ``out/<split>/<split>_00000.h5`` shards
    (written atomically, no re-encoding), computes ``stats.json`` on train and writes
@@ -44,14 +44,12 @@ from tqdm.auto import tqdm
 from extract_GPS_images import schema
 from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from utils import hdf5_schema as hs
-from utils import record_quality as rq
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
-from utils.duplicates import mark_duplicates
-from utils.input_tree import RECORD_SUFFIXES, Entry, file_kind, scan_inputs, skipped_kinds  # noqa: F401 (re-export)
-from utils.ownership import OutputFolder, guard_output
-from utils.paths import resolve
-from utils.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
-from utils.shard_writer import (
+from utils.batching import record_quality as rq
+from utils.batching.duplicates import mark_duplicates
+from utils.batching.input_tree import RECORD_SUFFIXES, Entry, file_kind, scan_inputs, skipped_kinds  # noqa: F401 (re-export)
+from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
+from utils.batching.shard_writer import (
     COMPRESSIONS,
     DTYPES,
     STAT_GRID_PIXELS,
@@ -65,9 +63,9 @@ from utils.shard_writer import (
     write_metadata,
     write_shard_attrs,
 )
-from utils.spatial_split import MODES, assign_splits, check_ratios
-from utils.unzip import extract_archives
-from utils.validate_records import (
+from utils.batching.spatial_split import MODES, assign_splits, check_ratios
+from utils.batching.unzip import extract_archives
+from utils.batching.validate_records import (
     RecordError,
     RecordResult,
     RecordRules,
@@ -76,6 +74,8 @@ from utils.validate_records import (
     inflate_cap,
     iter_results,
 )
+from utils.ownership import OutputFolder, guard_output
+from utils.paths import resolve
 
 #: The manifest's reason of a skipped entry (a file that is no TFRecord or archive).
 SKIP_REASON = "not_an_input"
@@ -246,7 +246,7 @@ def _is_record_file(path: Path) -> bool:
 
 def list_inputs(src: Path, follow_links: bool = False) -> tuple[list[Path], list[Path]]:
     """Archives and record files under ``src`` (recursive, sorted; see
-    :func:`utils.input_tree.scan_inputs` for links)."""
+    :func:`utils.batching.input_tree.scan_inputs` for links)."""
     entries = scan_inputs(src, follow_links)
     return [e.path for e in entries if e.kind == "archive"], [
         e.path for e in entries if e.kind == "record"
@@ -901,12 +901,12 @@ def _convert(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """Options of ``python -m utils.split_and_batch [--run-dir RUN | SRC OUT]``."""
+    """Options of ``python -m utils.batching.split_and_batch [--run-dir RUN | SRC OUT]``."""
     from utils.cli import add_run_dir, make_parser, shell_path  # noqa: PLC0415
 
     d = SplitConfig()
     parser = make_parser(
-        "utils.split_and_batch",
+        "utils.batching.split_and_batch",
         "Exported TFRecords -> quarantine + split by "
         "location + HDF5 shards (the CLI twin of split_and_batch.ipynb).",
     )
@@ -988,7 +988,7 @@ def config_from_args(args: argparse.Namespace) -> SplitConfig:
 
 
 def main(argv: list[str] | None = None) -> SplitReport:
-    """Entry point of ``python -m utils.split_and_batch``."""
+    """Entry point of ``python -m utils.batching.split_and_batch``."""
     from utils.cli import writable_folder  # noqa: PLC0415
     from utils.paths import RunPaths  # noqa: PLC0415
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from utils import hdf5_schema as hs
-from utils.split_and_batch import SplitReport
+from utils.batching.split_and_batch import SplitReport
 
 SPLIT_COLOURS: dict[str, str] = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 

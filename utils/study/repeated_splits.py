@@ -8,7 +8,7 @@ re-splits the run's exports with other split seeds (same :class:`SplitConfig`
 otherwise), runs the same study on each split and tabulates the changes over all
 (split, training seed) pairs, so the mean stands on several test sets.
 
-Command line: ``python -m bench.study --split-seeds 42 1 2 3 4 ...``.
+Command line: ``python -m utils.study.run --split-seeds 42 1 2 3 4 ...``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import h5py
 import pandas as pd
 
 from utils import hdf5_schema as hs
+from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
 from utils.paths import RunPaths
-from utils.split_and_batch import SplitConfig, run_split_and_batch
-from utils.study import StudyConfig, StudyOutputs, per_bin_plot, results_table, study
+from utils.study.study import StudyConfig, StudyOutputs, per_bin_plot, results_table, study
 
 
 def split_config_of(shards: str | Path) -> SplitConfig:

@@ -44,6 +44,13 @@ from torch.nn import functional as F
 
 from metrics import regression_report
 from utils.atomic import atomic_path
+from utils.study.results import (
+    RESULT_FILE,
+    TEST_PREDICTIONS,
+    VAL_PREDICTIONS,
+    json_ready,
+    write_row_predictions,
+)
 
 #: Penalties tried on validation (the authors' grid, 1e-4 ... 1e3, widened both ways).
 DEFAULT_LAMBDAS: tuple[float, ...] = tuple(float(v) for v in np.logspace(-7, 3, 21))
@@ -297,12 +304,11 @@ def run_mosaiks(
 ) -> dict[str, Any]:
     """One study row: MOSAIKS features (cached beside the runs, per seed and data) and the
     experiment's weighting in the ridge; writes ``result.json`` and the test / validation
-    predictions as :func:`utils.study.run_experiment` does.
+    predictions as :func:`utils.study.study.run_experiment` does.
 
     ``train_seconds`` is the featurisation (as first measured) plus this ridge fit.
     """
     from loss.weights import sample_weights  # noqa: PLC0415
-    from utils import study  # noqa: PLC0415 (the study imports this module)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -337,8 +343,8 @@ def run_mosaiks(
     report = regression_report(
         pred["test"], features["test"][1], train_labels=train.labels, **metric
     )
-    study._write_predictions(out / study.TEST_PREDICTIONS, features["test"][1], pred["test"])
-    study._write_predictions(out / study.VAL_PREDICTIONS, features["val"][1], pred["val"])
+    write_row_predictions(out / TEST_PREDICTIONS, features["test"][1], pred["test"])
+    write_row_predictions(out / VAL_PREDICTIONS, features["val"][1], pred["val"])
     result = {
         "name": experiment.name,
         "experiment": asdict(experiment),
@@ -348,9 +354,9 @@ def run_mosaiks(
         "epochs": 0,
         "train_seconds": seconds,
         "weights_max": float(weights.max()) if weights is not None else 1.0,
-        "test": study._json_ready(report),
+        "test": json_ready(report),
     }
-    with atomic_path(out / study.RESULT_FILE) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    with atomic_path(out / RESULT_FILE) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return result
 

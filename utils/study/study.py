@@ -13,10 +13,10 @@ per-bin test MAE of all methods side by side.
 
 The study can also vary the model (:attr:`StudyConfig.models`, e.g. ``["tiny_cnn",
 "resnet18", "swin3d_t", "mosaiks"]``): every model runs every experiment it supports
-(MOSAIKS, :mod:`utils.mosaiks`, the squared-error ones), cached the same way, and the
+(MOSAIKS, :mod:`utils.study.mosaiks`, the squared-error ones), cached the same way, and the
 table has one block per model, each compared with its own baseline.
 
-Notebook: ``main.ipynb``; command line: ``python -m bench.study`` (``bench/study.py``).
+Notebook: ``main.ipynb``; command line: ``python -m utils.study.run`` (``utils/study/run.py``).
 """
 
 from __future__ import annotations
@@ -43,19 +43,25 @@ from loss.fds import FDS, FDSModel
 from loss.weights import WEIGHTS_VERSION, sample_weights
 from metrics import regression_report
 from utils.atomic import atomic_open
-from utils.calibration import BalancedCalibration
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.dataloader import ShardDataset, augment, build_datasets, make_loader
-from utils.models import build_model, input_layout
-from utils.mosaiks import MOSAIKS, MosaiksConfig, run_mosaiks, supports
+from utils.dataloader import ShardDataset, augment, build_datasets, input_layout, make_loader
+from utils.device import resolve_device
+from utils.models import build_model
 from utils.ownership import OutputFolder
 from utils.paths import RunPaths
 from utils.selection import run_problems
-from utils.study_defaults import DEFAULT_ALPHAS, DEFAULT_CALIBRATE
-from utils.train import TRAIN_MARKERS, TRAIN_STAGE, TrainConfig, evaluate, fit, resolve_device
+from utils.study.calibration import BalancedCalibration
+from utils.study.defaults import DEFAULT_ALPHAS, DEFAULT_CALIBRATE
+from utils.study.mosaiks import MOSAIKS, MosaiksConfig, run_mosaiks, supports
+from utils.study.results import (
+    RESULT_FILE,
+    TEST_PREDICTIONS,
+    VAL_PREDICTIONS,
+    json_ready,
+    write_row_predictions,
+)
+from utils.train import TRAIN_MARKERS, TRAIN_STAGE, TrainConfig, evaluate, fit
 
-RESULT_FILE = "result.json"
-TEST_PREDICTIONS, VAL_PREDICTIONS = "predictions_test.csv", "predictions_val.csv"
 #: Metrics of the results table, in column order (keys of ``regression_report``).
 TABLE_METRICS: tuple[str, ...] = ("bmae", "mae", "rmse", "r2", "many_mae", "medium_mae", "few_mae")
 #: TrainConfig fields that do not change a run's result (left out of the cache key).
@@ -341,10 +347,10 @@ def run_experiment(
         label_range=cfg.label_range,
         quantile_bins=cfg.quantile_bins,
     )
-    _write_predictions(out / TEST_PREDICTIONS, target, pred)
+    write_row_predictions(out / TEST_PREDICTIONS, target, pred)
     val_loader = make_loader(datasets["val"], batch_size=cfg.batch_size, seed=cfg.seed)
     _, val_pred, val_target = evaluate(model, val_loader, device=device)
-    _write_predictions(out / VAL_PREDICTIONS, val_target, val_pred)  # for calibration
+    write_row_predictions(out / VAL_PREDICTIONS, val_target, val_pred)  # for calibration
     result = {
         "name": experiment.name,
         "experiment": asdict(experiment),
@@ -354,7 +360,7 @@ def run_experiment(
         "weights_max": float(weights.max()) if weights is not None else 1.0,
         "steps": len(fitted.history) * math.ceil(len(train) / cfg.batch_size),
         "val_r2": float(fitted.best.get("val_r2", float("nan"))),
-        "test": _json_ready(report),
+        "test": json_ready(report),
     }
     with atomic_open(out / RESULT_FILE) as handle:
         json.dump(result, handle, indent=1)
@@ -395,11 +401,6 @@ def study_datasets(
     return datasets or build_datasets(cfg, ("train", "val", "test")), cfg
 
 
-def _write_predictions(path: Path, target: np.ndarray, pred: np.ndarray) -> None:
-    with atomic_open(path) as handle:
-        handle.write(pd.DataFrame({"label": target, "prediction": pred}).to_csv(index=False))
-
-
 def run_study(
     experiments: Sequence[Experiment],
     cfg: TrainConfig,
@@ -422,7 +423,7 @@ def run_study(
         cache_data: keep the decoded samples in memory across the runs
             (:func:`study_datasets`); ignored when ``datasets`` are given.
         mosaiks: the featurisation and ridge of ``cfg.model == "mosaiks"`` (default
-            :class:`utils.mosaiks.MosaiksConfig`); experiments it does not support
+            :class:`utils.study.mosaiks.MosaiksConfig`); experiments it does not support
             (losses other than L2, FDS) are skipped with a message.
 
     Returns:
@@ -491,7 +492,7 @@ def calibrated_rows(
     base: str = "L2",
 ) -> pd.DataFrame:
     """Rows ``"<base> + calibration a=<alpha>"``: the ``base`` run of each seed, its
-    predictions mapped by :class:`utils.calibration.BalancedCalibration` fitted on its
+    predictions mapped by :class:`utils.study.calibration.BalancedCalibration` fitted on its
     validation predictions (no retraining), scored on test like every run.
 
     Runs without ``predictions_val.csv`` (cached before it was written) are skipped with
@@ -527,7 +528,7 @@ def calibrated_rows(
                     **run.to_dict(),
                     "name": f"{base} + calibration a={alpha:g}",
                     **{m: report.get(m, float("nan")) for m in TABLE_METRICS},
-                    "per_bin_mae": _json_ready(report)["per_bin_mae"],
+                    "per_bin_mae": json_ready(report)["per_bin_mae"],
                     "train_seconds": 0.0,
                 }
             )
@@ -727,7 +728,7 @@ def _mean_per_bin(results: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class StudyConfig:
-    """Every knob of a study run (the notebook's and ``bench/study.py``'s).
+    """Every knob of a study run (the notebook's and ``utils/study/run.py``'s).
 
     Attributes:
         run_dir: run folder; shards from ``<run_dir>/shards`` (or ``train.shards_dir``),
@@ -851,9 +852,3 @@ def study_warnings(table: pd.DataFrame) -> list[str]:
 def _loader(built: tuple[dict[str, Dataset], TrainConfig]) -> dict[str, Any]:
     """The loader setting :func:`study_datasets` chose (no workers for device caches)."""
     return {"num_workers": built[1].num_workers}
-
-
-def _json_ready(report: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(
-        json.dumps(report, default=lambda v: v.tolist() if hasattr(v, "tolist") else float(v))
-    )

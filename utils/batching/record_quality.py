@@ -12,8 +12,8 @@ Earth Engine records of this project carry their own quality and identity:
   point's properties so) or constant bands, and bytes features ``cell_id`` /
   ``cell_key``.
 
-Pure functions on the decoded feature dicts of :mod:`utils.example_wire`; the checks
-that quarantine live in :mod:`utils.validate_records`.
+Pure functions on the decoded feature dicts of :mod:`utils.batching.example_wire`; the checks
+that quarantine live in :mod:`utils.batching.validate_records`.
 """
 
 from __future__ import annotations
