@@ -30,7 +30,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -437,17 +437,82 @@ def fit(
             dist.destroy_process_group()
 
 
-def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datasets, out_dir):
-    device = resolve_device(cfg.device, info.local_rank)
-    seed_everything(cfg.seed, cfg.deterministic)
-    out = Path(out_dir) if out_dir is not None else cfg.out_dir()
+@dataclass
+class _Parts:
+    """What one run trains with: the model (wrapped for torchrun once resumed), the loss
+    (and its module when it has parameters), optimizer, scheduler, AMP scaler."""
+
+    model: nn.Module
+    loss_fn: Callable
+    loss_module: nn.Module | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    amp: bool
+
+
+@dataclass
+class _RunState:
+    """Where a run stands: the epochs run, the kept row, epochs since it was kept."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_row: dict[str, float] = field(default_factory=dict)
+    best_bmae: float = math.inf
+    stale: int = 0
+    start_epoch: int = 0
+
+    def add(self, row: dict[str, float], select_mae_within: float | None) -> tuple[set, bool]:
+        """Append epoch ``row`` and choose the kept epoch (:func:`select_epoch`).
+
+        Returns:
+            The candidate epochs still choosable, and whether the kept epoch moved back
+            to an earlier candidate (its checkpoint becomes ``best.pt``).
+        """
+        epoch = int(row["epoch"])
+        self.history.append(row)
+        chosen, candidates = select_epoch(self.history, select_mae_within)
+        moved = chosen != epoch and chosen != self.best_row.get("epoch")
+        self.best_row = dict(next(r for r in self.history if r["epoch"] == chosen))
+        self.best_bmae, self.stale = self.best_row[SELECTION_METRIC], epoch - chosen
+        return candidates, moved
+
+    def extra(self, val_report: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's ``extra``: what a resumed run continues from."""
+        return {
+            "history": self.history,
+            "best": self.best_row,
+            "best_bmae": self.best_bmae,
+            "stale": self.stale,
+            "val_report": val_report,
+        }
+
+
+def _train_val_datasets(
+    cfg: TrainConfig,
+    datasets: dict[str, ShardDataset] | None,
+    sample_weights: np.ndarray | None,
+) -> tuple[ShardDataset, ShardDataset]:
+    """The train and validation datasets (given, or built from ``cfg``); ``sample_weights``
+    must have one value per training sample."""
     datasets = datasets or build_datasets(cfg, ("train", "val"))
     train_ds, val_ds = datasets["train"], datasets["val"]
-    train_labels = train_ds.labels
     if sample_weights is not None and len(sample_weights) != len(train_ds):
         raise ValueError(
             f"sample_weights has {len(sample_weights)} values for {len(train_ds)} train samples"
         )
+    return train_ds, val_ds
+
+
+def _loaders(
+    cfg: TrainConfig,
+    train_ds: ShardDataset,
+    val_ds: ShardDataset,
+    info: DistInfo,
+    device: torch.device,
+    sampler: Sampler | None,
+    sampler_weights: np.ndarray | None,
+) -> tuple[DataLoader, DataLoader]:
+    """The train loader (shuffled, or drawn by the run's sampler) and the validation one."""
     train_sampler = _train_sampler(cfg, train_ds, info, sampler, sampler_weights)
     # items already kept on a device (utils.study.study.MemoryCachedDataset) are not pinned
     pin = device.type == "cuda" and getattr(train_ds, "device", None) is None
@@ -467,6 +532,18 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
         seed=cfg.seed,
         pin_memory=pin,
     )
+    return train_loader, val_loader
+
+
+def _build_parts(
+    cfg: TrainConfig,
+    model: nn.Module | None,
+    loss: Callable | nn.Module | None,
+    train_ds: ShardDataset,
+    device: torch.device,
+) -> _Parts:
+    """The model (``cfg.model`` from seeded weights unless one is given), loss, optimizer,
+    scheduler and scaler, on ``device``."""
     if model is None:
         torch.manual_seed(cfg.seed)  # the initial weights of utils.study.study's runs, too
         model = build_model(
@@ -485,43 +562,216 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     amp = bool(cfg.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    stored_config = _stored_config(cfg, train_ds, model)
+    return _Parts(model, loss_fn, loss_module, optimizer, scheduler, scaler, amp)
 
-    history: list[dict[str, float]] = []
-    start_epoch, best_bmae, best_row, stale = 0, math.inf, {}, 0
-    last_path, best_path = out / LAST_FILE, out / BEST_FILE
-    if cfg.resume and last_path.is_file():
-        ckpt = load_checkpoint(last_path, map_location=device)
-        _check_resumable(ckpt["config"], cfg, last_path)
-        load_weights(model, ckpt, last_path)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        if loss_module is not None and "loss" in ckpt:
-            loss_module.load_state_dict(ckpt["loss"])
-        extra = ckpt["extra"]
-        history, best_row = list(extra["history"]), dict(extra["best"])
-        best_bmae, stale = float(extra["best_bmae"]), int(extra["stale"])
-        start_epoch = int(ckpt["epoch"])
-        set_rng_state(ckpt["rng"])
-        if info.is_main:
-            print(f"resumed {last_path} after epoch {start_epoch}")
 
-    clip_params = [p for g in optimizer.param_groups for p in g["params"]]
-    if info.enabled:
-        ids = [info.local_rank] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    writer = None
+def _resume(
+    cfg: TrainConfig, parts: _Parts, last_path: Path, device: torch.device, info: DistInfo
+) -> _RunState:
+    """With ``cfg.resume`` and a ``last.pt``: its weights, optimizer, scheduler, scaler,
+    loss state and RNG state restored; returns the progress to continue from (a fresh
+    one otherwise)."""
+    if not (cfg.resume and last_path.is_file()):
+        return _RunState()
+    ckpt = load_checkpoint(last_path, map_location=device)
+    _check_resumable(ckpt["config"], cfg, last_path)
+    load_weights(parts.model, ckpt, last_path)
+    parts.optimizer.load_state_dict(ckpt["optimizer"])
+    parts.scheduler.load_state_dict(ckpt["scheduler"])
+    if "scaler" in ckpt:
+        parts.scaler.load_state_dict(ckpt["scaler"])
+    if parts.loss_module is not None and "loss" in ckpt:
+        parts.loss_module.load_state_dict(ckpt["loss"])
+    extra = ckpt["extra"]
+    progress = _RunState(
+        history=list(extra["history"]),
+        best_row=dict(extra["best"]),
+        best_bmae=float(extra["best_bmae"]),
+        stale=int(extra["stale"]),
+        start_epoch=int(ckpt["epoch"]),
+    )
+    set_rng_state(ckpt["rng"])
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.tensorboard:
-            quiet_tensorflow()  # TensorBoard imports TensorFlow when it is installed
-            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (slow import)
+        print(f"resumed {last_path} after epoch {progress.start_epoch}")
+    return progress
 
-            writer = SummaryWriter(str(out / TB_DIR))
+
+def _distribute(model: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun, else itself."""
+    if not info.enabled:
+        return model
+    ids = [info.local_rank] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _open_outputs(cfg: TrainConfig, out: Path, info: DistInfo) -> Any:
+    """Create the run folder (rank 0); the TensorBoard writer when ``cfg.tensorboard``."""
+    if not info.is_main:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.tensorboard:
+        return None
+    quiet_tensorflow()  # TensorBoard imports TensorFlow when it is installed
+    from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 (slow import)
+
+    return SummaryWriter(str(out / TB_DIR))
+
+
+def _train_and_validate(
+    cfg: TrainConfig,
+    epoch: int,
+    parts: _Parts,
+    loaders: tuple[DataLoader, DataLoader],
+    *,
+    device: torch.device,
+    info: DistInfo,
+    sample_weights: np.ndarray | None,
+    clip_params: list[torch.Tensor],
+    progress: bool,
+    metric_kwargs: dict[str, Any],
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """One epoch (0-based ``epoch``): reseed its draws from the seed alone, train, step the
+    scheduler, validate.
+
+    Returns:
+        The history row of the epoch and the validation report.
+    """
+    train_loader, val_loader = loaders
+    model = parts.model
+    t0 = time.perf_counter()
+    train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
+    # in-process draws (augmentation without workers, dropout) per epoch from the seed
+    # alone, whatever ran before (a study's model building, another data path)
+    torch.manual_seed(cfg.seed * 1_000_003 + epoch)
+    _reseed_sampler(train_loader.sampler, cfg.seed, epoch)
+    lr = parts.optimizer.param_groups[0]["lr"]
+    train = train_one_epoch(
+        model,
+        train_loader,
+        parts.loss_fn,
+        parts.optimizer,
+        device=device,
+        scaler=parts.scaler,
+        amp=parts.amp,
+        grad_clip=cfg.grad_clip,
+        sample_weights=sample_weights,
+        clip_params=clip_params,
+        progress=progress,
+        desc=f"epoch {epoch + 1} train",
+    )
+    if hasattr(unwrap(model), "end_epoch"):
+        unwrap(model).end_epoch(epoch)
+    parts.scheduler.step()
+    loss_sum, n = _all_reduce_sum([train["loss"] * train["n"], train["n"]], info, device)
+    train_report = regression_report(
+        train["pred"],
+        train["target"],
+        train_labels=metric_kwargs["train_labels"],
+        bins=cfg.bins,
+        value_range=tuple(cfg.label_range) if cfg.label_range else None,
+        quantile=cfg.quantile_bins,
+    )
+    val_report, _, _ = evaluate(
+        unwrap(model),
+        val_loader,
+        parts.loss_fn,
+        device=device,
+        amp=parts.amp,
+        progress=progress,
+        desc=f"epoch {epoch + 1} val",
+        **metric_kwargs,
+    )
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": loss_sum / n,
+        "val_loss": val_report["loss"],
+    }
+    row.update({f"train_{k}": v for k, v in scalar_metrics(train_report).items()})
+    row.update({f"val_{k}": v for k, v in scalar_metrics(val_report).items()})
+    row.update(
+        {
+            "data_s": train["data_s"],
+            "compute_s": train["compute_s"],
+            "epoch_s": time.perf_counter() - t0,
+        }
+    )
+    return row, val_report
+
+
+def _save_epoch(
+    out: Path,
+    cfg: TrainConfig,
+    parts: _Parts,
+    stored_config: dict,
+    run: _RunState,
+    val_report: dict[str, Any],
+    candidates: set[int],
+    moved: bool,
+    writer: Any,
+) -> None:
+    """Rank 0's files after an epoch: ``best.pt`` when it is the kept one, the selection's
+    candidates, ``last.pt``, ``history.csv`` and the TensorBoard scalars."""
+    row = run.history[-1]
+    epoch, chosen = int(row["epoch"]), int(run.best_row["epoch"])
+    state = {
+        "model": parts.model,
+        "config": stored_config,
+        "optimizer": parts.optimizer,
+        "scaler": parts.scaler,
+        "scheduler": parts.scheduler,
+        "loss_module": parts.loss_module,
+        "extra": run.extra(val_report),
+    }
+    if chosen == epoch:
+        save_checkpoint(out / BEST_FILE, epoch=epoch, **state)
+    if cfg.select_mae_within is not None:
+        _keep_candidates(out, epoch, candidates, chosen if moved else None, state)
+    save_checkpoint(out / LAST_FILE, epoch=epoch, **state)
+    _write_history(out / HISTORY_FILE, run.history)
+    if writer is not None:
+        for key, value in row.items():
+            if key != "epoch" and np.isfinite(value):
+                writer.add_scalar(key.replace("_", "/", 1), value, epoch)
+        writer.flush()
+
+
+def _agree_to_stop(stop: bool, info: DistInfo, device: torch.device) -> bool:
+    """Rank 0's early-stopping decision, shared with every rank under torchrun."""
+    if not info.enabled:
+        return stop
+    flag = torch.tensor([int(stop)], device=device)
+    dist.broadcast(flag, src=0)
+    stop = bool(flag.item())
+    dist.barrier()
+    return stop
+
+
+def _fit(
+    cfg: TrainConfig,
+    info: DistInfo,
+    loss: Callable | nn.Module | None,
+    sample_weights: np.ndarray | None,
+    sampler: Sampler | None,
+    sampler_weights: np.ndarray | None,
+    model: nn.Module | None,
+    datasets: dict[str, ShardDataset] | None,
+    out_dir: str | Path | None,
+) -> FitResult:
+    """:func:`fit` inside its output guard: set up, resume, then train epoch by epoch."""
+    device = resolve_device(cfg.device, info.local_rank)
+    seed_everything(cfg.seed, cfg.deterministic)
+    out = Path(out_dir) if out_dir is not None else cfg.out_dir()
+    train_ds, val_ds = _train_val_datasets(cfg, datasets, sample_weights)
+    loaders = _loaders(cfg, train_ds, val_ds, info, device, sampler, sampler_weights)
+    parts = _build_parts(cfg, model, loss, train_ds, device)
+    stored_config = _stored_config(cfg, train_ds, parts.model)
+    run = _resume(cfg, parts, out / LAST_FILE, device, info)
+    clip_params = [p for g in parts.optimizer.param_groups for p in g["params"]]
+    parts.model = _distribute(parts.model, info, device)
+    writer = _open_outputs(cfg, out, info)
     metric_kwargs = {
-        "train_labels": train_labels,
+        "train_labels": train_ds.labels,
         "bins": cfg.bins,
         "label_range": cfg.label_range,
         "quantile_bins": cfg.quantile_bins,
@@ -529,126 +779,52 @@ def _fit(cfg, info, loss, sample_weights, sampler, sampler_weights, model, datas
     stopped = False
     progress = cfg.progress and info.is_main
     epochs = tqdm(
-        range(start_epoch, cfg.epochs),
+        range(run.start_epoch, cfg.epochs),
         desc=cfg.experiment,
         disable=not progress,
-        initial=start_epoch,
+        initial=run.start_epoch,
         total=cfg.epochs,
     )
     for epoch in epochs:
-        t0 = time.perf_counter()
-        train_loader.generator.manual_seed(cfg.seed * 1_000_003 + epoch)
-        # in-process draws (augmentation without workers, dropout) per epoch from the seed
-        # alone, whatever ran before (a study's model building, another data path)
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)
-        _reseed_sampler(train_loader.sampler, cfg.seed, epoch)
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(
-            model,
-            train_loader,
-            loss_fn,
-            optimizer,
+        row, val_report = _train_and_validate(
+            cfg,
+            epoch,
+            parts,
+            loaders,
             device=device,
-            scaler=scaler,
-            amp=amp,
-            grad_clip=cfg.grad_clip,
+            info=info,
             sample_weights=sample_weights,
             clip_params=clip_params,
             progress=progress,
-            desc=f"epoch {epoch + 1} train",
+            metric_kwargs=metric_kwargs,
         )
-        if hasattr(unwrap(model), "end_epoch"):
-            unwrap(model).end_epoch(epoch)
-        scheduler.step()
-        loss_sum, n = _all_reduce_sum([train["loss"] * train["n"], train["n"]], info, device)
-        train_report = regression_report(
-            train["pred"],
-            train["target"],
-            train_labels=train_labels,
-            bins=cfg.bins,
-            value_range=tuple(cfg.label_range) if cfg.label_range else None,
-            quantile=cfg.quantile_bins,
-        )
-        val_report, _, _ = evaluate(
-            unwrap(model),
-            val_loader,
-            loss_fn,
-            device=device,
-            amp=amp,
-            progress=progress,
-            desc=f"epoch {epoch + 1} val",
-            **metric_kwargs,
-        )
-        row = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            "train_loss": loss_sum / n,
-            "val_loss": val_report["loss"],
-        }
-        row.update({f"train_{k}": v for k, v in scalar_metrics(train_report).items()})
-        row.update({f"val_{k}": v for k, v in scalar_metrics(val_report).items()})
-        row.update(
-            {
-                "data_s": train["data_s"],
-                "compute_s": train["compute_s"],
-                "epoch_s": time.perf_counter() - t0,
-            }
-        )
-        history.append(row)
-        chosen, candidates = select_epoch(history, cfg.select_mae_within)
-        improved = chosen == epoch + 1
-        moved = not improved and chosen != best_row.get("epoch")  # back to a kept candidate
-        best_row = dict(next(r for r in history if r["epoch"] == chosen))
-        best_bmae, stale = best_row[SELECTION_METRIC], epoch + 1 - chosen
-        stop = bool(cfg.early_stopping and stale >= cfg.early_stopping)
+        candidates, moved = run.add(row, cfg.select_mae_within)
+        stop = bool(cfg.early_stopping and run.stale >= cfg.early_stopping)
         if info.is_main:
-            extra = {
-                "history": history,
-                "best": best_row,
-                "best_bmae": best_bmae,
-                "stale": stale,
-                "val_report": val_report,
-            }
-            state = {
-                "model": model,
-                "config": stored_config,
-                "optimizer": optimizer,
-                "scaler": scaler,
-                "scheduler": scheduler,
-                "loss_module": loss_module,
-                "extra": extra,
-            }
-            if improved:
-                save_checkpoint(best_path, epoch=epoch + 1, **state)
-            if cfg.select_mae_within is not None:
-                _keep_candidates(out, epoch + 1, candidates, chosen if moved else None, state)
-            save_checkpoint(last_path, epoch=epoch + 1, **state)
-            _write_history(out / HISTORY_FILE, history)
-            if writer is not None:
-                for key, value in row.items():
-                    if key != "epoch" and np.isfinite(value):
-                        writer.add_scalar(key.replace("_", "/", 1), value, epoch + 1)
-                writer.flush()
+            _save_epoch(out, cfg, parts, stored_config, run, val_report, candidates, moved, writer)
             epochs.set_postfix(train=f"{row['train_loss']:.4f}", val_bmae=f"{row['val_bmae']:.4f}")
-        if info.enabled:
-            flag = torch.tensor([int(stop)], device=device)
-            dist.broadcast(flag, src=0)
-            stop = bool(flag.item())
-            dist.barrier()
-        if stop:
+        if _agree_to_stop(stop, info, device):
             stopped = True
             if info.is_main:
                 print(
                     f"early stopping after epoch {epoch + 1}: no better val b-MAE for "
-                    f"{cfg.early_stopping} epochs (best {best_bmae:.4f})"
+                    f"{cfg.early_stopping} epochs (best {run.best_bmae:.4f})"
                 )
             break
     if writer is not None:
         writer.close()
-    steps = len(history) * len(train_loader)
+    steps = len(run.history) * len(loaders[0])
     if info.is_main and (too_few := run_problems(steps=steps, test_r2=math.nan)):
         warnings.warn(f"{cfg.experiment}: {', '.join(too_few.values())}", stacklevel=3)
-    return FitResult(history, best_row, best_path, last_path, out / HISTORY_FILE, out, stopped)
+    return FitResult(
+        run.history,
+        run.best_row,
+        out / BEST_FILE,
+        out / LAST_FILE,
+        out / HISTORY_FILE,
+        out,
+        stopped,
+    )
 
 
 # --- command line --------------------------------------------------------------------------

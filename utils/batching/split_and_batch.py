@@ -63,7 +63,7 @@ from utils.batching.shard_writer import (
     write_metadata,
     write_shard_attrs,
 )
-from utils.batching.spatial_split import MODES, assign_splits, check_ratios
+from utils.batching.spatial_split import MODES, SplitResult, assign_splits, check_ratios
 from utils.batching.unzip import extract_archives
 from utils.batching.validate_records import (
     RecordError,
@@ -82,6 +82,8 @@ SKIP_REASON = "not_an_input"
 EXTRACTED_DIR = "extracted"
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = ".staging"
+#: The staging folder's stamp: the run fingerprint (and the settled patch size).
+STAMP_FILE = "fingerprint"
 #: Staging datasets of the per-sample summaries behind ``stats.json``.
 STAT_MOMENTS, STAT_GRID = "stat_moments", "stat_grid"
 #: Staging dataset of each staged chunk's (offset, size) in the part's ``.chunks`` file.
@@ -730,19 +732,75 @@ def run_split_and_batch(
         return _convert(src, out, cfg, entries, owner, start)
 
 
-def _convert(
-    src: Path, out: Path, cfg: SplitConfig, entries: list[Entry], owner: OutputFolder, start: float
-) -> SplitReport:
-    """The body of :func:`run_split_and_batch`, under the output folder's lock."""
-    fingerprint = input_fingerprint(src, entries, cfg)
+@dataclass
+class _Inputs:
+    """What the input folder holds once its archives are unpacked.
+
+    Attributes:
+        rows: manifest rows of the entries that are no record (skipped kinds, links,
+            archive problems), before any record is read.
+        items: the record files to read, by name.
+        extracted: unpacked files that are no record or archive (skipped, in the manifest).
+    """
+
+    rows: list[dict]
+    items: list[InputFile]
+    extracted: list[Entry]
+
+
+@dataclass
+class _Staged:
+    """The read and validate pass: staging parts at the run's patch size.
+
+    Attributes:
+        part_paths: the staging parts, in input order.
+        codec: how each sample's chunk is encoded (written once, copied into the shards).
+        rules: the record rules the pass applied.
+        rows: one manifest row per record read (``ok`` or ``quarantined``).
+        sizes: records per band length read (:func:`size_mix`).
+        size: the patch side kept.
+        band_names: the image bands and extra channels of every sample.
+    """
+
+    part_paths: list[Path]
+    codec: ChunkCodec
+    rules: RecordRules
+    rows: list[dict]
+    sizes: dict[int, int]
+    size: int
+    band_names: list[str]
+
+
+@dataclass
+class _Split:
+    """The manifest with each valid record's split, and what the split found."""
+
+    manifest: pd.DataFrame
+    ok: pd.DataFrame
+    result: SplitResult
+    splits: tuple[str, ...]
+
+
+def _finished_run(out: Path, fingerprint: str) -> SplitReport | None:
+    """The report of a finished run of the same inputs and config (marked skipped), if any."""
     done = out / DONE_FILE
     if done.is_file() and done.read_text() == fingerprint and (out / REPORT_FILE).is_file():
         report = SplitReport.load(out)
         report.skipped = True
         return report
+    return None
 
+
+def _prepare_folders(out: Path, fingerprint: str, owner: OutputFolder) -> tuple[Path, Path]:
+    """The staging and quarantine folders: staging kept when it belongs to the same inputs
+    and config (a resumed run), else everything this stage wrote is removed first; stale
+    temporary files of a killed run are removed.
+
+    Returns:
+        The staging and quarantine folders.
+    """
     staging, quarantine = out / STAGING_DIR, out / QUARANTINE_DIR
-    stamp = staging / "fingerprint"
+    stamp = staging / STAMP_FILE
     if not (stamp.is_file() and stamp.read_text().split(SIZE_MARK)[0] == fingerprint):
         owner.remove_recorded(keep_dirs=[EXTRACTED_DIR])  # only what this stage wrote
         owner.record(OUTPUT_FILES, (STAGING_DIR, QUARANTINE_DIR, EXTRACTED_DIR))
@@ -752,8 +810,14 @@ def _convert(
     for folder in (out, staging, quarantine, *(out / s for s in hs.ALL_SPLITS)):
         if folder.is_dir():
             remove_stale_temporaries(folder)
+    return staging, quarantine
 
-    # 1. unzip
+
+def _unzip_and_list(
+    src: Path, out: Path, cfg: SplitConfig, entries: list[Entry], quarantine: Path
+) -> _Inputs:
+    """Step 1: unpack the archives into ``out/extracted/`` (an unsafe archive or entry is
+    quarantined with its reason) and list the record files to read."""
     unzipped = extract_archives(
         src,
         out / EXTRACTED_DIR,
@@ -776,15 +840,28 @@ def _convert(
                 foreign.add(p.relative_to(out).as_posix())
     extracted = [Entry(n, out / n, "other") for n in sorted(foreign)]
     rows += _entry_rows([Entry(e.name, e.path, e.kind, f"kind {e.file_kind}") for e in extracted])
-    items = sorted(set(items), key=lambda item: item.name)
+    return _Inputs(rows, sorted(set(items), key=lambda item: item.name), extracted)
 
-    # 2. read, validate, stage (again at the most common size, if the guess was wrong)
+
+def _read_and_validate(
+    items: list[InputFile],
+    cfg: SplitConfig,
+    src: Path,
+    staging: Path,
+    quarantine: Path,
+    fingerprint: str,
+) -> _Staged:
+    """Step 2: the read and validate pass over every record, staged at the patch size of
+    ``cfg.size``, else of the staging stamp, else guessed from the first records; when most
+    records turn out to have another size, the pass runs again at that size (kept in the
+    stamp, so a resumed run does not guess again)."""
     extra = (
         tuple(cfg.extra_channels)
         if cfg.extra_channels is not None
         else infer_extra_channels([i.path for i in items])
     )
     band_names = [*schema.image_band_names(), *extra]
+    stamp = staging / STAMP_FILE
     size = _staged_size(stamp) or cfg.size or infer_size([i.path for i in items]) or 1
     while True:
         part_paths, codec, rules = _stage(items, size, extra, cfg, staging, quarantine)
@@ -797,9 +874,19 @@ def _convert(
             path.unlink()
         stamp.write_text(f"{fingerprint}{SIZE_MARK}{best}")
         size = best
+    return _Staged(part_paths, codec, rules, staged, sizes, size, band_names)
 
-    # 3. split
-    rows += staged
+
+def _choose_splits(
+    rows: list[dict], part_paths: list[Path], cfg: SplitConfig, src: Path, out: Path
+) -> _Split:
+    """Step 3: the manifest of every row; duplicates quarantined, then each valid record
+    assigned to train/val/test by location (records without a label: ``predict``).
+
+    Raises:
+        InputError: no valid record, or a split with a ratio above 0 left empty (the
+            manifest is written first, with every reason).
+    """
     manifest = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "part", "staged"], dtype=object)
     _refuse_duplicates(manifest, part_paths)
     ok = manifest[manifest["status"] == "ok"]
@@ -826,74 +913,138 @@ def _convert(
     if len(labelled):  # a run of places alone (to predict) has no labelled split to fill
         _refuse_empty_splits(manifest, cfg, out)
     splits = (*hs.SPLITS, hs.PREDICT) if len(places) else hs.SPLITS
+    return _Split(manifest, ok, result, splits)
 
-    # 4. shards + train statistics
-    stats = BandStats(band_names, rules.reflectance_range)
-    handles = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
+
+def _write_shards(
+    split: _Split,
+    staged: _Staged,
+    cfg: SplitConfig,
+    src: Path,
+    out: Path,
+    owner: OutputFolder,
+    fingerprint: str,
+) -> tuple[dict[str, int], BandStats]:
+    """Step 4: copy each sample's staged chunk into ``out/<split>/`` shards (a shard of
+    this fingerprint already there is kept), filling the manifest's ``shard`` and
+    ``index_in_shard``, and gather the train statistics.
+
+    Returns:
+        Shards per split, and the train split's band statistics.
+    """
+    manifest = split.manifest
+    stats = BandStats(staged.band_names, staged.rules.reflectance_range)
+    handles = {k: _StagedPart.open(p) for k, p in enumerate(staged.part_paths)}
     shard_counts = {}
     try:
-        for split in splits:
-            members = manifest[manifest["split"] == split]
+        for name in split.splits:
+            members = manifest[manifest["split"] == name]
             starts = range(0, len(members), cfg.shard_size)
-            shard_counts[split] = len(starts)
+            shard_counts[name] = len(starts)
             for j, first in enumerate(
-                tqdm(starts, desc=f"{split} shards", disable=not cfg.progress)
+                tqdm(starts, desc=f"{name} shards", disable=not cfg.progress)
             ):
                 chunk = members.iloc[first : first + cfg.shard_size]
-                path = out / split / hs.shard_name(split, j)
-                manifest.loc[chunk.index, "shard"] = f"{split}/{path.name}"
+                path = out / name / hs.shard_name(name, j)
+                manifest.loc[chunk.index, "shard"] = f"{name}/{path.name}"
                 manifest.loc[chunk.index, "index_in_shard"] = np.arange(len(chunk))
-                owner.record([f"{split}/{path.name}"])
+                owner.record([f"{name}/{path.name}"])
                 if not _shard_done(path, fingerprint):
                     _write_shard(
                         path,
                         chunk.astype({"staged": int, "year": int, "imagery_year": int}),
                         handles,
-                        codec,
-                        split=split,
+                        staged.codec,
+                        split=name,
                         source=str(src),
-                        config={**cfg.identity(), "bands": band_names},
+                        config={**cfg.identity(), "bands": staged.band_names},
                         fingerprint=fingerprint,
                     )
-        _train_stats(manifest, handles, stats, size * size)
+        _train_stats(manifest, handles, stats, staged.size * staged.size)
     finally:
         for handle in handles.values():
             handle.close()
+    return shard_counts, stats
 
-    # 5. manifest, reasons, stats, report
+
+def _write_tables(out: Path, manifest: pd.DataFrame, stats: BandStats) -> pd.DataFrame:
+    """Step 5: ``manifest.csv``, the quarantine's reasons and ``stats.json``.
+
+    Returns:
+        The manifest as written.
+    """
     table = _write_manifest(out, manifest)
     bad = table[table["status"] == "quarantined"]
-    with atomic_open(quarantine / REASONS_FILE) as handle:
+    with atomic_open(out / QUARANTINE_DIR / REASONS_FILE) as handle:
         bad[["file", "record", "reason", "detail", "quarantine_file"]].to_csv(
             handle, index=False, lineterminator="\n"
         )
     with atomic_open(out / hs.STATS_FILE) as handle:
         json.dump(stats.result("train"), handle, indent=1)
+    return table
+
+
+def _make_report(
+    out: Path,
+    table: pd.DataFrame,
+    split: _Split,
+    staged: _Staged,
+    entries: list[Entry],
+    extracted: list[Entry],
+    shard_counts: dict[str, int],
+    start: float,
+) -> SplitReport:
+    """The run's :class:`SplitReport`, from the manifest as written."""
+    bad = table[table["status"] == "quarantined"]
     counts = bad["reason"].value_counts()
-    report = SplitReport(
+    result = split.result
+    return SplitReport(
         out=str(out),
-        inputs=len(ok) + len(bad),
-        ok=len(ok),
+        inputs=len(split.ok) + len(bad),
+        ok=len(split.ok),
         quarantined=len(bad),
         skipped_files=int((table["status"] == "skipped").sum()),
         skipped_kinds=skipped_kinds([*entries, *extracted]),
         entries=len(entries),
-        size_mix={_size_text(v): n for v, n in sizes.items()},
-        per_split={s: int((table["split"] == s).sum()) for s in splits},
+        size_mix={_size_text(v): n for v, n in staged.sizes.items()},
+        per_split={s: int((table["split"] == s).sum()) for s in split.splits},
         per_reason={r: int(counts[r]) for r in REASONS if r in counts},
         shards=shard_counts,
-        size=size,
+        size=staged.size,
         label_bins={s: result.counts.loc[s].astype(int).tolist() for s in hs.SPLITS},
         bin_edges=result.bin_edges.tolist(),
         uncovered=[list(u) for u in result.uncovered],
         n_blocks=int(len(np.unique(result.block))),
         seconds=time.perf_counter() - start,
     )
+
+
+def _finish(out: Path, report: SplitReport, fingerprint: str) -> None:
+    """Write ``report.json``, then the done mark (the run is complete), then drop staging."""
     with atomic_open(out / REPORT_FILE) as handle:
         json.dump(dataclasses.asdict(report), handle, indent=1)
-    with atomic_open(done) as handle:
+    with atomic_open(out / DONE_FILE) as handle:
         handle.write(fingerprint)
-    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(out / STAGING_DIR, ignore_errors=True)
+
+
+def _convert(
+    src: Path, out: Path, cfg: SplitConfig, entries: list[Entry], owner: OutputFolder, start: float
+) -> SplitReport:
+    """The body of :func:`run_split_and_batch`, under the output folder's lock: the named
+    steps in order (each resumable: a killed run continues from its staging parts and
+    finished shards)."""
+    fingerprint = input_fingerprint(src, entries, cfg)
+    if (finished := _finished_run(out, fingerprint)) is not None:
+        return finished
+    staging, quarantine = _prepare_folders(out, fingerprint, owner)
+    inputs = _unzip_and_list(src, out, cfg, entries, quarantine)
+    staged = _read_and_validate(inputs.items, cfg, src, staging, quarantine, fingerprint)
+    split = _choose_splits([*inputs.rows, *staged.rows], staged.part_paths, cfg, src, out)
+    shard_counts, stats = _write_shards(split, staged, cfg, src, out, owner, fingerprint)
+    table = _write_tables(out, split.manifest, stats)
+    report = _make_report(out, table, split, staged, entries, inputs.extracted, shard_counts, start)
+    _finish(out, report, fingerprint)
     return report
 
 
