@@ -28,6 +28,7 @@ CLIS = [
     ("utils.batching.split_and_batch", [], True),
     ("utils.pipeline", [], True),
     ("utils.study.run", [], True),
+    ("utils.study.ideal_balancing", [], False),  # a research tool, not a stage
     # torch stages: their options come from TrainConfig / ExplainConfig (utils.train_config,
     # visualization.explain_config) and are parsed before the stage's torch imports
     ("utils.train", [], True),

@@ -134,7 +134,7 @@ def load_session(
     saved in the checkpoint has); the dataset is built with them so that the model sees
     exactly what it was trained on (centre crops, train statistics).
     """
-    from utils.dataloader import ShardDataset  # noqa: PLC0415
+    from utils.dataloader import ShardDataset, input_layout  # noqa: PLC0415
 
     OutputFolder.claim(cfg.paths.explain, "explanations", EXPLAIN_MARKERS)  # refuses foreign
     checkpoint = Path("<given model>")
@@ -148,7 +148,6 @@ def load_session(
     channels = _get(model_config, "channels", "s2")
     dw_mode = _get(model_config, "dw_mode", "onehot")
     crop = _get(model_config, "crop", None)
-    from utils.dataloader import input_layout  # noqa: PLC0415
     from utils.models import StackedVideo  # noqa: PLC0415
 
     layout = input_layout(str(_get(model_config, "model", "")))
