@@ -195,7 +195,7 @@ def load_model_from_checkpoint(
         The model (on ``map_location``) and the run config stored with it (its
         ``band_names``, ``channels``, ``dw_mode``, ``crop``, ... rebuild the inputs).
     """
-    from utils.models import build_model  # noqa: PLC0415 (models import the dataloader)
+    from utils.models import build_model  # noqa: PLC0415 (torchvision loads only when a model is built)
 
     checkpoint = load_checkpoint(path, map_location)
     spec = checkpoint.get("model_spec") or {}

@@ -47,7 +47,7 @@ from utils import hdf5_schema as hs
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
 from utils.batching import record_quality as rq
 from utils.batching.duplicates import mark_duplicates
-from utils.batching.input_tree import RECORD_SUFFIXES, Entry, file_kind, scan_inputs, skipped_kinds  # noqa: F401 (re-export)
+from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.batching.shard_writer import (
     COMPRESSIONS,
