@@ -4,9 +4,10 @@ The per-sample path (:class:`utils.dataloader.ShardDataset` with ``train=True``)
 and flips every sample on a CPU core. With ``crop=None, augment=False`` the dataset
 returns whole patches instead and :class:`BatchCropFlip` crops and augments the batch
 after the loader, e.g. on the GPU, in one gather: the CPU does only the reading and the
-standardisation. The draws come from the transform's own generator (one per batch),
-not from torch's per-worker RNG, so the two paths give different (each reproducible)
-augmentations; the per-sample path stays the default (see docs/performance.md).
+standardisation. ``TrainConfig(augment_on="device")`` trains this way. The draws come
+from the transform's own generator, not from torch's per-worker RNG, so the two paths
+give different (each reproducible) augmentations; the per-sample path stays the default
+(see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -15,35 +16,51 @@ from dataclasses import dataclass
 
 import torch
 
+from utils.dataloader import crop_size
+
 
 @dataclass
 class BatchCropFlip:
-    """Random ``crop`` x ``crop`` windows, horizontal and vertical flips and (for square
-    crops) multiples of 90 degrees, drawn per sample, applied to a (B, C, H, W) batch.
+    """Random ``crop`` x ``crop`` windows, horizontal and vertical flips and multiples of
+    90 degrees, drawn per sample, applied to a (B, C, H, H) batch, or to the last two
+    axes of a (B, C, T, H, H) one (layout ``"time"``: every quarter of a sample alike).
 
     Args:
-        crop: side of the output windows (pixels, at most the patch side).
+        crop: side of the output windows as :attr:`utils.train.TrainConfig.crop` takes
+            it: pixels (int), a share of the patch side (float) or None (the whole
+            patch: only flips and turns).
         augment: also flip and rotate (else only random crops).
-        train: random windows; ``False`` takes the centre window and never augments.
-        seed: seed of the transform's CPU generator (draws are moved to the batch's device).
+        train: random windows; ``False`` takes the centre window (that of
+            ``ShardDataset(train=False)``) and never augments.
+        seed: seed of the transform's CPU generator (draws are moved to the batch's
+            device); :meth:`reseed` starts it again.
     """
 
-    crop: int
+    crop: int | float | None
     augment: bool = True
     train: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.crop < 1:
-            raise ValueError(f"crop must be a positive number of pixels, got {self.crop}")
+        if isinstance(self.crop, (int, float)) and not self.crop > 0:
+            raise ValueError(f"crop must be positive (px or a share), got {self.crop}")
         self.generator = torch.Generator().manual_seed(self.seed)
+
+    def reseed(self, seed: int) -> None:
+        """Start the draws again from ``seed`` (e.g. once per epoch and rank)."""
+        self.seed = seed
+        self.generator.manual_seed(seed)
+
+    def side(self, patch: int) -> int:
+        """The crop side in px for a ``patch`` px patch (:func:`~utils.dataloader.crop_size`)."""
+        if isinstance(self.crop, int) and self.crop > patch:
+            raise ValueError(f"crop {self.crop} is larger than the patch ({patch} px)")
+        return crop_size(self.crop, patch)
 
     def draws(self, batch: int, patch: int) -> dict[str, torch.Tensor]:
         """Per-sample draws: window corners ``top``/``left``, ``flip_h``/``flip_v`` (0/1)
         and quarter ``turns`` (0-3), as CPU int64 tensors of length ``batch``."""
-        free = patch - self.crop
-        if free < 0:
-            raise ValueError(f"crop {self.crop} is larger than the patch ({patch} px)")
+        free = patch - self.side(patch)
         if not self.train:
             corner = torch.full((batch,), free // 2, dtype=torch.int64)
             zero = torch.zeros(batch, dtype=torch.int64)
@@ -57,19 +74,37 @@ class BatchCropFlip:
         return {"top": top, "left": left, "flip_h": flips[0], "flip_v": flips[1], "turns": turns}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """The transformed (B, C, crop, crop) batch, on the device of ``images``."""
-        if images.ndim != 4 or images.shape[-1] != images.shape[-2]:
-            raise ValueError(f"images must be (B, C, H, H), got {tuple(images.shape)}")
-        d = {k: v.to(images.device) for k, v in self.draws(len(images), images.shape[-1]).items()}
-        steps = torch.arange(self.crop, device=images.device)
-        # a flip reverses the window's index order, so crop and flips are one gather
+        """The transformed (B, C, crop, crop) or (B, C, T, crop, crop) batch, on the
+        device of ``images``, with new draws."""
+        _check_shape(images)
+        return self.apply(images, self.draws(len(images), images.shape[-1]))
+
+    def apply(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``images`` transformed by given :meth:`draws`: per-pixel companions of a batch
+        (e.g. its valid-pixel ``mask``) stay aligned with the image given the same draws."""
+        shape = _check_shape(images)
+        if images.ndim == 5:  # the quarters of a sample share its window and flips
+            flat = self.apply(images.reshape(shape[0], -1, *shape[-2:]), draws)
+            return flat.reshape(*shape[:3], *flat.shape[-2:])
+        d = {k: v.to(images.device) for k, v in draws.items()}
+        n, patch, device = self.side(shape[-1]), shape[-1], images.device
+        steps = torch.arange(n, device=device)
+        # a flip reverses the window's index order; a quarter turn k reads output pixel
+        # (i, j) from the flipped window's (a_k, b_k): torch.rot90's order, one gather
         rows = d["top"][:, None] + torch.where(d["flip_v"][:, None] == 1, steps.flip(0), steps)
         cols = d["left"][:, None] + torch.where(d["flip_h"][:, None] == 1, steps.flip(0), steps)
-        batch = torch.arange(len(images), device=images.device)[:, None, None]
-        out = images[batch, :, rows[:, :, None], cols[:, None, :]]  # (B, crop, crop, C)
-        out = out.permute(0, 3, 1, 2).contiguous()
-        for k in (1, 2, 3):
-            chosen = d["turns"] == k
-            if bool(chosen.any()):
-                out[chosen] = torch.rot90(out[chosen], k, (-2, -1))
-        return out
+        i, j = steps[:, None].expand(n, n), steps[None, :].expand(n, n)
+        a = torch.stack([i, j, n - 1 - i, n - 1 - j])[d["turns"]].reshape(len(images), -1)
+        b = torch.stack([j, n - 1 - i, n - 1 - j, i])[d["turns"]].reshape(len(images), -1)
+        pixel = rows.gather(1, a) * patch + cols.gather(1, b)  # (B, n * n) in the patch
+        flat = images.reshape(*shape[:2], patch * patch)
+        out = flat.gather(2, pixel[:, None, :].expand(-1, shape[1], -1))
+        return out.reshape(*shape[:2], n, n)
+
+def _check_shape(images: torch.Tensor) -> tuple[int, ...]:
+    """The shape of a (B, C, H, H) or (B, C, T, H, H) batch, else a ``ValueError``."""
+    if images.ndim not in (4, 5) or images.shape[-1] != images.shape[-2]:
+        raise ValueError(
+            f"images must be (B, C, H, H) or (B, C, T, H, H), got {tuple(images.shape)}"
+        )
+    return tuple(images.shape)

@@ -451,17 +451,19 @@ def make_loader(
 def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, ShardDataset]:
     """The datasets of ``splits`` for a config with ``shards_dir``, ``channels``,
     ``dw_mode``, ``crop`` and ``augment`` (a :class:`utils.train.TrainConfig`), in the
-    layout its ``model`` takes (:func:`input_layout`)."""
+    layout its ``model`` takes (:func:`input_layout`). With ``augment_on="device"`` the
+    train split returns whole patches (the training loop crops and flips its batches)."""
     layout = input_layout(str(getattr(cfg, "model", "")))
     shards = cfg.resolved_shards_dir() if hasattr(cfg, "resolved_shards_dir") else cfg.shards_dir
+    on_device = getattr(cfg, "augment_on", "cpu") == "device"
     return {
         split: ShardDataset(
             shards,
             split,
             channels=cfg.channels,
-            crop=cfg.crop,
+            crop=None if on_device and split == "train" else cfg.crop,
             train=split == "train",
-            augment=bool(cfg.augment) and split == "train",
+            augment=bool(cfg.augment) and split == "train" and not on_device,
             dw_mode=cfg.dw_mode,
             layout=layout,
         )

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from metrics import regression_report, scalar_metrics
 from utils.atomic import atomic_path
+from utils.batch_transforms import BatchCropFlip
 from utils.checkpoint import (
     load_checkpoint,
     load_weights,
@@ -50,7 +51,7 @@ from utils.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from utils.dataloader import ShardDataset, build_datasets, make_loader
+from utils.dataloader import ShardDataset, build_datasets, crop_size, make_loader
 from utils.device import resolve_device
 from utils.inference import evaluate_checkpoint
 from utils.models import build_model
@@ -174,6 +175,7 @@ def train_one_epoch(
     grad_clip: float | None = None,
     sample_weights: np.ndarray | None = None,
     clip_params: Sequence[nn.Parameter] | None = None,
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     progress: bool = False,
     desc: str = "train",
 ) -> dict[str, Any]:
@@ -181,6 +183,8 @@ def train_one_epoch(
 
     ``sample_weights[batch["index"]]`` are passed to the loss as ``weights`` when given.
     A model whose ``forward`` takes ``labels`` (e.g. ``loss.fds.FDSModel``) gets them.
+    ``batch_transform`` (e.g. :class:`utils.batch_transforms.BatchCropFlip`) maps each
+    batch of images on ``device`` before the forward pass; its time counts as compute.
 
     Returns:
         ``loss`` (sample mean), ``n``, ``pred``/``target`` (NumPy), ``data_s`` (time spent
@@ -203,6 +207,8 @@ def train_one_epoch(
         tock = time.perf_counter()
         data_s += tock - tick
         x = batch["image"].to(device, non_blocking=True)
+        if batch_transform is not None:
+            x = batch_transform(x)
         y = batch["label"].to(device, non_blocking=True)
         w = None if weights_all is None else weights_all[batch["index"]].to(device)
         with torch.autocast(device.type, enabled=amp):
@@ -354,12 +360,13 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def _stored_config(cfg: TrainConfig, train_ds: ShardDataset, model: nn.Module) -> dict:
+    on_device = cfg.augment_on == "device"  # whole patches in, the batches cropped
     return {
         **cfg.to_dict(),
         "shards_dir": str(cfg.resolved_shards_dir()),
         "band_names": list(train_ds.band_names),
         "patch": train_ds.patch,
-        "crop_px": train_ds.crop,
+        "crop_px": crop_size(cfg.crop, train_ds.patch) if on_device else train_ds.crop,
         "model_spec": dict(getattr(unwrap(model), "spec", {})),
     }
 
@@ -449,6 +456,7 @@ class _Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     amp: bool
+    batch_transform: BatchCropFlip | None = None
 
 
 @dataclass
@@ -562,7 +570,36 @@ def _build_parts(
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
     amp = bool(cfg.amp and device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    return _Parts(model, loss_fn, loss_module, optimizer, scheduler, scaler, amp)
+    transform = _batch_transform(cfg, train_ds)
+    return _Parts(model, loss_fn, loss_module, optimizer, scheduler, scaler, amp, transform)
+
+
+def _batch_transform(cfg: TrainConfig, train_ds: ShardDataset) -> BatchCropFlip | None:
+    """With ``cfg.augment_on == "device"``: the random crops (``cfg.crop``) and flips
+    (``cfg.augment``) of the training batches, reseeded every epoch
+    (:func:`augment_seed`); None when the loader crops and flips each sample.
+
+    Raises:
+        ValueError: for a train dataset that crops or augments its items itself.
+    """
+    if cfg.augment_on != "device":
+        return None
+    if train_ds.crop < train_ds.patch or getattr(train_ds, "augment", False):
+        raise ValueError(
+            "augment_on='device' crops and flips the training batches: the train dataset "
+            f"must return whole patches without augmentation (crop=None, augment=False), "
+            f"got {train_ds!r} with augment={getattr(train_ds, 'augment', False)}"
+        )
+    return BatchCropFlip(cfg.crop, augment=cfg.augment, seed=cfg.seed)
+
+
+def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of the batch crops and flips of one epoch on one rank: from the run's seed,
+    the 0-based epoch and the rank alone (so a resumed run draws what an uninterrupted
+    one does, and every torchrun rank draws its own), mixed by NumPy's ``SeedSequence``
+    so that it shares no stream with the loader's shuffling (``seed * 1_000_003 + epoch``)."""
+    entropy = (seed % 2**64, epoch, rank, 0xC409)  # the last: this use's own stream
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 def _resume(
@@ -644,6 +681,8 @@ def _train_and_validate(
     # alone, whatever ran before (a study's model building, another data path)
     torch.manual_seed(cfg.seed * 1_000_003 + epoch)
     _reseed_sampler(train_loader.sampler, cfg.seed, epoch)
+    if parts.batch_transform is not None:
+        parts.batch_transform.reseed(augment_seed(cfg.seed, epoch, info.rank))
     lr = parts.optimizer.param_groups[0]["lr"]
     train = train_one_epoch(
         model,
@@ -656,6 +695,7 @@ def _train_and_validate(
         grad_clip=cfg.grad_clip,
         sample_weights=sample_weights,
         clip_params=clip_params,
+        batch_transform=parts.batch_transform,
         progress=progress,
         desc=f"epoch {epoch + 1} train",
     )

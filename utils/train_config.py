@@ -14,6 +14,9 @@ from typing import Any
 
 from utils.paths import RunPaths, resolve
 
+#: Where training crops and flips run: per sample in the loader, or per batch on the device.
+AUGMENT_ON: tuple[str, ...] = ("cpu", "device")
+
 
 @dataclass
 class TrainConfig:
@@ -30,6 +33,11 @@ class TrainConfig:
         dw_mode: Dynamic World as ``"onehot"``, ``"channel"`` or ``"none"``.
         crop: crop side in px (int), share of the patch (float) or None (whole patch).
         augment: random flips / rot90 on the training split.
+        augment_on: where the training split's random crops and flips are applied:
+            ``"cpu"`` per sample in the loader (the default), ``"device"`` per batch on
+            the training device after the copy (the loader reads whole patches;
+            :class:`utils.batch_transforms.BatchCropFlip`, draws seeded by seed, epoch
+            and rank). Validation takes the same centre crops either way.
         epochs, batch_size, lr, weight_decay: the usual.
         optimizer: ``"adamw"`` or ``"adam"``.
         lr_decay: learning rate factor per epoch (the original: 0.95).
@@ -60,6 +68,7 @@ class TrainConfig:
     dw_mode: str = "onehot"
     crop: int | float | None = None
     augment: bool = True
+    augment_on: str = "cpu"
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -85,6 +94,12 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.augment_on not in AUGMENT_ON:
+            raise ValueError(
+                f"unknown augment_on {self.augment_on!r}; valid: {', '.join(AUGMENT_ON)}"
+            )
 
     def resolved_shards_dir(self) -> Path:
         """The shards folder of this run."""
