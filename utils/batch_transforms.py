@@ -101,6 +101,7 @@ class BatchCropFlip:
         out = flat.gather(2, pixel[:, None, :].expand(-1, shape[1], -1))
         return out.reshape(*shape[:2], n, n)
 
+
 def _check_shape(images: torch.Tensor) -> tuple[int, ...]:
     """The shape of a (B, C, H, H) or (B, C, T, H, H) batch, else a ``ValueError``."""
     if images.ndim not in (4, 5) or images.shape[-1] != images.shape[-2]:
