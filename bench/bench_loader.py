@@ -16,10 +16,15 @@ by split_and_batch; cached under ``runs/bench/``), one process, one core, CPU se
   flips left to :class:`utils.batch_transforms.BatchCropFlip` on the training device;
 * **read** of the first shard recoded as float32 uncompressed, float16 gzip and float16
   uncompressed (``ChunkCodec``), with the stored MB a sample of each, and the new item
-  (cropped on the CPU, or whole) from the split recoded as float32 uncompressed (exact).
+  (cropped on the CPU, or whole) from the split recoded as float32 uncompressed (exact);
+* **data path**: a shuffled epoch through a 0-worker ``make_loader`` (items and the
+  batch's collation, what a loader worker does) of gzip and uncompressed shards, with
+  ``TrainConfig.augment_on`` ``"cpu"`` (crops and flips per sample) and ``"device"``
+  (whole patches, then :class:`utils.batch_transforms.BatchCropFlip` on each batch, here
+  on the CPU; without it, the loader's share when the transform runs on the GPU).
 
 Each is printed as ms and samples/s per core, with the cores one GPU consuming
-``--gpu-rate`` images/s would need, side by side in one run.
+``--gpu-rate`` images/s would need, side by side in one run, with the load average.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from extract_GPS_images.schema import DW_CLASSES  # noqa: E402
 from utils import hdf5_schema as hs  # noqa: E402
 from utils.batch_transforms import BatchCropFlip  # noqa: E402
 from utils.batching.shard_writer import ChunkCodec, write_chunk  # noqa: E402
-from utils.dataloader import ShardDataset, augment  # noqa: E402
+from utils.dataloader import ShardDataset, augment, make_loader  # noqa: E402
 from utils.fast_chunks import read_sample  # noqa: E402
 from utils.paths import project_root  # noqa: E402
 
@@ -120,6 +125,35 @@ def cpu_ms(fn: Callable[[int], object], count: int, repeats: int) -> float:
     return best
 
 
+def path_ms(
+    dataset: ShardDataset, batch: int, repeats: int, transform: BatchCropFlip | None = None
+) -> float:
+    """Best CPU ms a sample of a shuffled epoch of a 0-worker loader over ``dataset``
+    (items and collation), with ``transform`` applied to each batch when given."""
+    loader = make_loader(dataset, batch_size=batch, shuffle=True, seed=0)
+    best = float("inf")
+    for _ in range(repeats):
+        start, count = time.process_time(), 0
+        for item in loader:
+            images = item["image"] if transform is None else transform(item["image"])
+            count += len(images)
+        best = min(best, (time.process_time() - start) / count * 1000)
+    return best
+
+
+def data_paths(gzip: Path, raw: Path, crop: int | None, batch: int, repeats: int) -> dict:
+    """:func:`path_ms` of both ``augment_on`` options on gzip and uncompressed shards."""
+    rows = {}
+    for name, root in (("gzip", gzip), ("none", raw)):
+        per_sample = ShardDataset(root, "train", crop=crop, train=True, augment=True)
+        whole = ShardDataset(root, "train", crop=None, train=True)
+        transform = BatchCropFlip(crop, seed=0)
+        rows[f"path {name}, cpu: item crop+flip"] = path_ms(per_sample, batch, repeats)
+        rows[f"path {name}, device: whole + batch crop"] = path_ms(whole, batch, repeats, transform)
+        rows[f"path {name}, device: loader share"] = path_ms(whole, batch, repeats)
+    return rows
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="records of the world")
@@ -127,6 +161,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crop", type=int, default=224, help="training crop side")
     parser.add_argument("--batch", type=int, default=32, help="batch of the batch transform")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--paths-only", action="store_true", help="only the data-path rows (a shorter run)"
+    )
     parser.add_argument(
         "--gpu-rate",
         type=float,
@@ -139,6 +176,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(1)
+    load_before = os.getloadavg()
     root = shards(args.n, args.size)
     crop = args.crop if args.crop < args.size else None
     per_sample = ShardDataset(root, "train", crop=crop, train=True, augment=True)
@@ -155,18 +193,21 @@ def main(argv: list[str] | None = None) -> dict:
         return call
 
     sizes = {"float32 gzip (ISA-L 1)": stored_mb(data[0])}
-    transform = BatchCropFlip(args.crop, seed=0)
+    transform = BatchCropFlip(crop, seed=0)
     batch = torch.stack([whole[i]["image"] for i in range(min(args.batch, count))])
     transform_ms = cpu_ms(lambda _: transform(batch), 3, args.repeats) / len(batch)
-    rows = {
-        "read, h5py": cpu_ms(located(lambda d, r: d[r]), count, args.repeats),
-        "read, ISA-L": cpu_ms(located(read_sample), count, args.repeats),
-        "old item": cpu_ms(lambda i: old_item(per_sample, handles, i), count, args.repeats),
-        "new item": cpu_ms(lambda i: per_sample[i], count, args.repeats),
-        "new item, whole patch": cpu_ms(lambda i: whole[i], count, args.repeats),  # crop on GPU
-    }
+    rows = {}
+    if not args.paths_only:
+        rows = {
+            "read, h5py": cpu_ms(located(lambda d, r: d[r]), count, args.repeats),
+            "read, ISA-L": cpu_ms(located(read_sample), count, args.repeats),
+            "old item": cpu_ms(lambda i: old_item(per_sample, handles, i), count, args.repeats),
+            "new item": cpu_ms(lambda i: per_sample[i], count, args.repeats),
+            "new item, whole patch": cpu_ms(lambda i: whole[i], count, args.repeats),
+        }
     with tempfile.TemporaryDirectory() as tmp:
-        for dtype, compression in (("float32", "none"), ("float16", "gzip"), ("float16", "none")):
+        codecs = (("float32", "none"), ("float16", "gzip"), ("float16", "none"))
+        for dtype, compression in () if args.paths_only else codecs:
             recoded, stored = recode(
                 data[0],
                 Path(tmp) / f"{dtype}_{compression}.h5",
@@ -181,28 +222,44 @@ def main(argv: list[str] | None = None) -> dict:
         raw = recode_split(
             root, Path(tmp) / "none", lambda shape: ChunkCodec(shape, "float32", "none")
         )
-        uncompressed = ShardDataset(raw, "train", crop=crop, train=True, augment=True)
-        rows["new item, float32 none"] = cpu_ms(lambda i: uncompressed[i], count, args.repeats)
-        whole_raw = ShardDataset(raw, "train", crop=None)
-        rows["new item, float32 none, whole patch"] = cpu_ms(
-            lambda i: whole_raw[i], count, args.repeats
-        )
+        if not args.paths_only:
+            uncompressed = ShardDataset(raw, "train", crop=crop, train=True, augment=True)
+            rows["new item, float32 none"] = cpu_ms(lambda i: uncompressed[i], count, args.repeats)
+            whole_raw = ShardDataset(raw, "train", crop=None)
+            rows["new item, float32 none, whole patch"] = cpu_ms(
+                lambda i: whole_raw[i], count, args.repeats
+            )
+        rows.update(data_paths(root, raw, crop, args.batch, args.repeats))
+    load_after = os.getloadavg()
     print(
         f"{count} train samples of {root.name} ({whole.num_channels} channels, crop "
-        f"{args.crop}), one core, CPU ms per sample; cores for {args.gpu_rate:.0f} img/s"
+        f"{args.crop}), one core, CPU ms per sample; cores for {args.gpu_rate:.0f} img/s; "
+        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
-    print(f"{'':36} {'ms':>7} {'samples/s/core':>15} {'cores':>7}")
+    print(f"{'':40} {'ms':>7} {'samples/s/core':>15} {'cores':>7}")
     for name, ms in rows.items():
-        print(f"{name:36} {ms:7.2f} {1000 / ms:15.1f} {args.gpu_rate * ms / 1000:7.1f}")
+        print(f"{name:40} {ms:7.2f} {1000 / ms:15.1f} {args.gpu_rate * ms / 1000:7.1f}")
     print(
         f"batch crop+flip on the CPU: {transform_ms:.2f} ms a sample (batch {len(batch)}; "
         "meant for the GPU, where it leaves the loader's cores)"
     )
     print("stored MB a sample: " + ", ".join(f"{k} {v:.2f}" for k, v in sizes.items()))
-    speedup = rows["old item"] / rows["new item"]
-    print(f"new item / old item: {speedup:.2f}x less CPU per sample")
     result = {k: round(v, 3) for k, v in rows.items()}
-    result.update(batch_transform_ms=round(transform_ms, 3), samples=count, speedup=speedup)
+    if not args.paths_only:
+        speedup = rows["old item"] / rows["new item"]
+        print(f"new item / old item: {speedup:.2f}x less CPU per sample")
+        result["speedup"] = speedup
+    for name in ("gzip", "none"):
+        cpu, loader = (
+            rows[f"path {name}, cpu: item crop+flip"],
+            rows[f"path {name}, device: loader share"],
+        )
+        print(f"{name}: loader CPU per sample, augment_on device / cpu: {loader / cpu:.2f}")
+    result.update(
+        batch_transform_ms=round(transform_ms, 3),
+        samples=count,
+        load_average=[round(load_before[0], 2), round(load_after[0], 2)],
+    )
     print(json.dumps(result))
     return result
 
