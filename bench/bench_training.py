@@ -5,7 +5,10 @@
    h5py read of the same samples (one ``data[i]`` per sample, shards in order).
    Goal: ratio >= 0.8 with 2 workers.
 2. Training step split: time waiting for the next batch vs forward/backward/step
-   (``train_one_epoch`` timings). Goal on GPU: data wait < 10 % of the step.
+   (``train_one_epoch`` timings), with ``TrainConfig.augment_on`` ``"cpu"`` (crops and
+   flips per sample in the loader) and ``"device"`` (whole patches, ``BatchCropFlip`` on
+   each batch on the training device, counted as compute) side by side. Goal on GPU:
+   data wait < 10 % of the step.
 
 Usage::
 
@@ -28,6 +31,7 @@ import h5py
 import torch
 
 from utils import hdf5_schema as hs
+from utils.batch_transforms import BatchCropFlip
 from utils.dataloader import ShardDataset, make_loader
 from utils.device import resolve_device
 from utils.models import build_model
@@ -104,30 +108,43 @@ def main(argv: list[str] | None = None) -> None:
             )
 
         device = resolve_device(args.device)
-        torch.manual_seed(0)
-        model = build_model(args.model, dataset.num_channels).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        loader = make_loader(
-            dataset,
-            batch_size=args.batch_size,
-            shuffle=True,
-            num_workers=args.workers,
-            pin_memory=device.type == "cuda",
-        )
-        amp = device.type == "cuda"
-        scaler = torch.amp.GradScaler(device.type, enabled=amp)
-        loss = torch.nn.functional.mse_loss
-        train_one_epoch(model, loader, loss, optimizer, device=device, scaler=scaler, amp=amp)
-        stats = train_one_epoch(
-            model, loader, loss, optimizer, device=device, scaler=scaler, amp=amp
-        )  # second epoch: warm
-        step = stats["data_s"] + stats["compute_s"]
-        print(
-            f"training ({args.model}, {device}, {args.workers} workers, batch "
-            f"{args.batch_size}): data wait {stats['data_s']:.2f} s, compute "
-            f"{stats['compute_s']:.2f} s -> data wait {100 * stats['data_s'] / step:.1f} % "
-            "of the step (goal < 10 % on GPU)"
-        )
+        whole = ShardDataset(shards, "train", crop=None, train=True)
+        for augment_on, data in (("cpu", dataset), ("device", whole)):
+            transform = BatchCropFlip(args.crop, seed=0) if augment_on == "device" else None
+            stats = training_split(data, args, device, transform)
+            step = stats["data_s"] + stats["compute_s"]
+            print(
+                f"training ({args.model}, {device}, {args.workers} workers, batch "
+                f"{args.batch_size}, augment_on {augment_on}): data wait "
+                f"{stats['data_s']:.2f} s, compute {stats['compute_s']:.2f} s -> data wait "
+                f"{100 * stats['data_s'] / step:.1f} % of the step (goal < 10 % on GPU)"
+            )
+
+
+def training_split(
+    dataset: ShardDataset,
+    args: argparse.Namespace,
+    device: torch.device,
+    transform: BatchCropFlip | None,
+) -> dict:
+    """``train_one_epoch``'s timings of a second (warm) epoch over ``dataset``, the
+    batches mapped by ``transform`` on ``device`` when given."""
+    torch.manual_seed(0)
+    model = build_model(args.model, dataset.num_channels).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loader = make_loader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+    )
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    loss = torch.nn.functional.mse_loss
+    kwargs = {"device": device, "scaler": scaler, "amp": amp, "batch_transform": transform}
+    train_one_epoch(model, loader, loss, optimizer, **kwargs)
+    return train_one_epoch(model, loader, loss, optimizer, **kwargs)  # second epoch: warm
 
 
 if __name__ == "__main__":

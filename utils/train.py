@@ -2,14 +2,16 @@
 checkpoint by validation balanced MAE (docs/design.md).
 
 Adam/AdamW, an exponential learning-rate decay per epoch (x0.95 in the original study),
-AMP with GradScaler on GPU, gradient clipping, per-sample loss weights and samplers,
-per-epoch train/val loss and every metric of :func:`metrics.regression_report`,
+AMP with GradScaler on GPU, gradient clipping, random crops and flips per sample in the
+loader or per batch on the training device (``augment_on``), per-sample loss weights and
+samplers, per-epoch train/val loss and every metric of :func:`metrics.regression_report`,
 ``best.pt`` / ``last.pt`` checkpoints, resume with identical results, early stopping,
 tqdm bars, ``history.csv`` and TensorBoard logs, one seed. CPU or GPU is picked
 automatically. Under ``torchrun`` (``WORLD_SIZE`` > 1) the same ``fit`` trains with
 DistributedDataParallel: every rank draws its share of the training data
 (``DistributedSampler``, or ``DistributedWeightedSampler`` when resampling weights are
-given), validation runs in full on every rank, rank 0 writes the files.
+given) and its own batch crops and flips, validation runs in full on every rank, rank 0
+writes the files.
 
 Notebook: ``fit(TrainConfig(...))``; command line: ``python -m utils.train --help``
 (the same fields), or ``torchrun --nproc_per_node 2 -m utils.train ...``.
