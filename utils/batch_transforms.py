@@ -18,6 +18,9 @@ import torch
 
 from utils.dataloader import crop_size
 
+#: The per-sample draws of :meth:`BatchCropFlip.draws`.
+DRAWS: tuple[str, ...] = ("top", "left", "flip_h", "flip_v", "turns")
+
 
 @dataclass
 class BatchCropFlip:
@@ -86,8 +89,11 @@ class BatchCropFlip:
         if images.ndim == 5:  # the quarters of a sample share its window and flips
             flat = self.apply(images.reshape(shape[0], -1, *shape[-2:]), draws)
             return flat.reshape(*shape[:3], *flat.shape[-2:])
-        d = {k: v.to(images.device) for k, v in draws.items()}
         n, patch, device = self.side(shape[-1]), shape[-1], images.device
+        packed = torch.stack([draws[k] for k in DRAWS])  # one copy, without a host sync
+        if device.type == "cuda":
+            packed = packed.pin_memory().to(device, non_blocking=True)
+        d = dict(zip(DRAWS, packed.to(device), strict=True))
         steps = torch.arange(n, device=device)
         # a flip reverses the window's index order; a quarter turn k reads output pixel
         # (i, j) from the flipped window's (a_k, b_k): torch.rot90's order, one gather
