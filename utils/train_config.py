@@ -36,8 +36,8 @@ class TrainConfig:
         augment_on: where the training split's random crops and flips are applied:
             ``"cpu"`` per sample in the loader (the default), ``"device"`` per batch on
             the training device after the copy (the loader reads whole patches;
-            :class:`utils.batch_transforms.BatchCropFlip`, draws seeded by seed, epoch
-            and rank). Validation takes the same centre crops either way.
+            ``utils.batch_transforms.BatchCropFlip``, its draws from seed, epoch and
+            rank). Validation takes the same centre crops either way.
         epochs, batch_size, lr, weight_decay: the usual.
         optimizer: ``"adamw"`` or ``"adam"``.
         lr_decay: learning rate factor per epoch (the original: 0.95).
