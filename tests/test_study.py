@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +20,14 @@ from utils.dataloader import ShardDataset
 from utils.paths import project_root
 from utils.study.calibration import BalancedCalibration
 from utils.study.study import (
+    NON_RESULT_FIELDS,
     Experiment,
     MemoryCachedDataset,
     StudyConfig,
     cached_datasets,
     calibrated_rows,
     default_experiments,
+    experiment_key,
     method_family,
     per_bin_plot,
     results_table,
@@ -286,3 +288,27 @@ def test_cached_and_uncached_study_runs_agree(tiny_run: tuple[Path, TrainConfig]
         run_study(experiments, cfg, root / "train" / "x", cache_data="gpu")
     with pytest.raises(ValueError, match="crop=None"):
         run_study(experiments, replace(cfg, crop=8), root / "train" / "x", cache_data=True)
+
+
+def test_cache_key_leaves_out_later_fields_at_their_old_behaviour(
+    tiny_run: tuple[Path, TrainConfig],
+) -> None:
+    import hashlib  # noqa: PLC0415
+
+    _, cfg = tiny_run
+    experiment = select_experiments(default_experiments(), ["L2"])[0]
+    config = {k: v for k, v in cfg.to_dict().items() if k not in NON_RESULT_FIELDS}
+    assert config.pop("augment_on") == "cpu"
+    payload = {"experiment": asdict(experiment), "train": config, "data": "d"}
+    before = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode())
+    assert experiment_key(experiment, cfg, "d") == before.hexdigest()  # runs cached before
+    assert experiment_key(experiment, replace(cfg, augment_on="device"), "d") != before.hexdigest()
+
+
+def test_study_with_batch_augmentation_on_the_device(tiny_run: tuple[Path, TrainConfig]) -> None:
+    root, cfg = tiny_run
+    cfg = replace(cfg, augment=True, augment_on="device")
+    experiments = select_experiments(default_experiments(), ["L2"])
+    for cache in (False, True):
+        results = run_study(experiments, cfg, root / "train" / f"device{cache}", cache_data=cache)
+        assert results["bmae"].notna().all() and (results["bmae"] > 0).all()

@@ -68,6 +68,9 @@ TABLE_METRICS: tuple[str, ...] = ("bmae", "mae", "rmse", "r2", "many_mae", "medi
 NON_RESULT_FIELDS: frozenset[str] = frozenset(
     {"run_dir", "shards_dir", "experiment", "resume", "progress", "tensorboard", "num_workers"}
 )
+#: Config fields added after runs were cached, left out of the cache key at these values
+#: (their behaviour before the field existed), so those cached runs stay valid.
+KEY_DEFAULTS: dict[str, object] = {"augment_on": "cpu"}
 #: Initial noise sigma of Balanced MSE: about a tenth of the label spread (the wealth
 #: index's std is about 0.45), the ratio of Ren et al.'s age runs (sigma 1 year). A
 #: sigma near the label std (0.5) flattens BMC's batch softmax and the model barely learns.
@@ -247,7 +250,9 @@ def cached_datasets(
         return None
     cached = {
         split: MemoryCachedDataset(
-            ds, augment=bool(cfg.augment) and split == "train", device=device
+            ds,
+            augment=bool(cfg.augment) and split == "train" and cfg.augment_on == "cpu",
+            device=device,
         )
         for split, ds in built.items()
     }
@@ -269,7 +274,11 @@ def data_fingerprint(train: ShardDataset) -> str:
 
 def experiment_key(experiment: Experiment, cfg: TrainConfig, data: str) -> str:
     """Cache key: a hash of the experiment, the result-relevant config and the data."""
-    config = {k: v for k, v in cfg.to_dict().items() if k not in NON_RESULT_FIELDS}
+    config = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k not in NON_RESULT_FIELDS and KEY_DEFAULTS.get(k, object()) != v
+    }
     payload = {"experiment": asdict(experiment), "train": config, "data": data}
     if experiment.weighting != "none" or experiment.loss == "dense":
         payload["weights_version"] = WEIGHTS_VERSION  # cached runs of older definitions are stale
