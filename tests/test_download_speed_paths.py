@@ -86,6 +86,17 @@ def test_to_channels_fills_the_given_array_and_checks_it() -> None:
         to_channels(npy_reply(reply), ["z"], 6)
 
 
+@pytest.mark.parametrize(
+    "names", [["c", "a", "b"], ["a", "b"], ["b"], ["b", "a"], ["c", "b"]], ids=str
+)
+def test_to_channels_copies_runs_in_reply_order_and_gathers_the_rest(names: list[str]) -> None:
+    size = 70  # 4,900 pixels: more than one block of the blocked transpose
+    reply = fake_pixels(["c", "a", "b"], size, "order")
+    got = to_channels(read_npy(npy_reply(reply)), names, size)
+    for i, name in enumerate(names):
+        assert got[i].tobytes() == reply[name].tobytes()
+
+
 @pytest.mark.parametrize(("codec", "level"), [("isal", 1), ("isal", 0), ("zlib", 6)])
 def test_a_reused_frame_buffer_writes_the_old_bytes(tmp_path: Path, codec: str, level: int) -> None:
     rng = np.random.default_rng(0)
