@@ -287,7 +287,9 @@ def write_location(
 ) -> Path:
     """Write one record atomically: the channels ``names`` of ``image`` (C, H, W), the
     constant metadata bands and ``cell_id`` (gzip by ``codec`` at ``level``; ``buffer``:
-    the framing scratch space of :func:`~extract_GPS_images.tfrecord.write_tfrecord`)."""
+    the framing scratch space of :func:`~extract_GPS_images.tfrecord.write_tfrecord`).
+    The file is dropped from the page cache once on disk: the conversion reads it much
+    later, and a long download writing into fresh pages costs several times the CPU."""
     meta = {
         "label": location.label,
         "latitude": location.lat,
@@ -296,7 +298,7 @@ def write_location(
         "imagery_year": location.imagery_year,
     }
     record = encode_example(sample_bands(image, meta, names), cell_id=location.cell_id)
-    return write_tfrecord(path, [record], level=level, codec=codec, buffer=buffer)
+    return write_tfrecord(path, [record], level=level, codec=codec, buffer=buffer, drop_cache=True)
 
 
 @dataclass

@@ -12,6 +12,7 @@ TensorFlow is imported lazily, only here, only when a record is written or read.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
@@ -116,6 +117,7 @@ def write_tfrecord(
     level: int = 1,
     codec: str = "isal",
     buffer: bytearray | None = None,
+    drop_cache: bool = False,
 ) -> Path:
     """Write serialised records to a gzip TFRecord file, atomically.
 
@@ -137,6 +139,10 @@ def write_tfrecord(
             too small; a writer thread that keeps one across files saves a fresh 8 MB
             allocation (page faults, ``munmap``) a 225 px record. The bytes written do
             not depend on it.
+        drop_cache: once the file is on disk, drop it from the page cache (Linux
+            ``POSIX_FADV_DONTNEED``): a writer of many files that are read back much
+            later then writes into recycled pages, not fresh ones (on the 2-core test VM
+            a 4.3 MB file cost 8.8 ms of system CPU, 1.3 ms so).
 
     Raises:
         ValueError: for an unknown codec or a level it lacks.
@@ -164,6 +170,10 @@ def write_tfrecord(
             for part in pending:
                 handle.write(compressor.compress(part))
             handle.write(compressor.flush())
+        if drop_cache and hasattr(os, "posix_fadvise"):
+            handle.flush()
+            os.fsync(handle.fileno())  # clean pages only are dropped (atomic_path syncs too)
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
     return Path(path)
 
 

@@ -5,6 +5,7 @@ in a reused buffer. Same files, byte for byte, as the formula the writer used be
 from __future__ import annotations
 
 import io
+import os
 import zlib
 from pathlib import Path
 
@@ -111,6 +112,25 @@ def test_a_reused_frame_buffer_writes_the_old_bytes(tmp_path: Path, codec: str, 
         assert path.read_bytes() == old
         assert list(iter_serialized(path)) == [record]
     assert len(buffer) >= len(b"".join(frame_parts(record)))
+
+
+@pytest.mark.skipif(not hasattr(os, "POSIX_FADV_DONTNEED"), reason="Linux page-cache advice")
+def test_drop_cache_advises_once_the_whole_file_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import extract_GPS_images.tfrecord as tfrecord  # noqa: PLC0415
+
+    advised: list[tuple[int, int]] = []
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((os.fstat(fd).st_size, advice))
+
+    monkeypatch.setattr(tfrecord.os, "posix_fadvise", advise, raising=False)
+    records = [encode_example({"x": np.arange(50, dtype=np.float32)}, cell_id="c")]
+    dropped = write_tfrecord(tmp_path / "d.gz", records, drop_cache=True).read_bytes()
+    kept = write_tfrecord(tmp_path / "k.gz", records).read_bytes()
+    assert dropped == kept
+    assert advised == [(len(dropped), os.POSIX_FADV_DONTNEED)]
 
 
 def _location(i: int) -> Location:
