@@ -117,8 +117,9 @@ class DownloadConfig:
         manifest_every_s: at most this often the manifest is rewritten during a run.
         progress: show a tqdm progress bar.
         gzip_codec: deflate of the written TFRecords (``"isal"`` or ``"zlib"``).
-        gzip_level: its level (ISA-L 0-3, zlib 0-9); ISA-L level 1 keeps 16 requests
-            in flight fed at 225 px (zlib level 6 costs ~150 ms a record there).
+        gzip_level: its level (ISA-L 0-3, zlib 0-9). ISA-L level 1 is the fastest
+            (~6 ms a 225 px record; its level 0 is slower and larger); a 225 px
+            download then costs ~23 ms of CPU in all, zlib level 6 ~170 ms.
     """
 
     concurrency: int = 16
