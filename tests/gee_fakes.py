@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -110,8 +111,17 @@ def fake_pixels(names: list[str], size: int, key: str) -> np.ndarray:
     return arr
 
 
+def npy_reply(arr: np.ndarray) -> bytes:
+    """The bytes Earth Engine sends for ``fileFormat="NPY"``: an ``.npy`` file."""
+    buffer = io.BytesIO()
+    np.save(buffer, arr)
+    return buffer.getvalue()
+
+
 class FakeComputePixels:
-    """Replaces ``ee.data.computePixels``.
+    """Replaces ``ee.data.computePixels``: the reply is ``.npy`` bytes when the request
+    asks for ``fileFormat="NPY"`` (as the client library returns them), otherwise the
+    structured array itself (what ``"NUMPY_NDARRAY"`` gives).
 
     Args:
         names: bands of every reply.
@@ -145,7 +155,7 @@ class FakeComputePixels:
         """The request's identity: the grid's projection (centred on the point)."""
         return params["grid"]["crsWkt"]
 
-    def __call__(self, params: dict[str, Any]) -> np.ndarray:
+    def __call__(self, params: dict[str, Any]) -> np.ndarray | bytes:
         key = self.key_of(params)
         with self._lock:
             self.calls.append(params)
@@ -176,7 +186,7 @@ class FakeComputePixels:
             arr = fake_pixels(self.names, self.size, key)
             if "s2_fallback" in self.names:
                 arr["s2_fallback"] = self.fallback_code
-            return arr
+            return npy_reply(arr) if params.get("fileFormat") == "NPY" else arr
         finally:
             with self._lock:
                 self.in_flight -= 1

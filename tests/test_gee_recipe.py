@@ -213,7 +213,7 @@ def test_metadata_bands_are_constants_of_the_location():
 
 def test_download_request_grid_and_band_order():
     params = pixels_request(LOC, recipe.RecipeConfig())
-    assert params["fileFormat"] == "NUMPY_NDARRAY"
+    assert params["fileFormat"] == "NPY"  # .npy bytes, read without a copy (read_npy)
     grid = params["grid"]
     assert grid["dimensions"] == {"width": 225, "height": 225}
     assert grid["affineTransform"] == {
