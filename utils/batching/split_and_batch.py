@@ -1176,6 +1176,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-inflate-bytes", type=int, default=None, help="cap on one file (default: from size)"
     )
     parser.add_argument("--workers", type=int, default=d.workers)
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="a Dask scheduler: its workers stage the parts and write the shards (every "
+        "path on storage they all see; the same outputs as a local run)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -1202,6 +1209,7 @@ def config_from_args(args: argparse.Namespace) -> SplitConfig:
         max_inflate_bytes=args.max_inflate_bytes,
         workers=args.workers,
         progress=not args.no_progress,
+        scheduler=args.scheduler,
     )
 
 
