@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import time
@@ -507,6 +508,7 @@ class _StagedPart:
     meta: h5py.File
     spans: np.ndarray
     blob: BinaryIO
+    mapped: mmap.mmap | None = None  # the chunk file mapped, once a view was asked for
 
     @classmethod
     def open(cls, path: Path) -> _StagedPart:
@@ -514,10 +516,22 @@ class _StagedPart:
         return cls(meta, meta[CHUNK_SPANS][:], open(_chunks_path(path), "rb"))  # noqa: SIM115
 
     def chunk(self, index: int) -> bytes:
+        """The encoded chunk of staged sample ``index`` (a copy)."""
         offset, size = self.spans[index]
         return os.pread(self.blob.fileno(), int(size), int(offset))
 
+    def view(self, index: int) -> memoryview:
+        """The encoded chunk of staged sample ``index`` as a view of the mapped chunk file
+        (no copy: the shard's write reads the page cache directly); release it before
+        :meth:`close`."""
+        if self.mapped is None:
+            self.mapped = mmap.mmap(self.blob.fileno(), 0, access=mmap.ACCESS_READ)
+        offset, size = (int(v) for v in self.spans[index])
+        return memoryview(self.mapped)[offset : offset + size]
+
     def close(self) -> None:
+        if self.mapped is not None:
+            self.mapped.close()
         self.meta.close()
         self.blob.close()
 
@@ -561,7 +575,8 @@ def _write_shard(job: _ShardJob) -> str:
             for i, (part, staged) in enumerate(
                 zip(members["part"], members["staged"], strict=True)
             ):
-                write_chunk(target, i, parts[int(part)].chunk(int(staged)), job.codec)
+                with parts[int(part)].view(int(staged)) as chunk:
+                    write_chunk(target, i, chunk, job.codec)
             write_metadata(handle, members.to_dict("records"))
             _write_quality(handle, members, parts, job.codec.shape[1:])
     finally:
