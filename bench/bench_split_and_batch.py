@@ -91,15 +91,16 @@ def parse_floor(files: list[str], size: int, workers: int) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
-#: The conversion's phases as the functions of ``split_and_batch`` that run them.
-PHASES: dict[str, str] = {
-    "size guess (one record)": "first_record_layout",
-    "pass 1: read+validate+stage": "_stage",
-    "splits (+ duplicates)": "_choose_splits",
-    "shard writes": "_write_shards",
-    "stats": "_train_stats",
-    "manifest + reasons": "_write_tables",
-    "report + cleanup": "_finish",
+#: The conversion's phases as the functions of ``split_and_batch`` that run them (those
+#: a version lacks are left out: ``infer_size`` is the size pre-read of earlier ones).
+PHASES: dict[str, tuple[str, ...]] = {
+    "size guess": ("first_record_layout", "infer_size", "infer_extra_channels"),
+    "pass 1: read+validate+stage": ("_stage",),
+    "splits (+ duplicates)": ("_choose_splits",),
+    "shard writes": ("_write_shards",),
+    "stats": ("_train_stats",),
+    "manifest + reasons": ("_write_tables",),
+    "report + cleanup": ("_finish",),
 }
 
 
@@ -109,7 +110,7 @@ def timed_phases(seconds: dict[str, float]) -> Iterator[None]:
     module's functions are wrapped, then restored)."""
     import utils.batching.split_and_batch as sb  # noqa: PLC0415
 
-    originals = {name: getattr(sb, name) for name in PHASES.values()}
+    originals = {n: getattr(sb, n) for names in PHASES.values() for n in names if hasattr(sb, n)}
 
     def timed(phase: str, fn: Callable) -> Callable:
         def run(*args, **kwargs):
@@ -121,8 +122,9 @@ def timed_phases(seconds: dict[str, float]) -> Iterator[None]:
 
         return run
 
-    for phase, name in PHASES.items():
-        setattr(sb, name, timed(phase, originals[name]))
+    for phase, names in PHASES.items():
+        for name in (n for n in names if n in originals):
+            setattr(sb, name, timed(phase, originals[name]))
     try:
         yield
     finally:
