@@ -33,6 +33,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -508,7 +509,6 @@ class _StagedPart:
     meta: h5py.File
     spans: np.ndarray
     blob: BinaryIO
-    mapped: mmap.mmap | None = None  # the chunk file mapped, once a view was asked for
 
     @classmethod
     def open(cls, path: Path) -> _StagedPart:
@@ -520,18 +520,23 @@ class _StagedPart:
         offset, size = self.spans[index]
         return os.pread(self.blob.fileno(), int(size), int(offset))
 
-    def view(self, index: int) -> memoryview:
-        """The encoded chunk of staged sample ``index`` as a view of the mapped chunk file
-        (no copy: the shard's write reads the page cache directly); release it before
-        :meth:`close`."""
-        if self.mapped is None:
-            self.mapped = mmap.mmap(self.blob.fileno(), 0, access=mmap.ACCESS_READ)
+    @contextmanager
+    def view(self, index: int) -> Iterator[memoryview]:
+        """The encoded chunk of staged sample ``index`` as a view of the chunk file mapped
+        for that chunk alone (no copy: the shard's write reads the page cache directly;
+        unmapped after, so the pages do not add up in the process's memory)."""
         offset, size = (int(v) for v in self.spans[index])
-        return memoryview(self.mapped)[offset : offset + size]
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(
+            self.blob.fileno(), offset + size - start, access=mmap.ACCESS_READ, offset=start
+        )
+        try:
+            with memoryview(mapped) as whole, whole[offset - start :] as chunk:
+                yield chunk
+        finally:
+            mapped.close()
 
     def close(self) -> None:
-        if self.mapped is not None:
-            self.mapped.close()
         self.meta.close()
         self.blob.close()
 
