@@ -11,8 +11,13 @@
 3. assigns the samples to train/val/test by location (:mod:`utils.batching.spatial_split`);
    records without a label (places to predict) go to the ``predict`` split;
 4. writes each sample's encoded chunk into ``out/<split>/<split>_00000.h5`` shards
-   (written atomically, no re-encoding), computes ``stats.json`` on train and writes
-   ``manifest.csv`` (one row per input record) and ``report.json``.
+   (written atomically, no re-encoding, one shard per task of a pool of ``workers``
+   processes), computes ``stats.json`` on train and writes ``manifest.csv`` (one row
+   per input record) and ``report.json``.
+
+With a Dask scheduler (``cfg.scheduler``) or client, the staging parts of step 2 and
+the shards of step 4 are tasks of the cluster (:mod:`utils.batching.executors`); every
+path must be on storage its workers see. The outputs are the same bytes either way.
 
 Memory holds one part's metadata and a few samples in flight, never the data of a
 split. An interrupted run resumes from the finished parts and shards; a finished run
