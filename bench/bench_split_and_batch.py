@@ -1,22 +1,30 @@
-"""Benchmark: the full TFRecord -> HDF5 conversion against a bare TensorFlow parse loop,
-and its peak memory at 1x and 4x the number of samples.
+"""Benchmark: the full TFRecord -> HDF5 conversion against its codec limit and a bare
+TensorFlow parse loop, with a per-phase breakdown; and its peak memory at 1x and 4x the
+records.
 
-    python -m bench.bench_split_and_batch [--n 1500] [--size 48] [--workers 2] [--repeats 2]
+    python -m bench.bench_split_and_batch [--n 250] [--size 225 48] [--workers 2] [--repeats 2]
+    python -m bench.bench_split_and_batch --memory-only --n 500 --size 48
 
-On the same synthetic world (demo size by default; worlds are cached under
-``runs/bench/``):
+For each patch size (one column each, 225 px first), on the same synthetic world (cached
+under ``runs/bench/``), side by side in one process:
 
+* **codec limit**: what no conversion can beat on ``--workers`` cores: a pool of
+  ``workers`` processes that only reads and inflates each input gzip TFRecord file and
+  deflates its sample with the shard codec (byte shuffle + ISA-L deflate, exactly the
+  bytes the shards hold); records / (timed seconds / workers). The samples are decoded
+  for it beforehand, untimed;
 * **floor**, the bare TensorFlow parse-only loop: ``for x in TFRecordDataset(files,
   "GZIP")`` calling ``tf.io.parse_single_example(x, spec)`` (every band as
   ``FixedLenFeature([H, W])``, as Earth Engine's documentation reads exports), damaged
-  records skipped;
-* **parallel floor**, TensorFlow's fastest form of the same: ``num_parallel_reads`` and a
-  ``map`` with ``num_parallel_calls`` of ``workers`` (a stricter bar, also printed);
+  records skipped; and the **parallel floor**, tf.data with ``workers`` parallel reads
+  and parse calls;
 * **full**: ``run_split_and_batch`` into a fresh folder (unzip, read, validate,
-  quarantine, split, compress, write shards, stats, manifest).
+  quarantine, split, compress, write shards, stats, manifest), with the wall time of
+  each of its phases.
 
-Both rates are input records per second, best of ``--repeats``, measured side by side
-in one process. Goal: full / floor >= 0.7. Peak memory (max RSS) of the full
+Rates are input records per second, best of ``--repeats``. Goals: full / codec limit
+>= 0.8 (at 225 px), full / floor >= 0.7. The load average is printed with each result:
+the ratios hold under load, the rates do not. Peak memory (max RSS) of the full
 conversion runs in a fresh process started by a small one (so the figure is the
 conversion's own, not this TensorFlow-laden process's) for ``n`` and ``4 n`` records.
 Goal: flat within 10 %.
@@ -26,12 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -79,16 +91,111 @@ def parse_floor(files: list[str], size: int, workers: int) -> tuple[int, float]:
     return count, time.perf_counter() - start
 
 
-def full_run(src: Path, workers: int, compression: str) -> tuple[int, float]:
-    """Input records and seconds of a complete conversion into a fresh folder."""
+#: The conversion's phases as the functions of ``split_and_batch`` that run them (those
+#: a version lacks are left out: ``infer_size`` is the size pre-read of earlier ones).
+PHASES: dict[str, tuple[str, ...]] = {
+    "size guess": ("first_record_layout", "infer_size", "infer_extra_channels"),
+    "pass 1: read+validate+stage": ("_stage",),
+    "splits (+ duplicates)": ("_choose_splits",),
+    "shard writes": ("_write_shards",),
+    "stats": ("_train_stats",),
+    "manifest + reasons": ("_write_tables",),
+    "report + cleanup": ("_finish",),
+}
+
+
+@contextmanager
+def timed_phases(seconds: dict[str, float]) -> Iterator[None]:
+    """Add the wall time of each of :data:`PHASES` to ``seconds`` while inside (the
+    module's functions are wrapped, then restored)."""
+    import utils.batching.split_and_batch as sb  # noqa: PLC0415
+
+    originals = {n: getattr(sb, n) for names in PHASES.values() for n in names if hasattr(sb, n)}
+
+    def timed(phase: str, fn: Callable) -> Callable:
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start
+
+        return run
+
+    for phase, names in PHASES.items():
+        for name in (n for n in names if n in originals):
+            setattr(sb, name, timed(phase, originals[name]))
+    try:
+        yield
+    finally:
+        for name, fn in originals.items():
+            setattr(sb, name, fn)
+
+
+def full_run(
+    src: Path, workers: int, compression: str, phases: dict[str, float] | None = None
+) -> tuple[int, float]:
+    """Input records and seconds of a complete conversion into a fresh folder (the wall
+    time of each phase added to ``phases`` when given; shard writes without stats)."""
     out = Path(tempfile.mkdtemp(prefix="bench-split-"))
+    seconds: dict[str, float] = {}
     try:
         cfg = SplitConfig(workers=workers, compression=compression, progress=False)
-        start = time.perf_counter()
-        report = run_split_and_batch(src, out / "shards", cfg)
-        return report.inputs, time.perf_counter() - start
+        with timed_phases(seconds) if phases is not None else nullcontext():
+            start = time.perf_counter()
+            report = run_split_and_batch(src, out / "shards", cfg)
+            total = time.perf_counter() - start
+        if phases is not None:
+            seconds["shard writes"] -= seconds.get("stats", 0.0)  # stats run inside it
+            seconds["other (unzip, fingerprint, ...)"] = total - sum(seconds.values())
+            phases.clear()
+            phases.update(seconds)
+        return report.inputs, total
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def _codec_work(paths: list[str], size: int, compression: str) -> tuple[float, int]:
+    """Seconds spent reading + inflating ``paths`` and deflating their samples with the
+    shard codec (each sample decoded beforehand, untimed), and the records done."""
+    from isal import igzip  # noqa: PLC0415
+
+    from utils.batching.shard_writer import ChunkCodec  # noqa: PLC0415
+    from utils.batching.validate_records import RecordRules, read_file  # noqa: PLC0415
+
+    rules = RecordRules(size)
+    images = [
+        [r.sample.image for r in read_file(Path(p), rules).records if r.sample is not None]
+        for p in paths
+    ]
+    codec = ChunkCodec((len(images[0][0]) if images[0] else 1, size, size), "float32", compression)
+    seconds, done = 0.0, 0
+    for path, samples in zip(paths, images, strict=True):
+        start = time.perf_counter()
+        with open(path, "rb") as handle:
+            igzip.decompress(handle.read())
+        for image in samples:
+            codec.encode(image)
+        seconds += time.perf_counter() - start
+        done += len(samples)
+    return seconds, done
+
+
+def codec_limit(files: list[str], size: int, workers: int, compression: str) -> float:
+    """Records/s of the codec work alone (:func:`_codec_work`) on a pool of ``workers``
+    processes: records / (timed seconds / workers). Damaged files (that do not decode)
+    are left out."""
+    from utils.batching.validate_records import RecordRules, read_file  # noqa: PLC0415
+
+    readable = [f for f in files if read_file(Path(f), RecordRules(size)).file_error is None]
+    batches = [readable[i : i + 8] for i in range(0, len(readable), 8)]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        results = list(
+            pool.map(_codec_work, batches, [size] * len(batches), [compression] * len(batches))
+        )
+    seconds, done = map(sum, zip(*results, strict=True))
+    return done / (seconds / workers)
 
 
 #: A small parent: it starts the measured child and reports the child's max RSS (KB).
@@ -123,64 +230,115 @@ def get_args_parser() -> argparse.ArgumentParser:
     from utils.cli import make_parser  # noqa: PLC0415
 
     parser = make_parser("bench.bench_split_and_batch", __doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=1500, help="records at 1x (demo: 1500)")
-    parser.add_argument("--size", type=int, default=48, help="patch side (demo: 48)")
+    parser.add_argument("--n", type=int, default=250, help="records at 1x")
+    parser.add_argument(
+        "--size", type=int, nargs="+", default=[225, 48], help="patch sides, one column each"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--compression", default="gzip", choices=("gzip", "lzf", "none"))
-    parser.add_argument("--skip-memory", action="store_true", help="only the throughput ratio")
-    parser.add_argument("--memory-only", action="store_true", help="only the peak memory")
+    parser.add_argument("--compression", default="gzip", choices=("gzip", "none"))
+    parser.add_argument(
+        "--memory-only", action="store_true", help="only the peak memory (first --size)"
+    )
     return parser
+
+
+def _load() -> str:
+    return "load " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def throughput(n: int, size: int, workers: int, repeats: int, compression: str) -> dict:
+    """The rates, ratios and phase times of one patch size (best of ``repeats``)."""
+    src = world(n, size)
+    files = record_files(src)
+    parse_floor(files[:8], size, workers)  # import and warm TensorFlow
+    limits, floors, parallel, fulls, loads = [], [], [], [], []
+    phases: dict[str, float] = {}
+    best_phases: dict[str, float] = {}
+    for _ in range(repeats):
+        limits.append(codec_limit(files, size, workers, compression))
+        count, seconds = parse_floor(files, size, 0)
+        floors.append(len(files) / seconds)
+        count, seconds = parse_floor(files, size, workers)
+        parallel.append(len(files) / seconds)
+        inputs, seconds = full_run(src, workers, compression, phases)
+        if not fulls or inputs / seconds > max(fulls):
+            best_phases = dict(phases)
+        fulls.append(inputs / seconds)
+        loads.append(_load())
+        print(
+            f"  {size} px: limit {limits[-1]:.1f}, floor {floors[-1]:.1f}, parallel floor "
+            f"{parallel[-1]:.1f}, full {fulls[-1]:.1f} records/s ({loads[-1]})",
+            flush=True,
+        )
+    limit, floor, fast, full = max(limits), max(floors), max(parallel), max(fulls)
+    total = sum(best_phases.values())
+    return {
+        "size": size,
+        "records": len(files),
+        "parsed_by_floor": count,
+        "codec_limit_per_s": round(limit, 1),
+        "floor_per_s": round(floor, 1),
+        "parallel_floor_per_s": round(fast, 1),
+        "full_per_s": round(full, 1),
+        "ratio_limit": round(full / limit, 3),
+        "ratio": round(full / floor, 3),
+        "ratio_parallel": round(full / fast, 3),
+        "phase_share": {k: round(v / total, 3) for k, v in best_phases.items()},
+        "phase_s": {k: round(v, 2) for k, v in best_phases.items()},
+        "load": loads,
+    }
+
+
+def print_table(results: list[dict], workers: int, compression: str) -> None:
+    """The results side by side, one column per patch size."""
+    head = "".join(f"{r['size']:>10d} px" for r in results)
+    rows = [
+        (f"codec limit ({workers} processes)", "codec_limit_per_s", "{:13.1f}"),
+        ("floor (TF parse loop)", "floor_per_s", "{:13.1f}"),
+        (f"parallel floor (tf.data, {workers})", "parallel_floor_per_s", "{:13.1f}"),
+        (f"full conversion ({compression})", "full_per_s", "{:13.1f}"),
+        ("full / codec limit (goal >= 0.8)", "ratio_limit", "{:13.3f}"),
+        ("full / floor       (goal >= 0.7)", "ratio", "{:13.3f}"),
+        ("full / parallel floor", "ratio_parallel", "{:13.3f}"),
+    ]
+    print(f"{'records/s':36s}{head}")
+    for label, key, form in rows:
+        print(f"{label:36s}" + "".join(form.format(r[key]) for r in results))
+    print("share of the full conversion's wall time:")
+    for phase in results[0]["phase_share"]:
+        values = "".join(f"{100 * r['phase_share'].get(phase, 0.0):12.1f} %" for r in results)
+        print(f"  {phase:34s}{values}")
+    for r in results:
+        print(f"{r['size']} px load averages (1, 5, 15 min) after each repeat: {r['load']}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
-    small = world(args.n, args.size)
-    files = record_files(small)
-    result: dict = {"records": len(files)}
+    result: dict = {"workers": args.workers, "compression": args.compression}
     if not args.memory_only:
-        parse_floor(files[:8], args.size, args.workers)  # import and warm TensorFlow
-        floors, parallel, fulls = [], [], []
-        for _ in range(args.repeats):
-            count, seconds = parse_floor(files, args.size, 0)
-            floors.append(len(files) / seconds)
-            count, seconds = parse_floor(files, args.size, args.workers)
-            parallel.append(len(files) / seconds)
-            inputs, seconds = full_run(small, args.workers, args.compression)
-            fulls.append(inputs / seconds)
-        floor, fast, full = max(floors), max(parallel), max(fulls)
-        result.update(
-            {
-                "parsed_by_floor": count,
-                "floor_per_s": round(floor, 1),
-                "parallel_floor_per_s": round(fast, 1),
-                "full_per_s": round(full, 1),
-                "ratio": round(full / floor, 3),
-                "ratio_parallel": round(full / fast, 3),
-            }
-        )
-        print(
-            f"floor (TF parse loop)    : {floor:8.1f} records/s  ({count} of {len(files)} parsed)"
-        )
-        print(
-            f"parallel floor (tf.data) : {fast:8.1f} records/s  "
-            f"({args.workers} reads + parse calls)"
-        )
-        print(f"full conversion          : {full:8.1f} records/s  ({args.compression})")
-        print(f"ratio full / floor       : {full / floor:8.3f}   (goal >= 0.7)")
-        print(f"ratio full / parallel    : {full / fast:8.3f}")
-    if not args.skip_memory:
-        large = world(4 * args.n, args.size)
+        sizes = [
+            throughput(args.n, size, args.workers, args.repeats, args.compression)
+            for size in args.size
+        ]
+        print_table(sizes, args.workers, args.compression)
+        result["sizes"] = sizes
+    else:
+        size = args.size[0]
+        small, large = world(args.n, size), world(4 * args.n, size)
         mem1 = peak_memory_mb(small, args.workers, args.compression)
         mem4 = peak_memory_mb(large, args.workers, args.compression)
         result.update(
+            size=size,
             peak_mb_1x=round(mem1, 1),
             peak_mb_4x=round(mem4, 1),
             memory_growth=round(mem4 / mem1 - 1, 3),
+            load=_load(),
         )
         print(f"peak memory 1x ({args.n:5d} records): {mem1:8.1f} MB")
         print(f"peak memory 4x ({4 * args.n:5d} records): {mem4:8.1f} MB")
         print(f"growth 4x / 1x       : {100 * (mem4 / mem1 - 1):+7.1f} %  (goal within 10 %)")
+        print(_load())
     print(json.dumps(result))
     return result
 

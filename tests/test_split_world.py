@@ -189,9 +189,10 @@ sb.main(sys.argv[1:])
 """
 
 
-def _killed_run(world: Path, out: Path, target: str, after: int) -> None:
+def _killed_run(world: Path, out: Path, target: str, after: int, *extra: str) -> None:
     code = textwrap.dedent(KILLER.format(target=target, after=after))
     args = [
+        *extra,
         str(world),
         str(out),
         "--shard-size",
@@ -221,8 +222,9 @@ def test_killed_run_recovers_to_the_same_result(world: Path, reference, tmp_path
     assert not (out / "manifest.csv").exists()
     assert 0 < len(list((out / ".staging").glob("part_*.h5"))) < 90 // 8
     assert list((out / ".staging").glob(".tmp-*"))  # the half-written part
-    # killed again while writing the shards
-    _killed_run(world, out, "write_chunk", after=20)
+    # killed again while writing the shards (in this process: --workers 1; a killed
+    # shard-writer process of a parallel run: tests/test_split_parallel.py)
+    _killed_run(world, out, "write_chunk", 20, "--workers", "1")
     assert len(list((out / "train").glob("train_*.h5"))) == 1
     report = run_split_and_batch(world, out, SplitConfig(**CFG))
     assert not (out / ".staging").exists() and not list(out.rglob(".tmp-*"))

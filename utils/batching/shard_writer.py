@@ -95,7 +95,9 @@ def create_sample_datasets(handle: h5py.File, codec: ChunkCodec, n: int) -> None
         handle.create_dataset(name, shape=(n,), dtype=np.int32)
 
 
-def write_chunk(dataset: h5py.Dataset, index: int, chunk: bytes, codec: ChunkCodec) -> None:
+def write_chunk(
+    dataset: h5py.Dataset, index: int, chunk: bytes | memoryview, codec: ChunkCodec
+) -> None:
     """Store one sample encoded by ``codec.encode`` at ``index``."""
     if codec.direct:
         dataset.id.write_direct_chunk((index, 0, 0, 0), chunk)

@@ -11,8 +11,13 @@
 3. assigns the samples to train/val/test by location (:mod:`utils.batching.spatial_split`);
    records without a label (places to predict) go to the ``predict`` split;
 4. writes each sample's encoded chunk into ``out/<split>/<split>_00000.h5`` shards
-   (written atomically, no re-encoding), computes ``stats.json`` on train and writes
-   ``manifest.csv`` (one row per input record) and ``report.json``.
+   (written atomically, no re-encoding, one shard per task of a pool of ``workers``
+   processes), computes ``stats.json`` on train and writes ``manifest.csv`` (one row
+   per input record) and ``report.json``.
+
+With a Dask scheduler (``cfg.scheduler``) or client, the staging parts of step 2 and
+the shards of step 4 are tasks of the cluster (:mod:`utils.batching.executors`); every
+path must be on storage its workers see. The outputs are the same bytes either way.
 
 Memory holds one part's metadata and a few samples in flight, never the data of a
 split. An interrupted run resumes from the finished parts and shards; a finished run
@@ -26,15 +31,17 @@ import dataclasses
 import hashlib
 import json
 import math
+import mmap
 import os
 import shutil
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import h5py
 import numpy as np
@@ -47,6 +54,7 @@ from utils import hdf5_schema as hs
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
 from utils.batching import record_quality as rq
 from utils.batching.duplicates import mark_duplicates
+from utils.batching.executors import TaskRunner, task_runner
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.batching.shard_writer import (
@@ -69,8 +77,7 @@ from utils.batching.validate_records import (
     RecordError,
     RecordResult,
     RecordRules,
-    infer_extra_channels,
-    infer_size,
+    first_record_layout,
     inflate_cap,
     iter_results,
 )
@@ -153,8 +160,11 @@ class SplitConfig:
     follow_links: bool = False  # read symbolic links whose target lies inside the source
     max_inflate_bytes: int | None = None  # per input file; None: derived from the size
     part_files: int = 256  # input files per staging part (the unit of resumption)
-    workers: int = 2  # reader threads (no effect on the result)
+    workers: int = 2  # reader threads and shard-writer processes (no effect on the result)
     progress: bool = True  # progress bars (no effect on the result)
+    # a Dask scheduler ("tcp://host:port"): parts and shards are written by its workers,
+    # which must see every path at the same place (no effect on the result)
+    scheduler: str | None = None
 
     def __post_init__(self) -> None:
         self.ratios = check_ratios(tuple(self.ratios))
@@ -164,10 +174,10 @@ class SplitConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
     def identity(self) -> dict:
-        """The fields that decide the output (not ``workers``/``progress``)."""
+        """The fields that decide the output (not ``workers``/``progress``/``scheduler``)."""
         values = dataclasses.asdict(self)
-        values.pop("workers")
-        values.pop("progress")
+        for name in ("workers", "progress", "scheduler"):
+            values.pop(name)
         return values
 
 
@@ -407,12 +417,21 @@ def _chunks_path(part: Path) -> Path:
 
 
 def _write_part(
-    path: Path, items: list[InputFile], worker: _PartWorker, workers: int, bar: tqdm
-) -> None:
-    """Process ``items`` into one staging part: the encoded chunks appended to a plain
-    file (a write that releases the GIL, unlike h5py's), then an HDF5 file with each
-    chunk's offset and size, the samples' summaries for ``stats.json`` and the manifest
-    rows. Both are written atomically, the HDF5 file last: it marks the part done."""
+    path: Path,
+    items: list[InputFile],
+    worker: _PartWorker,
+    workers: int,
+    on_file: Callable[[int], object] | None = None,
+) -> int:
+    """Process ``items`` into one staging part (the task of pass 1, also on a cluster)
+    with ``workers`` reader threads: the encoded chunks appended to a plain file (a
+    write that releases the GIL, unlike h5py's), then an HDF5 file with each chunk's
+    offset and size, the samples' summaries for ``stats.json`` and the manifest rows.
+    Both are written atomically, the HDF5 file last: it marks the part done.
+
+    Returns:
+        The number of input files (``on_file(1)`` is called after each, if given).
+    """
     rows: list[dict] = []
     spans: list[tuple[int, int]] = []
     summaries: list[SampleSummary] = []
@@ -430,7 +449,8 @@ def _write_part(
                 offset += len(chunk)
             summaries += file_summaries
             rows.extend(file_rows)
-            bar.update(1)
+            if on_file is not None:
+                on_file(1)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
         bands = worker.grid_shape[0]
         moments = np.array([s.moments for s in summaries], np.float64).reshape(-1, bands, 4)
@@ -440,6 +460,7 @@ def _write_part(
         handle.create_dataset(STAT_GRID, data=grid.reshape(-1, *worker.grid_shape))
         _stage_quality(handle, masks, clears, worker.rules.size)
         handle.create_dataset("rows", data=[json.dumps(r) for r in rows], dtype=TEXT)
+    return len(items)
 
 
 def _stage_quality(
@@ -475,7 +496,7 @@ def _write_quality(
     )
     clear = np.empty((n, len(rq.CLEAR_BANDS)), np.float32)
     for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
-        meta = parts[part].meta
+        meta = parts[int(part)].meta
         bits = meta[STAGED_MASK][int(staged)]
         masks[i] = np.unpackbits(bits, axis=1, count=pixels).reshape(-1, *shape)
         clear[i] = meta[STAGED_CLEAR][int(staged)]
@@ -500,36 +521,78 @@ class _StagedPart:
         return cls(meta, meta[CHUNK_SPANS][:], open(_chunks_path(path), "rb"))  # noqa: SIM115
 
     def chunk(self, index: int) -> bytes:
+        """The encoded chunk of staged sample ``index`` (a copy)."""
         offset, size = self.spans[index]
         return os.pread(self.blob.fileno(), int(size), int(offset))
+
+    @contextmanager
+    def view(self, index: int) -> Iterator[memoryview]:
+        """The encoded chunk of staged sample ``index`` as a view of the chunk file mapped
+        for that chunk alone (no copy: the shard's write reads the page cache directly;
+        unmapped after, so the pages do not add up in the process's memory)."""
+        offset, size = (int(v) for v in self.spans[index])
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        mapped = mmap.mmap(
+            self.blob.fileno(), offset + size - start, access=mmap.ACCESS_READ, offset=start
+        )
+        try:
+            with memoryview(mapped) as whole, whole[offset - start :] as chunk:
+                yield chunk
+        finally:
+            mapped.close()
 
     def close(self) -> None:
         self.meta.close()
         self.blob.close()
 
 
-def _write_shard(
-    path: Path,
-    members: pd.DataFrame,
-    parts: dict[int, _StagedPart],
-    codec: ChunkCodec,
-    *,
-    split: str,
-    source: str,
-    config: dict,
-    fingerprint: str,
-) -> None:
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
-        create_sample_datasets(handle, codec, len(members))
-        write_shard_attrs(
-            handle, split=split, source=source, config=config, bands=config.get("bands")
-        )
-        handle.attrs[ATTR_FINGERPRINT] = fingerprint
-        target = handle[hs.DATA]
-        for i, (part, staged) in enumerate(zip(members["part"], members["staged"], strict=True)):
-            write_chunk(target, i, parts[part].chunk(int(staged)), codec)
-        write_metadata(handle, members.to_dict("records"))
-        _write_quality(handle, members, parts, codec.shape[1:])
+@dataclass(frozen=True)
+class _ShardJob:
+    """One shard to write (the task of pass 2, also on a cluster): its path, its members
+    (manifest rows with their staging ``part`` and ``staged`` index) and its attributes."""
+
+    path: Path
+    members: pd.DataFrame
+    part_paths: tuple[Path, ...]
+    codec: ChunkCodec
+    split: str
+    source: str
+    config: dict
+    fingerprint: str
+
+
+def _write_shard(job: _ShardJob) -> str:
+    """Write one shard atomically from the staged chunks of its members (each staging
+    part it needs opened here, so a worker process or cluster task holds its own handles).
+
+    Returns:
+        The shard's path, as text.
+    """
+    members = job.members
+    parts = {int(k): _StagedPart.open(job.part_paths[int(k)]) for k in set(members["part"])}
+    try:
+        with atomic_path(job.path) as tmp, h5py.File(tmp, "w") as handle:
+            create_sample_datasets(handle, job.codec, len(members))
+            write_shard_attrs(
+                handle,
+                split=job.split,
+                source=job.source,
+                config=job.config,
+                bands=job.config.get("bands"),
+            )
+            handle.attrs[ATTR_FINGERPRINT] = job.fingerprint
+            target = handle[hs.DATA]
+            for i, (part, staged) in enumerate(
+                zip(members["part"], members["staged"], strict=True)
+            ):
+                with parts[int(part)].view(int(staged)) as chunk:
+                    write_chunk(target, i, chunk, job.codec)
+            write_metadata(handle, members.to_dict("records"))
+            _write_quality(handle, members, parts, job.codec.shape[1:])
+    finally:
+        for part in parts.values():
+            part.close()
+    return str(job.path)
 
 
 def _train_stats(
@@ -560,10 +623,12 @@ def _stage(
     cfg: SplitConfig,
     staging: Path,
     quarantine: Path,
+    runner: TaskRunner,
 ) -> tuple[list[Path], ChunkCodec, RecordRules]:
     """Pass 1: read, validate and stage ``items`` for patches of ``size`` pixels with the
     optional channel groups ``extra``, one part per ``cfg.part_files`` inputs (finished
-    parts are kept)."""
+    parts are kept). Locally the parts are staged in turn, each by ``cfg.workers`` reader
+    threads; on a cluster each part is a task."""
     codec = ChunkCodec(
         (len(schema.image_band_names()) + len(extra), size, size),
         cfg.dtype,
@@ -585,12 +650,20 @@ def _stage(
     worker = _PartWorker(rules, codec, quarantine)
     groups = [items[i : i + cfg.part_files] for i in range(0, len(items), cfg.part_files)]
     part_paths = [staging / f"part_{k:05d}.h5" for k in range(len(groups))]
-    with tqdm(total=len(items), desc="read + validate", disable=not cfg.progress) as bar:
-        for path, group in zip(part_paths, groups, strict=True):
-            if path.is_file():
-                bar.update(len(group))
-                continue
-            _write_part(path, group, worker, cfg.workers, bar)
+    todo = [(p, g) for p, g in zip(part_paths, groups, strict=True) if not p.is_file()]
+    with (
+        tqdm(total=len(items), desc="read + validate", disable=not cfg.progress) as bar,
+        runner.executor(len(todo), processes=False) as pool,
+    ):
+        bar.update(len(items) - sum(len(g) for _, g in todo))
+        on_file = None if runner.remote else bar.update
+        futures = [
+            pool.submit(_write_part, p, g, worker, runner.part_threads, on_file) for p, g in todo
+        ]
+        for future in futures:
+            files = future.result()
+            if runner.remote:
+                bar.update(files)
     return part_paths, codec, rules
 
 
@@ -695,7 +768,7 @@ def _inflate_cap(cfg: SplitConfig, size: int | None = None) -> int:
 
 
 def run_split_and_batch(
-    src: str | Path, out: str | Path, cfg: SplitConfig | None = None
+    src: str | Path, out: str | Path, cfg: SplitConfig | None = None, client: Any = None
 ) -> SplitReport:
     """Convert the exports under ``src`` into split HDF5 shards under ``out``.
 
@@ -704,6 +777,10 @@ def run_split_and_batch(
         out: output folder: ``train/ val/ test/`` shards, ``manifest.csv``,
             ``stats.json``, ``quarantine/``, ``report.json``.
         cfg: the :class:`SplitConfig` (defaults if ``None``).
+        client: a ``dask.distributed.Client``: staging parts and shards are written by
+            its cluster's workers (as with ``cfg.scheduler``; the outputs are the same
+            bytes as a local run's). ``src`` and ``out`` must be on storage every worker
+            sees at the same path.
 
     Returns:
         The :class:`SplitReport` (also in ``out/report.json``).
@@ -729,7 +806,8 @@ def run_split_and_batch(
             f"{_kinds_text(entries)}); give the folder the exports were written to"
         )
     with guard_output(out, STAGE, markers=(DONE_FILE, STAGING_DIR)) as owner:
-        return _convert(src, out, cfg, entries, owner, start)
+        with task_runner(cfg.workers, cfg.scheduler, client) as runner:
+            return _convert(src, out, cfg, entries, owner, start, runner)
 
 
 @dataclass
@@ -850,21 +928,20 @@ def _read_and_validate(
     staging: Path,
     quarantine: Path,
     fingerprint: str,
+    runner: TaskRunner,
 ) -> _Staged:
     """Step 2: the read and validate pass over every record, staged at the patch size of
-    ``cfg.size``, else of the staging stamp, else guessed from the first records; when most
-    records turn out to have another size, the pass runs again at that size (kept in the
-    stamp, so a resumed run does not guess again)."""
-    extra = (
-        tuple(cfg.extra_channels)
-        if cfg.extra_channels is not None
-        else infer_extra_channels([i.path for i in items])
-    )
+    ``cfg.size``, else of the staging stamp, else of the first readable record; the pass
+    counts every record's size, and when most records turn out to have another one, it
+    runs again at that size (kept in the stamp, so a resumed run does not guess again)."""
+    paths = [i.path for i in items]
+    guess, found = first_record_layout(paths)
+    extra = tuple(cfg.extra_channels) if cfg.extra_channels is not None else found
     band_names = [*schema.image_band_names(), *extra]
     stamp = staging / STAMP_FILE
-    size = _staged_size(stamp) or cfg.size or infer_size([i.path for i in items]) or 1
+    size = _staged_size(stamp) or cfg.size or guess or 1
     while True:
-        part_paths, codec, rules = _stage(items, size, extra, cfg, staging, quarantine)
+        part_paths, codec, rules = _stage(items, size, extra, cfg, staging, quarantine, runner)
         staged = _staged_rows(part_paths)
         sizes = size_mix(staged)
         best = cfg.size or _majority_size(sizes, src)
@@ -924,42 +1001,51 @@ def _write_shards(
     out: Path,
     owner: OutputFolder,
     fingerprint: str,
+    runner: TaskRunner,
 ) -> tuple[dict[str, int], BandStats]:
     """Step 4: copy each sample's staged chunk into ``out/<split>/`` shards (a shard of
     this fingerprint already there is kept), filling the manifest's ``shard`` and
-    ``index_in_shard``, and gather the train statistics.
+    ``index_in_shard``, and gather the train statistics. The shards are written in
+    parallel by ``runner`` (one task each); their bytes do not depend on it.
 
     Returns:
         Shards per split, and the train split's band statistics.
     """
     manifest = split.manifest
+    shard_counts, jobs = {}, []
+    config = {**cfg.identity(), "bands": staged.band_names}
+    for name in split.splits:
+        members = manifest[manifest["split"] == name]
+        starts = range(0, len(members), cfg.shard_size)
+        shard_counts[name] = len(starts)
+        for j, first in enumerate(starts):
+            chunk = members.iloc[first : first + cfg.shard_size]
+            path = out / name / hs.shard_name(name, j)
+            manifest.loc[chunk.index, "shard"] = f"{name}/{path.name}"
+            manifest.loc[chunk.index, "index_in_shard"] = np.arange(len(chunk))
+            owner.record([f"{name}/{path.name}"])
+            if not _shard_done(path, fingerprint):
+                job = _ShardJob(
+                    path,
+                    chunk.astype({"staged": int, "part": int, "year": int, "imagery_year": int}),
+                    tuple(staged.part_paths),
+                    staged.codec,
+                    name,
+                    str(src),
+                    config,
+                    fingerprint,
+                )
+                jobs.append(job)
+    with (
+        runner.executor(len(jobs), processes=True) as pool,
+        tqdm(total=len(jobs), desc="shards", disable=not cfg.progress) as bar,
+    ):
+        for future in [pool.submit(_write_shard, job) for job in jobs]:
+            future.result()
+            bar.update(1)
     stats = BandStats(staged.band_names, staged.rules.reflectance_range)
     handles = {k: _StagedPart.open(p) for k, p in enumerate(staged.part_paths)}
-    shard_counts = {}
     try:
-        for name in split.splits:
-            members = manifest[manifest["split"] == name]
-            starts = range(0, len(members), cfg.shard_size)
-            shard_counts[name] = len(starts)
-            for j, first in enumerate(
-                tqdm(starts, desc=f"{name} shards", disable=not cfg.progress)
-            ):
-                chunk = members.iloc[first : first + cfg.shard_size]
-                path = out / name / hs.shard_name(name, j)
-                manifest.loc[chunk.index, "shard"] = f"{name}/{path.name}"
-                manifest.loc[chunk.index, "index_in_shard"] = np.arange(len(chunk))
-                owner.record([f"{name}/{path.name}"])
-                if not _shard_done(path, fingerprint):
-                    _write_shard(
-                        path,
-                        chunk.astype({"staged": int, "year": int, "imagery_year": int}),
-                        handles,
-                        staged.codec,
-                        split=name,
-                        source=str(src),
-                        config={**cfg.identity(), "bands": staged.band_names},
-                        fingerprint=fingerprint,
-                    )
         _train_stats(manifest, handles, stats, staged.size * staged.size)
     finally:
         for handle in handles.values():
@@ -1029,7 +1115,13 @@ def _finish(out: Path, report: SplitReport, fingerprint: str) -> None:
 
 
 def _convert(
-    src: Path, out: Path, cfg: SplitConfig, entries: list[Entry], owner: OutputFolder, start: float
+    src: Path,
+    out: Path,
+    cfg: SplitConfig,
+    entries: list[Entry],
+    owner: OutputFolder,
+    start: float,
+    runner: TaskRunner,
 ) -> SplitReport:
     """The body of :func:`run_split_and_batch`, under the output folder's lock: the named
     steps in order (each resumable: a killed run continues from its staging parts and
@@ -1039,9 +1131,9 @@ def _convert(
         return finished
     staging, quarantine = _prepare_folders(out, fingerprint, owner)
     inputs = _unzip_and_list(src, out, cfg, entries, quarantine)
-    staged = _read_and_validate(inputs.items, cfg, src, staging, quarantine, fingerprint)
+    staged = _read_and_validate(inputs.items, cfg, src, staging, quarantine, fingerprint, runner)
     split = _choose_splits([*inputs.rows, *staged.rows], staged.part_paths, cfg, src, out)
-    shard_counts, stats = _write_shards(split, staged, cfg, src, out, owner, fingerprint)
+    shard_counts, stats = _write_shards(split, staged, cfg, src, out, owner, fingerprint, runner)
     table = _write_tables(out, split.manifest, stats)
     report = _make_report(out, table, split, staged, entries, inputs.extracted, shard_counts, start)
     _finish(out, report, fingerprint)
@@ -1109,6 +1201,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--max-inflate-bytes", type=int, default=None, help="cap on one file (default: from size)"
     )
     parser.add_argument("--workers", type=int, default=d.workers)
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="tcp://HOST:PORT",
+        help="a Dask scheduler: its workers stage the parts and write the shards (every "
+        "path on storage they all see; the same outputs as a local run)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -1135,6 +1234,7 @@ def config_from_args(args: argparse.Namespace) -> SplitConfig:
         max_inflate_bytes=args.max_inflate_bytes,
         workers=args.workers,
         progress=not args.no_progress,
+        scheduler=args.scheduler,
     )
 
 

@@ -629,6 +629,20 @@ def infer_extra_channels(paths: list[Path], limit: int = 32) -> tuple[str, ...]:
     return tuple(b for b in (schema.NIGHT_LIGHTS_BAND,) if b in floats)
 
 
+def first_record_layout(paths: list[Path], limit: int = 32) -> tuple[int | None, tuple[str, ...]]:
+    """A first guess of the patch side and the optional channel groups (``NL``) from one
+    record: the first readable one of the first ``limit`` of ``paths`` (one file read;
+    ``split_and_batch`` then counts the size of every record in its pass and settles on
+    the majority). The side is ``None`` without such a record, and rounded down when the
+    band length is not a square (the pass then finds every record ``wrong_size``)."""
+    floats = next(_first_image_features(paths[:limit]), None)
+    if floats is None:
+        return None, ()
+    length = (floats["B2_q1"] if "B2_q1" in floats else floats["B2_1"]).size
+    extra = tuple(b for b in (schema.NIGHT_LIGHTS_BAND,) if b in floats)
+    return max(1, math.isqrt(length)), extra
+
+
 def iter_results(path: Path, rules: RecordRules) -> Iterator[RecordResult]:
     """Read and validate the records of one file, one :class:`RecordResult` at a time
     (so a caller can drop each image before the next is read). A file-level error that
