@@ -197,3 +197,29 @@ def test_notebook_defaults_are_the_config_defaults() -> None:
     study = _notebook_defaults("main.ipynb")["study"]
     defaults = asdict(StudyConfig())
     assert all(_same(v, defaults[k]) for k, v in study.items()), study
+
+
+def test_field_help_reads_continuation_lines_holding_a_colon() -> None:
+    from dataclasses import dataclass  # noqa: PLC0415
+
+    from utils.cli import field_help  # noqa: PLC0415
+
+    @dataclass
+    class Knobs:
+        """Two knobs.
+
+        Attributes:
+            first, second: shared text that goes on, naming
+                :class:`Thing` with two words: here, and ``code``.
+            third: 100% plain.
+        """
+
+        first: int = 0
+        second: int = 0
+        third: int = 0
+
+    help_ = field_help(Knobs)
+    assert set(help_) == {"first", "second", "third"}
+    expected = "shared text that goes on, naming Thing with two words: here, and code."
+    assert help_["first"] == help_["second"] == expected
+    assert help_["third"] == "100%% plain."

@@ -100,7 +100,7 @@ def field_help(cls: type) -> dict[str, str]:
     entries: dict[str, str] = {}
     names: list[str] = []
     for line in section.splitlines():
-        match = re.match(r"^    ([\w, ]+):\s*(.*)$", line)
+        match = re.match(r"^    (\w[\w, ]*):\s*(.*)$", line)
         if match:
             names = [n.strip() for n in match.group(1).split(",")]
             entries.update({n: match.group(2) for n in names})
