@@ -598,37 +598,6 @@ def _first_image_features(paths: Iterable[Path]) -> Iterator[dict[str, np.ndarra
             yield floats
 
 
-def infer_size(paths: list[Path], limit: int = 32) -> int | None:
-    """Patch side H (= W) from the first readable records of ``paths``: the most common
-    length of the first Sentinel-2 band, which must be a perfect square. ``None`` when
-    no file holds a readable record (then every input is quarantined anyway).
-
-    Raises:
-        ValueError: the band length is not a square.
-    """
-    lengths = [
-        (f["B2_q1"] if "B2_q1" in f else f["B2_1"]).size
-        for f in itertools.islice(_first_image_features(paths), limit)
-    ]
-    if not lengths:
-        return None
-    values, counts = np.unique(lengths, return_counts=True)
-    length = int(values[np.argmax(counts)])
-    side = math.isqrt(length)
-    if side * side != length:
-        raise ValueError(
-            f"bands hold {length} values, not a square patch; pass size= (H = W) explicitly"
-        )
-    return side
-
-
-def infer_extra_channels(paths: list[Path], limit: int = 32) -> tuple[str, ...]:
-    """Optional channel groups (``NL``) present in the first readable record of the
-    first ``limit`` of ``paths`` (empty when none has them)."""
-    floats = next(_first_image_features(paths[:limit]), {})
-    return tuple(b for b in (schema.NIGHT_LIGHTS_BAND,) if b in floats)
-
-
 def first_record_layout(paths: list[Path], limit: int = 32) -> tuple[int | None, tuple[str, ...]]:
     """A first guess of the patch side and the optional channel groups (``NL``) from one
     record: the first readable one of the first ``limit`` of ``paths`` (one file read;
