@@ -448,6 +448,13 @@ def make_loader(
     )
 
 
+def augments_per_sample(cfg: Any, split: str) -> bool:
+    """Whether the items of ``split`` get random flips/rot90 one by one under ``cfg``
+    (``augment`` on the train split, unless ``augment_on="device"`` does it per batch)."""
+    on_device = getattr(cfg, "augment_on", "cpu") == "device"
+    return bool(cfg.augment) and split == "train" and not on_device
+
+
 def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[str, ShardDataset]:
     """The datasets of ``splits`` for a config with ``shards_dir``, ``channels``,
     ``dw_mode``, ``crop`` and ``augment`` (a :class:`utils.train.TrainConfig`), in the
@@ -463,7 +470,7 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
             channels=cfg.channels,
             crop=None if on_device and split == "train" else cfg.crop,
             train=split == "train",
-            augment=bool(cfg.augment) and split == "train" and not on_device,
+            augment=augments_per_sample(cfg, split),
             dw_mode=cfg.dw_mode,
             layout=layout,
         )

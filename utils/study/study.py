@@ -44,7 +44,14 @@ from loss.weights import WEIGHTS_VERSION, sample_weights
 from metrics import regression_report
 from utils.atomic import atomic_open
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.dataloader import ShardDataset, augment, build_datasets, input_layout, make_loader
+from utils.dataloader import (
+    ShardDataset,
+    augment,
+    augments_per_sample,
+    build_datasets,
+    input_layout,
+    make_loader,
+)
 from utils.device import resolve_device
 from utils.models import build_model
 from utils.ownership import OutputFolder
@@ -251,7 +258,7 @@ def cached_datasets(
     cached = {
         split: MemoryCachedDataset(
             ds,
-            augment=bool(cfg.augment) and split == "train" and cfg.augment_on == "cpu",
+            augment=augments_per_sample(cfg, split),
             device=device,
         )
         for split, ds in built.items()
