@@ -232,7 +232,9 @@ class MemoryCachedDataset(Dataset):
         return {**item, "image": image.contiguous()}
 
     def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # not yet set (e.g. while unpickling)
+        # not "dataset" (not yet set while unpickling), nor protocol names such as
+        # __getitems__: a DataLoader would read the wrapped dataset's batches past the cache
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
