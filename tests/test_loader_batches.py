@@ -15,6 +15,7 @@ from shards_factory import write_tiny_shards
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from utils import hdf5_schema as hs
+from utils.batch_transforms import BatchCropFlip
 from utils.batching.shard_writer import ChunkCodec, write_chunk
 from utils.dataloader import BatchMemory, ShardDataset, collate_batch, make_loader
 from utils.fast_chunks import chunk_plan, read_sample
@@ -209,3 +210,46 @@ def test_a_memory_cached_dataset_batches_its_cache(root: Path) -> None:
     cached._items[0]["image"].fill_(7.0)
     batch = next(iter(make_loader(cached, batch_size=3)))
     assert torch.all(batch["image"][0] == 7.0) and not torch.all(batch["image"][1] == 7.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "codec"),
+    [
+        ({"dw_mode": "onehot"}, None),
+        ({"dw_mode": "channel", "channels": "rgb"}, None),
+        ({"dw_mode": "none", "layout": "time"}, None),
+        ({"dw_mode": "onehot", "layout": "time"}, ("float16", "none")),
+        ({"dw_mode": "onehot"}, ("float32", "none")),
+    ],
+)
+def test_raw_items_prepared_on_the_device_equal_the_items(
+    tmp_path: Path, options: dict, codec: tuple | None
+) -> None:
+    root = write_tiny_shards(tmp_path, sizes={"train": 6}, size=SIZE, shard_size=4)
+    with h5py.File(root / "train" / hs.shard_name("train", 0), "a") as f:
+        data = f[hs.DATA][:]
+        data[0, -1, 0, :3] = np.nan  # nodata DW codes: no class
+        data[1, -1, 1, :2] = [2.5, 3.5]  # rounded half to even, as np.rint does
+        f[hs.DATA][:] = data
+    if codec:
+        _recode(root, *codec)
+    kwargs = {"crop": CROP, "train": True, "augment": True, **options}
+    cooked, raw = (
+        ShardDataset(root, "train", **kwargs),
+        ShardDataset(root, "train", raw=True, **kwargs),
+    )
+    prepare = raw.batch_preparer()
+    for index in range(len(raw)):
+        torch.manual_seed(index)
+        item = raw.__getitems__([index])[0]["image"]
+        assert item.shape == raw.raw_shape and item.numpy().dtype == raw.source_dtype
+        torch.manual_seed(index)
+        expected = cooked[index]["image"]
+        assert prepare(item[None])[0].numpy().tobytes() == expected.numpy().tobytes()
+    whole = {"crop": None, "train": True, **{k: v for k, v in options.items()}}
+    raw_batch = torch.stack(
+        [ShardDataset(root, "train", raw=True, **whole)[i]["image"] for i in range(6)]
+    )
+    batch = torch.stack([ShardDataset(root, "train", **whole)[i]["image"] for i in range(6)])
+    on_device = BatchCropFlip(CROP, seed=4, prepare=prepare)(raw_batch)
+    assert on_device.numpy().tobytes() == BatchCropFlip(CROP, seed=4)(batch).numpy().tobytes()

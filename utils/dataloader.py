@@ -160,8 +160,8 @@ def _as_slice(index: np.ndarray) -> slice | None:
 class _Held:
     """One reusable batch array of :class:`BatchMemory` and its idle reference count."""
 
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.array = np.empty(shape, np.float32)
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.array = np.empty(shape, dtype)
         self.idle_refs = sys.getrefcount(self.array)  # held by this attribute alone
 
     def idle(self) -> bool:
@@ -171,8 +171,8 @@ class _Held:
 
 
 class BatchMemory:
-    """Where :meth:`ShardDataset.__getitems__` writes a batch: float32 tensors that are
-    reused once nothing holds them any more, or fresh shared memory in a loader worker.
+    """Where :meth:`ShardDataset.__getitems__` writes a batch: tensors that are reused
+    once nothing holds them any more, or fresh shared memory in a loader worker.
 
     At 225 px a batch of 32 is ~200 MB; fresh memory costs a page fault every 4 KiB
     (about 0.5-2.7 ms a sample here, more than the copy itself). In the process that
@@ -190,22 +190,64 @@ class BatchMemory:
 
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
-        self._held: dict[tuple[int, ...], list[_Held]] = {}
+        self._held: dict[tuple[tuple[int, ...], str], list[_Held]] = {}
 
-    def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """An uninitialised float32 tensor of ``shape`` (every element must be written)."""
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype | str = "float32") -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` and ``dtype`` (write every element)."""
+        dtype = np.dtype(dtype)
         if get_worker_info() is not None:  # as default_collate: no copy when sent
             numel = int(np.prod(shape))
-            storage = torch.empty(0)._typed_storage()._new_shared(numel, device="cpu")
-            return torch.empty(0).new(storage).resize_(shape)
-        rows, held = shape[0], self._held.setdefault(tuple(shape[1:]), [])
+            like = torch.from_numpy(np.empty(0, dtype))
+            return like.new(like._typed_storage()._new_shared(numel, device="cpu")).resize_(shape)
+        rows, held = shape[0], self._held.setdefault((tuple(shape[1:]), dtype.str), [])
         for entry in held:
             if len(entry.array) >= rows and entry.idle():
                 return torch.from_numpy(entry.array[:rows])
         if len(held) >= self.keep:  # all held elsewhere (or too short): theirs now
             held.pop(0)
-        held.append(_Held(tuple(shape)))
+        held.append(_Held(tuple(shape), dtype))
         return torch.from_numpy(held[-1].array[:rows])
+
+
+class BatchPrepare:
+    """Standardisation, Dynamic World one-hot and time grid of a batch of raw items
+    (``ShardDataset(raw=True)``: (B, S + 1, h, w) or (B, S, h, w), any float dtype), on
+    the batch's device: the float32 operations of the per-sample path (value minus mean,
+    over std; codes rounded half to even, NaN as -1, compared per class), so the result
+    equals the items of ``raw=False`` bit for bit (float16 to float32 is exact).
+
+    Args:
+        mean, std: (N,) float32 of the standardised channels (the Sentinel-2 ones, and
+            Dynamic World with ``dw_mode="channel"``).
+        one_hot: the last raw channel is Dynamic World, to one-hot encode.
+        time_index: the (C, T) grid of :func:`time_grid`, or None for layout ``"stack"``.
+    """
+
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        *,
+        one_hot: bool,
+        time_index: torch.Tensor | None = None,
+    ) -> None:
+        self.mean, self.std, self.one_hot, self.time_index = mean, std, one_hot, time_index
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        """The prepared float32 batch, on the device of ``raw``."""
+        device, n_norm = raw.device, len(self.mean)
+        x = raw.float()
+        mean = self.mean.to(device)[None, :, None, None]
+        std = self.std.to(device)[None, :, None, None]
+        parts = [(x[:, :n_norm] - mean) / std]
+        if self.one_hot:
+            codes = torch.nan_to_num(x[:, n_norm], nan=-1.0).round()[:, None]
+            classes = torch.arange(len(DW_CLASSES), device=device, dtype=x.dtype)
+            parts.append((codes == classes[None, :, None, None]).to(x.dtype))
+        out = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        if self.time_index is not None:
+            out = out[:, self.time_index.to(device)]
+        return out
 
 
 class ShardDataset(Dataset):
@@ -225,6 +267,11 @@ class ShardDataset(Dataset):
             ``valid_q1 ... valid_q4``, ``valid_DW``; 1 data, 0 nodata), cropped and
             augmented like ``image``.
         layout: ``"stack"`` (C x h x w) or ``"time"`` (C x T x h x w, :func:`time_grid`).
+        raw: ``image`` holds the stored values of the channels the item is made of, in
+            the shards' dtype (float16 shards stay float16): the Sentinel-2 channels,
+            then the Dynamic World codes unless ``dw_mode="none"`` (:attr:`raw_shape`),
+            cropped and flipped, not standardised; :meth:`batch_preparer` finishes a
+            batch of them on the training device with the same values, bit for bit.
 
     Each item: ``image`` (float32, C x h x w or C x T x h x w), ``label`` (float32
     scalar), ``index`` (position in the split), ``cell_id``, ``cell_key``, ``latitude``,
@@ -248,11 +295,12 @@ class ShardDataset(Dataset):
         normalize: bool = True,
         with_mask: bool = False,
         layout: str = "stack",
+        raw: bool = False,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         self.shards_dir = resolve(shards_dir)
-        self.with_mask = with_mask
+        self.with_mask, self.raw = with_mask, raw
         self.split = split
         self.files = hs.split_files(self.shards_dir, split)
         self.train, self.augment, self.dw_mode = train, augment, dw_mode
@@ -282,6 +330,8 @@ class ShardDataset(Dataset):
         if len(shapes) != 1:
             raise ValueError(f"shards of {split!r} differ in sample shape: {sorted(shapes)}")
         (self.source_channels, height, width) = shapes.pop()
+        with h5py.File(self.files[0], "r") as f:
+            self.source_dtype = np.dtype(f[hs.DATA].dtype)
         self.file_bands = file_bands
         missing = [b for b in self.s2_names if b not in file_bands]
         if missing or (dw_mode != "none" and DW_BAND not in file_bands):
@@ -432,7 +482,7 @@ class ShardDataset(Dataset):
         n_norm = len(self._mean)  # the stacked channels, before any time grid
         n_image = n_norm + (len(DW_CLASSES) if self.dw_mode == "onehot" else 0)
         stacked = image
-        if self._time_index is not None:  # stacked first, then gathered into (C, T, h, w)
+        if self._time_index is not None and not self.raw:  # stacked, then (C, T, h, w)
             stacked = np.empty((n_image, self.crop, self.crop), np.float32)
         n_s2 = len(self._s2_index)
         if self._s2_slice is not None:
@@ -440,16 +490,12 @@ class ShardDataset(Dataset):
         else:
             for out, source in enumerate(self._s2_index):
                 stacked[out] = view[source]
-        if self.dw_mode == "channel":
-            stacked[n_norm - 1] = view[self._dw_index]
-        stacked[:n_norm] -= self._mean[:, None, None]
-        stacked[:n_norm] /= self._std[:, None, None]
-        if self.dw_mode == "onehot":
-            dw = view[self._dw_index].astype(np.float32)
-            codes = np.rint(np.nan_to_num(dw, nan=-1.0))
-            for c in range(len(DW_CLASSES)):
-                np.equal(codes, c, out=stacked[n_norm + c])  # 1.0 or 0.0
-        if self._time_index is not None:
+        if self.raw:
+            if self.dw_mode != "none":
+                stacked[n_s2] = view[self._dw_index]
+        else:
+            self._standardise(view, stacked, n_norm)
+        if self._time_index is not None and not self.raw:
             flat = image.reshape(-1, self.crop, self.crop)
             np.take(stacked, self._time_index.ravel(), axis=0, out=flat, mode="clip")
         if mask is not None:  # cropped and flipped alike
@@ -466,6 +512,19 @@ class ShardDataset(Dataset):
             "year": int(meta["year"][row]),
         }
 
+    def _standardise(self, view: np.ndarray, stacked: np.ndarray, n_norm: int) -> None:
+        """Standardise the Sentinel-2 channels copied into ``stacked`` and add Dynamic
+        World (normalised, or one-hot) from the oriented sample ``view``."""
+        if self.dw_mode == "channel":
+            stacked[n_norm - 1] = view[self._dw_index]
+        stacked[:n_norm] -= self._mean[:, None, None]
+        stacked[:n_norm] /= self._std[:, None, None]
+        if self.dw_mode == "onehot":
+            dw = view[self._dw_index].astype(np.float32)
+            codes = np.rint(np.nan_to_num(dw, nan=-1.0))
+            for c in range(len(DW_CLASSES)):
+                np.equal(codes, c, out=stacked[n_norm + c])  # 1.0 or 0.0
+
     def _item(self, index: int, image: torch.Tensor, mask: torch.Tensor | None) -> dict:
         """The item of ``index``, its image (and mask) written into the given tensors."""
         rest = self._fill(index, image.numpy(), None if mask is None else mask.numpy())
@@ -474,21 +533,44 @@ class ShardDataset(Dataset):
     def _mask_shape(self) -> tuple[int, ...]:
         return (self.mask_channels, self.crop, self.crop)
 
+    def _image_layout(self) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of ``image``."""
+        if self.raw:
+            return self.raw_shape, self.source_dtype
+        return self.sample_shape, np.dtype(np.float32)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        shape, dtype = self._image_layout()
         mask = torch.empty(self._mask_shape()) if self.with_mask else None
-        return self._item(index, torch.empty(self.sample_shape), mask)
+        return self._item(index, torch.from_numpy(np.empty(shape, dtype)), mask)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The items of ``indices`` (a DataLoader batch), each ``image`` (and ``mask``)
         written straight into its row of one batch tensor, which :func:`collate_batch`
         then hands on without a copy (:class:`BatchMemory` says where that tensor lives).
         The items are those of ``[self[i] for i in indices]``, value for value."""
-        images = self._memory.empty((len(indices), *self.sample_shape))
+        shape, dtype = self._image_layout()
+        images = self._memory.empty((len(indices), *shape), dtype)
         masks = self._memory.empty((len(indices), *self._mask_shape())) if self.with_mask else None
         return [
             self._item(index, images[i], None if masks is None else masks[i])
             for i, index in enumerate(indices)
         ]
+
+    @property
+    def raw_shape(self) -> tuple[int, ...]:
+        """Shape of ``image`` with ``raw=True``: (S + 1, h, w), S Sentinel-2 channels and
+        the Dynamic World codes (S with ``dw_mode="none"``)."""
+        return (len(self._s2_index) + (self.dw_mode != "none"), self.crop, self.crop)
+
+    def batch_preparer(self) -> BatchPrepare:
+        """What turns a batch of ``raw=True`` items into the items of ``raw=False``."""
+        return BatchPrepare(
+            torch.from_numpy(self._mean),
+            torch.from_numpy(self._std),
+            one_hot=self.dw_mode == "onehot",
+            time_index=None if self._time_index is None else torch.from_numpy(self._time_index),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -674,6 +756,7 @@ __all__ = [
     "LAYOUTS",
     "ShardDataset",
     "BatchMemory",
+    "BatchPrepare",
     "augment",
     "augment_draws",
     "build_datasets",
