@@ -17,9 +17,18 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from utils import hdf5_schema as hs
 from utils.batch_transforms import BatchCropFlip
 from utils.batching.shard_writer import ChunkCodec, write_chunk
-from utils.dataloader import BatchMemory, ShardDataset, collate_batch, make_loader
+from utils.checkpoint import load_checkpoint
+from utils.dataloader import (
+    BatchMemory,
+    ShardDataset,
+    build_datasets,
+    collate_batch,
+    make_loader,
+)
 from utils.fast_chunks import chunk_plan, read_sample
+from utils.models import build_model
 from utils.study.study import MemoryCachedDataset
+from utils.train import TrainConfig, fit
 
 SIZE, CROP = 10, 7
 
@@ -229,7 +238,7 @@ def test_raw_items_prepared_on_the_device_equal_the_items(
     with h5py.File(root / "train" / hs.shard_name("train", 0), "a") as f:
         data = f[hs.DATA][:]
         data[0, -1, 0, :3] = np.nan  # nodata DW codes: no class
-        data[1, -1, 1, :2] = [2.5, 3.5]  # rounded half to even, as np.rint does
+        data[:, -1, 4, 4:6] = [2.5, 3.5]  # inside every crop: rounded half to even (np.rint)
         f[hs.DATA][:] = data
     if codec:
         _recode(root, *codec)
@@ -253,3 +262,39 @@ def test_raw_items_prepared_on_the_device_equal_the_items(
     batch = torch.stack([ShardDataset(root, "train", **whole)[i]["image"] for i in range(6)])
     on_device = BatchCropFlip(CROP, seed=4, prepare=prepare)(raw_batch)
     assert on_device.numpy().tobytes() == BatchCropFlip(CROP, seed=4)(batch).numpy().tobytes()
+
+
+@pytest.mark.filterwarnings("ignore:.*optimizer steps")
+def test_prepare_on_device_trains_the_same_weights(tmp_path: Path) -> None:
+    shards = write_tiny_shards(tmp_path / "shards", size=12, seed=0)
+    values = {
+        "shards_dir": str(shards),
+        "model": "tiny_cnn",
+        "crop": 10,
+        "epochs": 2,
+        "batch_size": 8,
+        "augment": True,
+        "augment_on": "device",
+        "progress": False,
+        "tensorboard": False,
+    }
+    seen: list[tuple[torch.dtype, tuple[int, ...]]] = []
+    runs = {}
+    for prepare_on in ("cpu", "device"):
+        cfg = TrainConfig(run_dir=str(tmp_path / prepare_on), prepare_on=prepare_on, **values)
+        assert build_datasets(cfg)["train"].raw == (prepare_on == "device")
+        torch.manual_seed(0)  # the same initial weights
+        model = build_model("tiny_cnn", 33)
+        model.register_forward_pre_hook(lambda m, args: seen.append((args[0].dtype, args[0].shape)))
+        runs[prepare_on] = load_checkpoint(fit(cfg, model=model).last_checkpoint)["model"]
+    assert {dtype for dtype, _ in seen} == {torch.float32}
+    assert {shape[1:] for _, shape in seen} == {(33, 10, 10)}
+    assert runs["cpu"].keys() == runs["device"].keys()
+    assert all(torch.equal(runs["cpu"][k], runs["device"][k]) for k in runs["cpu"])
+    with pytest.raises(ValueError, match="prepare_on='device' needs augment_on='device'"):
+        TrainConfig(**{**values, "augment_on": "cpu"}, prepare_on="device")
+    with pytest.raises(ValueError, match="unknown prepare_on 'gpu'"):
+        TrainConfig(**values, prepare_on="gpu")
+    raw = {"train": ShardDataset(shards, "train", raw=True), "val": ShardDataset(shards, "val")}
+    with pytest.raises(ValueError, match="needs augment_on='device'"):
+        fit(TrainConfig(**{**values, "augment_on": "cpu"}), datasets=raw)

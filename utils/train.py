@@ -375,6 +375,7 @@ def _stored_config(cfg: TrainConfig, train_ds: ShardDataset, model: nn.Module) -
 
 def _check_resumable(stored: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     free = {"epochs", "resume", "progress", "num_workers", "early_stopping", "tensorboard"}
+    free.add("prepare_on")  # the same values either way
     now = cfg.to_dict()
     changed = sorted(
         k
@@ -581,10 +582,16 @@ def _batch_transform(cfg: TrainConfig, train_ds: ShardDataset) -> BatchCropFlip 
     (``cfg.augment``) of the training batches, reseeded every epoch
     (:func:`augment_seed`); None when the loader crops and flips each sample.
 
+    With a raw train dataset (``prepare_on="device"``) the crop is followed by its
+    :meth:`~utils.dataloader.ShardDataset.batch_preparer`.
+
     Raises:
-        ValueError: for a train dataset that crops or augments its items itself.
+        ValueError: for a train dataset that crops or augments its items itself, or a
+            raw one without ``augment_on="device"``.
     """
     if cfg.augment_on != "device":
+        if getattr(train_ds, "raw", False):
+            raise ValueError("a raw train dataset (raw=True) needs augment_on='device'")
         return None
     if train_ds.crop < train_ds.patch or getattr(train_ds, "augment", False):
         raise ValueError(
@@ -592,7 +599,8 @@ def _batch_transform(cfg: TrainConfig, train_ds: ShardDataset) -> BatchCropFlip 
             f"must return whole patches without augmentation (crop=None, augment=False), "
             f"got {train_ds!r} with augment={getattr(train_ds, 'augment', False)}"
         )
-    return BatchCropFlip(cfg.crop, augment=cfg.augment, seed=cfg.seed)
+    prepare = train_ds.batch_preparer() if getattr(train_ds, "raw", False) else None
+    return BatchCropFlip(cfg.crop, augment=cfg.augment, seed=cfg.seed, prepare=prepare)
 
 
 def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:

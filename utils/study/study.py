@@ -74,6 +74,7 @@ TABLE_METRICS: tuple[str, ...] = ("bmae", "mae", "rmse", "r2", "many_mae", "medi
 #: TrainConfig fields that do not change a run's result (left out of the cache key).
 NON_RESULT_FIELDS: frozenset[str] = frozenset(
     {"run_dir", "shards_dir", "experiment", "resume", "progress", "tensorboard", "num_workers"}
+    | {"prepare_on"}  # where the items are standardised: the same values either way
 )
 #: Config fields added after runs were cached, left out of the cache key at these values
 #: (their behaviour before the field existed), so those cached runs stay valid.
