@@ -23,8 +23,10 @@ by split_and_batch; cached under ``runs/bench/``), one process, one core, CPU se
   (whole patches, then :class:`utils.batch_transforms.BatchCropFlip` on each batch, here
   on the CPU; without it, the loader's share when the transform runs on the GPU); the
   same items batched the way before (one array an item, stacked by ``default_collate``:
-  "per item + stack"); and the CPU of one real loader worker (fresh shared memory a
-  batch, as every worker uses).
+  "per item + stack"); raw items (``ShardDataset(raw=True)``: the stored channels,
+  standardised and one-hot encoded on the device by ``batch_preparer()``), also from the
+  split recoded as float16 uncompressed; and the CPU of one real loader worker (fresh
+  shared memory a batch, as every worker uses).
 
 Each is printed as ms and samples/s per core, with the cores one GPU consuming
 ``--gpu-rate`` images/s would need, side by side in one run, with the load average.
@@ -179,21 +181,39 @@ def path_ms(
     return best
 
 
-def data_paths(gzip: Path, raw: Path, crop: int | None, batch: int, repeats: int) -> dict:
-    """:func:`path_ms` of both ``augment_on`` options on gzip and uncompressed shards,
-    batches written in place (``make_loader``) and per item (``default_collate``), and
-    the share of one loader worker."""
+def data_paths(
+    roots: dict[str, Path], crop: int | None, batch: int, repeats: int, gpu_only: set[str]
+) -> dict:
+    """:func:`path_ms` of both ``augment_on`` options on the shards of ``roots`` (name ->
+    shards folder), batches written in place (``make_loader``) and per item
+    (``default_collate``), raw items (standardised on the device), and the CPU of one
+    loader worker; for the names in ``gpu_only`` only the raw rows."""
     rows = {}
-    for name, root in (("gzip", gzip), ("none", raw)):
+    for name, root in roots.items():
         per_sample = ShardDataset(root, "train", crop=crop, train=True, augment=True)
         whole = ShardDataset(root, "train", crop=None, train=True)
-        transform = BatchCropFlip(crop, seed=0)
-        rows[f"path {name}, cpu: item crop+flip"] = path_ms(per_sample, batch, repeats)
-        rows[f"path {name}, cpu, per item + stack"] = path_ms(PerItem(per_sample), batch, repeats)
-        rows[f"path {name}, cpu, 1 worker's CPU"] = path_ms(per_sample, batch, repeats, workers=1)
-        rows[f"path {name}, device: whole + batch crop"] = path_ms(whole, batch, repeats, transform)
-        rows[f"path {name}, device: loader share"] = path_ms(whole, batch, repeats)
-        rows[f"path {name}, device, per item + stack"] = path_ms(PerItem(whole), batch, repeats)
+        raw = ShardDataset(root, "train", crop=None, train=True, raw=True)
+        raw_cropped = ShardDataset(root, "train", crop=crop, train=True, augment=True, raw=True)
+        if name not in gpu_only:
+            transform = BatchCropFlip(crop, seed=0)
+            rows[f"path {name}, cpu: item crop+flip"] = path_ms(per_sample, batch, repeats)
+            rows[f"path {name}, cpu, per item + stack"] = path_ms(
+                PerItem(per_sample), batch, repeats
+            )
+            rows[f"path {name}, cpu, 1 worker's CPU"] = path_ms(
+                per_sample, batch, repeats, workers=1
+            )
+            rows[f"path {name}, device: whole + batch crop"] = path_ms(
+                whole, batch, repeats, transform
+            )
+            rows[f"path {name}, device: loader share"] = path_ms(whole, batch, repeats)
+            rows[f"path {name}, device, per item + stack"] = path_ms(PerItem(whole), batch, repeats)
+        rows[f"path {name}, cpu raw: loader share"] = path_ms(raw_cropped, batch, repeats)
+        rows[f"path {name}, cpu raw, 1 worker's CPU"] = path_ms(
+            raw_cropped, batch, repeats, workers=1
+        )
+        rows[f"path {name}, device raw: loader share"] = path_ms(raw, batch, repeats)
+        rows[f"path {name}, device raw, 1 worker's CPU"] = path_ms(raw, batch, repeats, workers=1)
     return rows
 
 
@@ -272,7 +292,11 @@ def main(argv: list[str] | None = None) -> dict:
             rows["new item, float32 none, whole patch"] = cpu_ms(
                 lambda i: whole_raw[i], count, args.repeats
             )
-        rows.update(data_paths(root, raw, crop, args.batch, args.repeats))
+        half = recode_split(
+            root, Path(tmp) / "f16", lambda shape: ChunkCodec(shape, "float16", "none")
+        )
+        roots = {"gzip": root, "none": raw, "f16 none": half}
+        rows.update(data_paths(roots, crop, args.batch, args.repeats, {"f16 none"}))
     load_after = os.getloadavg()
     print(
         f"{count} train samples of {root.name} ({whole.num_channels} channels, crop "

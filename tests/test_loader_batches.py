@@ -265,7 +265,8 @@ def test_raw_items_prepared_on_the_device_equal_the_items(
 
 
 @pytest.mark.filterwarnings("ignore:.*optimizer steps")
-def test_prepare_on_device_trains_the_same_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment_on", ["cpu", "device"])
+def test_prepare_on_device_trains_the_same_weights(tmp_path: Path, augment_on: str) -> None:
     shards = write_tiny_shards(tmp_path / "shards", size=12, seed=0)
     values = {
         "shards_dir": str(shards),
@@ -274,7 +275,7 @@ def test_prepare_on_device_trains_the_same_weights(tmp_path: Path) -> None:
         "epochs": 2,
         "batch_size": 8,
         "augment": True,
-        "augment_on": "device",
+        "augment_on": augment_on,
         "progress": False,
         "tensorboard": False,
     }
@@ -291,10 +292,5 @@ def test_prepare_on_device_trains_the_same_weights(tmp_path: Path) -> None:
     assert {shape[1:] for _, shape in seen} == {(33, 10, 10)}
     assert runs["cpu"].keys() == runs["device"].keys()
     assert all(torch.equal(runs["cpu"][k], runs["device"][k]) for k in runs["cpu"])
-    with pytest.raises(ValueError, match="prepare_on='device' needs augment_on='device'"):
-        TrainConfig(**{**values, "augment_on": "cpu"}, prepare_on="device")
-    with pytest.raises(ValueError, match="unknown prepare_on 'gpu'"):
+    with pytest.raises(ValueError, match="unknown prepare_on 'gpu'; valid: cpu, device"):
         TrainConfig(**values, prepare_on="gpu")
-    raw = {"train": ShardDataset(shards, "train", raw=True), "val": ShardDataset(shards, "val")}
-    with pytest.raises(ValueError, match="needs augment_on='device'"):
-        fit(TrainConfig(**{**values, "augment_on": "cpu"}), datasets=raw)

@@ -708,10 +708,12 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
     """The datasets of ``splits`` for a config with ``shards_dir``, ``channels``,
     ``dw_mode``, ``crop`` and ``augment`` (a :class:`utils.train.TrainConfig`), in the
     layout its ``model`` takes (:func:`input_layout`). With ``augment_on="device"`` the
-    train split returns whole patches (the training loop crops and flips its batches)."""
+    train split returns whole patches (the training loop crops and flips its batches);
+    with ``prepare_on="device"`` raw items (:meth:`ShardDataset.batch_preparer`)."""
     layout = input_layout(str(getattr(cfg, "model", "")))
     shards = cfg.resolved_shards_dir() if hasattr(cfg, "resolved_shards_dir") else cfg.shards_dir
     on_device = getattr(cfg, "augment_on", "cpu") == "device"
+    raw = getattr(cfg, "prepare_on", "cpu") == "device"
     return {
         split: ShardDataset(
             shards,
@@ -722,6 +724,7 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
             augment=augments_per_sample(cfg, split),
             dw_mode=cfg.dw_mode,
             layout=layout,
+            raw=raw and split == "train",
         )
         for split in splits
     }

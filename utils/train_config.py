@@ -42,9 +42,10 @@ class TrainConfig:
             rank). Validation takes the same centre crops either way.
         prepare_on: where the training split's items are standardised and Dynamic World
             one-hot encoded: ``"cpu"`` in the loader (the default), ``"device"`` per
-            batch after the crop (needs ``augment_on="device"``; the loader then sends
-            the stored channels in the shards' dtype, ``ShardDataset(raw=True)``, half
-            the bytes for float16 shards). The same values either way, bit for bit.
+            batch on the training device (after the batch crop with
+            ``augment_on="device"``): the loader then sends the stored channels in the
+            shards' dtype (``ShardDataset(raw=True)``: 25 channels instead of 33, half
+            the bytes again for float16 shards). The same values either way, bit for bit.
         epochs, batch_size, lr, weight_decay: the usual.
         optimizer: ``"adamw"`` or ``"adam"``.
         lr_decay: learning rate factor per epoch (the original: 0.95).
@@ -112,8 +113,6 @@ class TrainConfig:
             raise ValueError(
                 f"unknown prepare_on {self.prepare_on!r}; valid: {', '.join(PREPARE_ON)}"
             )
-        if self.prepare_on == "device" and self.augment_on != "device":
-            raise ValueError("prepare_on='device' needs augment_on='device' (whole patches in)")
 
     def resolved_shards_dir(self) -> Path:
         """The shards folder of this run."""
