@@ -464,8 +464,9 @@ class ShardDataset(Dataset):
             raise read_error(self.files[k], err, row) from err
 
     def _fill(self, index: int, image: np.ndarray, mask: np.ndarray | None) -> dict[str, Any]:
-        """Write sample ``index``'s ``image`` (:attr:`sample_shape`) and ``mask`` into the
-        given float32 arrays; return the rest of its item.
+        """Write sample ``index``'s ``image`` (:attr:`sample_shape`, float32; with ``raw``
+        :attr:`raw_shape` in the shards' dtype) and ``mask`` into the given arrays;
+        return the rest of its item.
 
         The window and the flips are drawn first (torch's RNG, in the order of the
         per-sample path before: window, then flips) and applied as views of the sample
