@@ -27,7 +27,7 @@ from utils.dataloader import (
 )
 from utils.fast_chunks import chunk_plan, read_sample
 from utils.models import build_model
-from utils.study.study import MemoryCachedDataset
+from utils.study.study import MemoryCachedDataset, study_datasets
 from utils.train import TrainConfig, fit
 
 SIZE, CROP = 10, 7
@@ -294,3 +294,11 @@ def test_prepare_on_device_trains_the_same_weights(tmp_path: Path, augment_on: s
     assert all(torch.equal(runs["cpu"][k], runs["device"][k]) for k in runs["cpu"])
     with pytest.raises(ValueError, match="unknown prepare_on 'gpu'; valid: cpu, device"):
         TrainConfig(**values, prepare_on="gpu")
+
+
+def test_the_ridge_study_reads_prepared_items(tmp_path: Path) -> None:
+    shards = write_tiny_shards(tmp_path, sizes={"train": 4, "val": 2, "test": 2}, size=SIZE)
+    values = {"shards_dir": str(shards), "prepare_on": "device", "progress": False}
+    for model, raw in (("mosaiks", False), ("tiny_cnn", True)):
+        datasets, cfg = study_datasets(TrainConfig(model=model, **values), cache_data=False)
+        assert datasets["train"].raw is raw and cfg.prepare_on == ("device" if raw else "cpu")

@@ -404,6 +404,8 @@ def study_datasets(
     """
     if cache_data not in (True, False, "auto", "device"):
         raise ValueError(f"cache_data must be True, False, 'auto' or 'device', got {cache_data!r}")
+    if cfg.model == MOSAIKS:  # the ridge reads items itself: they must be prepared ones
+        cfg = replace(cfg, prepare_on="cpu")
     datasets = None
     if cache_data:
         datasets = cached_datasets(
