@@ -1,7 +1,8 @@
 """Batches written in place (``ShardDataset.__getitems__`` + ``collate_batch``) equal
 the per-item path's (``default_collate`` of ``dataset[i]``) bit for bit, in the main
 process and in loader workers, for every layout and shard codec; a reused batch buffer
-is never overwritten while any tensor, view or array of it is alive."""
+is never overwritten while any tensor, view or array of it is alive; raw items prepared
+on the device (``prepare_on="device"``) equal the items and train the same weights."""
 
 from __future__ import annotations
 
