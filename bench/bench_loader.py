@@ -21,7 +21,12 @@ by split_and_batch; cached under ``runs/bench/``), one process, one core, CPU se
   batch's collation, what a loader worker does) of gzip and uncompressed shards, with
   ``TrainConfig.augment_on`` ``"cpu"`` (crops and flips per sample) and ``"device"``
   (whole patches, then :class:`utils.batch_transforms.BatchCropFlip` on each batch, here
-  on the CPU; without it, the loader's share when the transform runs on the GPU).
+  on the CPU; without it, the loader's share when the transform runs on the GPU); the
+  same items batched the way before (one array an item, stacked by ``default_collate``:
+  "per item + stack"); raw items (``ShardDataset(raw=True)``: the stored channels,
+  standardised and one-hot encoded on the device by ``batch_preparer()``), also from the
+  split recoded as float16 uncompressed; and the CPU of one real loader worker (fresh
+  shared memory a batch, as every worker uses).
 
 Each is printed as ms and samples/s per core, with the cores one GPU consuming
 ``--gpu-rate`` images/s would need, side by side in one run, with the load average.
@@ -32,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -43,6 +49,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from extract_GPS_images.schema import DW_CLASSES  # noqa: E402
 from utils import hdf5_schema as hs  # noqa: E402
@@ -125,32 +132,88 @@ def cpu_ms(fn: Callable[[int], object], count: int, repeats: int) -> float:
     return best
 
 
+class PerItem(Dataset):
+    """``dataset`` seen one item at a time (no ``__getitems__``), batched by torch's
+    ``default_collate``: the batching before items were written into the batch."""
+
+    def __init__(self, dataset: ShardDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.dataset[index]
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished (waited-for) children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def path_ms(
-    dataset: ShardDataset, batch: int, repeats: int, transform: BatchCropFlip | None = None
+    dataset: Dataset,
+    batch: int,
+    repeats: int,
+    transform: BatchCropFlip | None = None,
+    workers: int = 0,
 ) -> float:
-    """Best CPU ms a sample of a shuffled epoch of a 0-worker loader over ``dataset``
-    (items and collation), with ``transform`` applied to each batch when given."""
-    loader = make_loader(dataset, batch_size=batch, shuffle=True, seed=0)
+    """Best CPU ms a sample of a shuffled epoch of a loader over ``dataset`` (items and
+    collation), with ``transform`` applied to each batch when given. With ``workers``:
+    the workers' CPU (their items, batches in shared memory and the sending), taken from
+    the finished children's usage at the epoch's end, when the loader has joined them."""
+    if isinstance(dataset, PerItem):  # the batching before: default_collate's stack
+        generator = torch.Generator().manual_seed(0)
+        loader = DataLoader(
+            dataset, batch_size=batch, shuffle=True, generator=generator, num_workers=workers
+        )
+    else:
+        loader = make_loader(dataset, batch_size=batch, shuffle=True, seed=0, num_workers=workers)
     best = float("inf")
     for _ in range(repeats):
-        start, count = time.process_time(), 0
+        start, children, count = time.process_time(), children_cpu(), 0
         for item in loader:
             images = item["image"] if transform is None else transform(item["image"])
             count += len(images)
-        best = min(best, (time.process_time() - start) / count * 1000)
+        spent = children_cpu() - children if workers else time.process_time() - start
+        best = min(best, spent / count * 1000)
     return best
 
 
-def data_paths(gzip: Path, raw: Path, crop: int | None, batch: int, repeats: int) -> dict:
-    """:func:`path_ms` of both ``augment_on`` options on gzip and uncompressed shards."""
+def data_paths(
+    roots: dict[str, Path], crop: int | None, batch: int, repeats: int, gpu_only: set[str]
+) -> dict:
+    """:func:`path_ms` of both ``augment_on`` options on the shards of ``roots`` (name ->
+    shards folder), batches written in place (``make_loader``) and per item
+    (``default_collate``), raw items (standardised on the device), and the CPU of one
+    loader worker; for the names in ``gpu_only`` only the raw rows."""
     rows = {}
-    for name, root in (("gzip", gzip), ("none", raw)):
+    for name, root in roots.items():
         per_sample = ShardDataset(root, "train", crop=crop, train=True, augment=True)
         whole = ShardDataset(root, "train", crop=None, train=True)
-        transform = BatchCropFlip(crop, seed=0)
-        rows[f"path {name}, cpu: item crop+flip"] = path_ms(per_sample, batch, repeats)
-        rows[f"path {name}, device: whole + batch crop"] = path_ms(whole, batch, repeats, transform)
-        rows[f"path {name}, device: loader share"] = path_ms(whole, batch, repeats)
+        raw = ShardDataset(root, "train", crop=None, train=True, raw=True)
+        raw_cropped = ShardDataset(root, "train", crop=crop, train=True, augment=True, raw=True)
+        if name not in gpu_only:
+            transform = BatchCropFlip(crop, seed=0)
+            rows[f"path {name}, cpu: item crop+flip"] = path_ms(per_sample, batch, repeats)
+            rows[f"path {name}, cpu, per item + stack"] = path_ms(
+                PerItem(per_sample), batch, repeats
+            )
+            rows[f"path {name}, cpu, 1 worker's CPU"] = path_ms(
+                per_sample, batch, repeats, workers=1
+            )
+            rows[f"path {name}, device: whole + batch crop"] = path_ms(
+                whole, batch, repeats, transform
+            )
+            rows[f"path {name}, device: loader share"] = path_ms(whole, batch, repeats)
+            rows[f"path {name}, device, per item + stack"] = path_ms(PerItem(whole), batch, repeats)
+        rows[f"path {name}, cpu raw: loader share"] = path_ms(raw_cropped, batch, repeats)
+        rows[f"path {name}, cpu raw, 1 worker's CPU"] = path_ms(
+            raw_cropped, batch, repeats, workers=1
+        )
+        rows[f"path {name}, device raw: loader share"] = path_ms(raw, batch, repeats)
+        rows[f"path {name}, device raw, 1 worker's CPU"] = path_ms(raw, batch, repeats, workers=1)
     return rows
 
 
@@ -229,7 +292,11 @@ def main(argv: list[str] | None = None) -> dict:
             rows["new item, float32 none, whole patch"] = cpu_ms(
                 lambda i: whole_raw[i], count, args.repeats
             )
-        rows.update(data_paths(root, raw, crop, args.batch, args.repeats))
+        half = recode_split(
+            root, Path(tmp) / "f16", lambda shape: ChunkCodec(shape, "float16", "none")
+        )
+        roots = {"gzip": root, "none": raw, "f16 none": half}
+        rows.update(data_paths(roots, crop, args.batch, args.repeats, {"f16 none"}))
     load_after = os.getloadavg()
     print(
         f"{count} train samples of {root.name} ({whole.num_channels} channels, crop "

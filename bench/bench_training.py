@@ -7,8 +7,9 @@
 2. Training step split: time waiting for the next batch vs forward/backward/step
    (``train_one_epoch`` timings), with ``TrainConfig.augment_on`` ``"cpu"`` (crops and
    flips per sample in the loader) and ``"device"`` (whole patches, ``BatchCropFlip`` on
-   each batch on the training device, counted as compute) side by side. Goal on GPU:
-   data wait < 10 % of the step.
+   each batch on the training device, counted as compute) side by side, and the latter
+   with ``prepare_on="device"`` (raw items, standardised and one-hot encoded there too).
+   Goal on GPU: data wait < 10 % of the step.
 
 Usage::
 
@@ -109,8 +110,13 @@ def main(argv: list[str] | None = None) -> None:
 
         device = resolve_device(args.device)
         whole = ShardDataset(shards, "train", crop=None, train=True)
-        for augment_on, data in (("cpu", dataset), ("device", whole)):
-            transform = BatchCropFlip(args.crop, seed=0) if augment_on == "device" else None
+        raw = ShardDataset(shards, "train", crop=None, train=True, raw=True)
+        options = (("cpu", dataset), ("device", whole), ("device, prepare_on device", raw))
+        for augment_on, data in options:
+            transform = None
+            if augment_on != "cpu":
+                prepare = data.batch_preparer() if data.raw else None
+                transform = BatchCropFlip(args.crop, seed=0, prepare=prepare)
             stats = training_split(data, args, device, transform)
             step = stats["data_s"] + stats["compute_s"]
             print(

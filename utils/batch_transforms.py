@@ -12,6 +12,7 @@ give different (each reproducible) augmentations; the per-sample path stays the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -37,12 +38,16 @@ class BatchCropFlip:
             ``ShardDataset(train=False)``) and never augments.
         seed: seed of the transform's CPU generator (draws are moved to the batch's
             device); :meth:`reseed` starts it again.
+        prepare: applied to each cropped batch, e.g. a dataset's
+            :meth:`~utils.dataloader.ShardDataset.batch_preparer` for batches of raw
+            items (standardised and one-hot encoded after the crop, on the device).
     """
 
     crop: int | float | None
     augment: bool = True
     train: bool = True
     seed: int = 0
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.crop, (int, float)) and not self.crop > 0:
@@ -78,9 +83,10 @@ class BatchCropFlip:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """The transformed (B, C, crop, crop) or (B, C, T, crop, crop) batch, on the
-        device of ``images``, with new draws."""
+        device of ``images``, with new draws (then ``prepare``, when given)."""
         _check_shape(images)
-        return self.apply(images, self.draws(len(images), images.shape[-1]))
+        out = self.apply(images, self.draws(len(images), images.shape[-1]))
+        return out if self.prepare is None else self.prepare(out)
 
     def apply(self, images: torch.Tensor, draws: dict[str, torch.Tensor]) -> torch.Tensor:
         """``images`` transformed by given :meth:`draws`: per-pixel companions of a batch

@@ -23,14 +23,15 @@ Sentinel-2 bands as channels and the quarters as time, every channel without a q
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import h5py
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate, get_worker_info
 
 from extract_GPS_images.schema import (
     DW_BAND,
@@ -40,7 +41,7 @@ from extract_GPS_images.schema import (
     s2_channel_names,
 )
 from utils import hdf5_schema as hs
-from utils.fast_chunks import read_sample
+from utils.fast_chunks import chunk_plan, read_sample
 from utils.paths import resolve
 from utils.shard_check import check_against_manifest, read_error
 
@@ -149,6 +150,106 @@ def crop_size(crop: int | float | None, patch: int) -> int:
     return side
 
 
+def _as_slice(index: np.ndarray) -> slice | None:
+    """``index`` as a slice when it is a run of consecutive positions, else None."""
+    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
+        return slice(int(index[0]), int(index[0]) + len(index))
+    return None
+
+
+class _Held:
+    """One reusable batch array of :class:`BatchMemory` and its idle reference count."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.array = np.empty(shape, dtype)
+        self.idle_refs = sys.getrefcount(self.array)  # held by this attribute alone
+
+    def idle(self) -> bool:
+        """Nothing but this holder references the array: no tensor made from it, no view
+        of it (a tensor's view or ``.numpy()`` keeps the NumPy view it was made from)."""
+        return sys.getrefcount(self.array) == self.idle_refs
+
+
+class BatchMemory:
+    """Where :meth:`ShardDataset.__getitems__` writes a batch: tensors that are reused
+    once nothing holds them any more, or fresh shared memory in a loader worker.
+
+    At 225 px a batch of 32 is ~200 MB; fresh memory costs a page fault every 4 KiB
+    (about 0.5-2.7 ms a sample here, more than the copy itself). In the process that
+    trains (``num_workers=0``) up to ``keep`` arrays are kept and handed out again as
+    soon as no tensor, view or NumPy array made from them is alive (their reference
+    count tells), so a batch still held (the previous step's, a list of batches) is
+    never overwritten. In a DataLoader worker the batch goes to the main process through
+    shared memory and the worker cannot see when it is released there: each batch gets
+    fresh shared memory, as torch's ``default_collate`` does (no copy when it is sent).
+
+    Args:
+        keep: arrays of one shape kept for reuse, the most recent ones (2: one held by
+            the training step, one being filled).
+    """
+
+    def __init__(self, keep: int = 2) -> None:
+        self.keep = keep
+        self._held: dict[tuple[tuple[int, ...], str], list[_Held]] = {}
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype | str = "float32") -> torch.Tensor:
+        """An uninitialised tensor of ``shape`` and ``dtype`` (write every element)."""
+        dtype = np.dtype(dtype)
+        if get_worker_info() is not None:  # as default_collate: no copy when sent
+            numel = int(np.prod(shape))
+            like = torch.from_numpy(np.empty(0, dtype))
+            return like.new(like._typed_storage()._new_shared(numel, device="cpu")).resize_(shape)
+        rows, held = shape[0], self._held.setdefault((tuple(shape[1:]), dtype.str), [])
+        for entry in held:
+            if len(entry.array) >= rows and entry.idle():
+                return torch.from_numpy(entry.array[:rows])
+        if len(held) >= self.keep:  # all held elsewhere (or too short): theirs now
+            held.pop(0)
+        held.append(_Held(tuple(shape), dtype))
+        return torch.from_numpy(held[-1].array[:rows])
+
+
+class BatchPrepare:
+    """Standardisation, Dynamic World one-hot and time grid of a batch of raw items
+    (``ShardDataset(raw=True)``: (B, S + 1, h, w) or (B, S, h, w), any float dtype), on
+    the batch's device: the float32 operations of the per-sample path (value minus mean,
+    over std; codes rounded half to even, NaN as -1, compared per class), so the result
+    equals the items of ``raw=False`` bit for bit (float16 to float32 is exact).
+
+    Args:
+        mean, std: (N,) float32 of the standardised channels (the Sentinel-2 ones, and
+            Dynamic World with ``dw_mode="channel"``).
+        one_hot: the last raw channel is Dynamic World, to one-hot encode.
+        time_index: the (C, T) grid of :func:`time_grid`, or None for layout ``"stack"``.
+    """
+
+    def __init__(
+        self,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        *,
+        one_hot: bool,
+        time_index: torch.Tensor | None = None,
+    ) -> None:
+        self.mean, self.std, self.one_hot, self.time_index = mean, std, one_hot, time_index
+
+    def __call__(self, raw: torch.Tensor) -> torch.Tensor:
+        """The prepared float32 batch, on the device of ``raw``."""
+        device, n_norm = raw.device, len(self.mean)
+        x = raw.float()
+        mean = self.mean.to(device)[None, :, None, None]
+        std = self.std.to(device)[None, :, None, None]
+        parts = [(x[:, :n_norm] - mean) / std]
+        if self.one_hot:
+            codes = torch.nan_to_num(x[:, n_norm], nan=-1.0).round()[:, None]
+            classes = torch.arange(len(DW_CLASSES), device=device, dtype=x.dtype)
+            parts.append((codes == classes[None, :, None, None]).to(x.dtype))
+        out = torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+        if self.time_index is not None:
+            out = out[:, self.time_index.to(device)]
+        return out
+
+
 class ShardDataset(Dataset):
     """Samples of one split of HDF5 shards, as dicts.
 
@@ -166,6 +267,11 @@ class ShardDataset(Dataset):
             ``valid_q1 ... valid_q4``, ``valid_DW``; 1 data, 0 nodata), cropped and
             augmented like ``image``.
         layout: ``"stack"`` (C x h x w) or ``"time"`` (C x T x h x w, :func:`time_grid`).
+        raw: ``image`` holds the stored values of the channels the item is made of, in
+            the shards' dtype (float16 shards stay float16): the Sentinel-2 channels,
+            then the Dynamic World codes unless ``dw_mode="none"`` (:attr:`raw_shape`),
+            cropped and flipped, not standardised; :meth:`batch_preparer` finishes a
+            batch of them on the training device with the same values, bit for bit.
 
     Each item: ``image`` (float32, C x h x w or C x T x h x w), ``label`` (float32
     scalar), ``index`` (position in the split), ``cell_id``, ``cell_key``, ``latitude``,
@@ -189,17 +295,18 @@ class ShardDataset(Dataset):
         normalize: bool = True,
         with_mask: bool = False,
         layout: str = "stack",
+        raw: bool = False,
     ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
         self.shards_dir = resolve(shards_dir)
-        self.with_mask = with_mask
+        self.with_mask, self.raw = with_mask, raw
         self.split = split
         self.files = hs.split_files(self.shards_dir, split)
         self.train, self.augment, self.dw_mode = train, augment, dw_mode
         self.band_names = output_band_names(channels, dw_mode)
         self.s2_names = resolve_channels(channels)
-        lengths, shapes = [], set()
+        lengths, shapes, mask_channels = [], set(), set()
         for path in self.files:
             try:
                 with h5py.File(path, "r") as f:
@@ -210,6 +317,8 @@ class ShardDataset(Dataset):
                         for b in f.attrs[hs.ATTR_BANDS]
                     ]
                     has_mask = hs.MASK in f
+                    if with_mask and has_mask:
+                        mask_channels.add(int(f[hs.MASK].shape[1]))
             except (OSError, KeyError) as err:
                 raise read_error(path, err) from err
             if with_mask and not has_mask:
@@ -221,6 +330,8 @@ class ShardDataset(Dataset):
         if len(shapes) != 1:
             raise ValueError(f"shards of {split!r} differ in sample shape: {sorted(shapes)}")
         (self.source_channels, height, width) = shapes.pop()
+        with h5py.File(self.files[0], "r") as f:
+            self.source_dtype = np.dtype(f[hs.DATA].dtype)
         self.file_bands = file_bands
         missing = [b for b in self.s2_names if b not in file_bands]
         if missing or (dw_mode != "none" and DW_BAND not in file_bands):
@@ -228,9 +339,13 @@ class ShardDataset(Dataset):
                 f"bands {missing or [DW_BAND]} not in the shards of {self.shards_dir / split} "
                 f"(they hold {file_bands})"
             )
+        if len(mask_channels) > 1:
+            raise ValueError(f"shards of {split!r} differ in mask channels: {mask_channels}")
+        self.mask_channels = mask_channels.pop() if mask_channels else 0
         self.patch = min(height, width)
         self.crop = crop_size(crop, self.patch)
         self._s2_index = np.array([file_bands.index(b) for b in self.s2_names])
+        self._s2_slice = _as_slice(self._s2_index)
         self._dw_index = file_bands.index(DW_BAND) if DW_BAND in file_bands else None
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
         self.stats = stats if stats is not None else hs.read_stats(self.shards_dir)
@@ -260,11 +375,12 @@ class ShardDataset(Dataset):
     def _reset_handles(self) -> None:
         self._pid = os.getpid()
         self._handles: dict[int, h5py.File] = {}
-        self._meta: dict[int, dict[str, np.ndarray]] = {}
+        self._meta: dict[int, dict[str, Any]] = {}
+        self._memory = BatchMemory()
 
     def __getstate__(self) -> dict[str, Any]:  # spawn: send no open handle to a worker
         state = self.__dict__.copy()
-        state["_handles"], state["_meta"] = {}, {}
+        state["_handles"], state["_meta"], state["_memory"] = {}, {}, BatchMemory()
         return state
 
     def _file(self, k: int) -> h5py.File:
@@ -281,6 +397,8 @@ class ShardDataset(Dataset):
             }
             n = len(meta["labels"])
             meta["cell_key"] = f[hs.CELL_KEY].asstr()[:] if hs.CELL_KEY in f else np.full(n, "")
+            for name in (hs.DATA, hs.MASK) if hs.MASK in f else (hs.DATA,):
+                meta[name] = (f[name], chunk_plan(f[name]))  # looked up once per file
             self._meta[k] = meta
         return self._handles[k]
 
@@ -336,42 +454,56 @@ class ShardDataset(Dataset):
             return top, left
         return free // 2, free // 2
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        k, row = self.locate(int(index))
+    def _read(self, k: int, row: int, name: str) -> np.ndarray:
+        """Sample ``row`` of dataset ``name`` of file ``k``, possibly a read-only view."""
         try:
-            raw = read_sample(self._file(k)[hs.DATA], row)  # ISA-L inflate, same values
+            self._file(k)
+            dataset, plan = self._meta[k][name]
+            return read_sample(dataset, row, plan, writable=False)  # ISA-L inflate
         except (OSError, KeyError, ValueError) as err:  # a damaged chunk or file
             raise read_error(self.files[k], err, row) from err
-        meta = self._meta[k]
+
+    def _fill(self, index: int, image: np.ndarray, mask: np.ndarray | None) -> dict[str, Any]:
+        """Write sample ``index``'s ``image`` (:attr:`sample_shape`, float32; with ``raw``
+        :attr:`raw_shape` in the shards' dtype) and ``mask`` into the given arrays;
+        return the rest of its item.
+
+        The window and the flips are drawn first (torch's RNG, in the order of the
+        per-sample path before: window, then flips) and applied as views of the sample
+        read; every output element is then computed by the same float32 operations as
+        before (copy, minus the mean, over the std; DW codes compared per class), so
+        the values are those of the old item bit for bit, written once.
+        """
+        k, row = self.locate(int(index))
+        raw = self._read(k, row, hs.DATA)
         top, left = self._window()
+        draws = augment_draws() if self.train and self.augment else None
         rows, cols = slice(top, top + self.crop), slice(left, left + self.crop)
+        view = orient(raw[:, rows, cols], draws)
         n_norm = len(self._mean)  # the stacked channels, before any time grid
         n_image = n_norm + (len(DW_CLASSES) if self.dw_mode == "onehot" else 0)
-        n_mask = self._file(k)[hs.MASK].shape[1] if self.with_mask else 0
-        image = np.empty((n_image + n_mask, self.crop, self.crop), np.float32)  # one output,
-        image[: len(self._s2_index)] = raw[self._s2_index, rows, cols]  # filled in place
-        if self.dw_mode == "channel":
-            image[n_norm - 1] = raw[self._dw_index, rows, cols]
-        image[:n_norm] -= self._mean[:, None, None]
-        image[:n_norm] /= self._std[:, None, None]
-        if self.dw_mode == "onehot":
-            dw = raw[self._dw_index, rows, cols].astype(np.float32)
-            codes = np.rint(np.nan_to_num(dw, nan=-1.0))
-            for c in range(len(DW_CLASSES)):
-                image[n_norm + c] = codes == c
-        if self.with_mask:  # augmented alike
-            image[n_image:] = read_sample(self._file(k)[hs.MASK], row)[:, rows, cols]
-        if self.train and self.augment:
-            image = augment(image)
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        extra = {"mask": tensor[n_image:]} if self.with_mask else {}
-        tensor = tensor[:n_image] if self.with_mask else tensor
-        if self._time_index is not None:  # flips act on space alike, before or after
-            tensor = tensor[torch.as_tensor(self._time_index)]  # (C, T, h, w)
+        stacked = image
+        if self._time_index is not None and not self.raw:  # stacked, then (C, T, h, w)
+            stacked = np.empty((n_image, self.crop, self.crop), np.float32)
+        n_s2 = len(self._s2_index)
+        if self._s2_slice is not None:
+            stacked[:n_s2] = view[self._s2_slice]
+        else:
+            for out, source in enumerate(self._s2_index):
+                stacked[out] = view[source]
+        if self.raw:
+            if self.dw_mode != "none":
+                stacked[n_s2] = view[self._dw_index]
+        else:
+            self._standardise(view, stacked, n_norm)
+        if self._time_index is not None and not self.raw:
+            flat = image.reshape(-1, self.crop, self.crop)
+            np.take(stacked, self._time_index.ravel(), axis=0, out=flat, mode="clip")
+        if mask is not None:  # cropped and flipped alike
+            mask[...] = orient(self._read(k, row, hs.MASK)[:, rows, cols], draws)
+        meta = self._meta[k]
         lat, lon = meta["locations"][row]
         return {
-            **extra,
-            "image": tensor,
             "label": torch.tensor(meta["labels"][row], dtype=torch.float32),
             "index": int(index),
             "cell_id": str(meta["cell_id"][row]),
@@ -380,6 +512,66 @@ class ShardDataset(Dataset):
             "longitude": float(lon),
             "year": int(meta["year"][row]),
         }
+
+    def _standardise(self, view: np.ndarray, stacked: np.ndarray, n_norm: int) -> None:
+        """Standardise the Sentinel-2 channels copied into ``stacked`` and add Dynamic
+        World (normalised, or one-hot) from the oriented sample ``view``."""
+        if self.dw_mode == "channel":
+            stacked[n_norm - 1] = view[self._dw_index]
+        stacked[:n_norm] -= self._mean[:, None, None]
+        stacked[:n_norm] /= self._std[:, None, None]
+        if self.dw_mode == "onehot":
+            dw = view[self._dw_index].astype(np.float32)
+            codes = np.rint(np.nan_to_num(dw, nan=-1.0))
+            for c in range(len(DW_CLASSES)):
+                np.equal(codes, c, out=stacked[n_norm + c])  # 1.0 or 0.0
+
+    def _item(self, index: int, image: torch.Tensor, mask: torch.Tensor | None) -> dict:
+        """The item of ``index``, its image (and mask) written into the given tensors."""
+        rest = self._fill(index, image.numpy(), None if mask is None else mask.numpy())
+        return {**({"mask": mask} if mask is not None else {}), "image": image, **rest}
+
+    def _mask_shape(self) -> tuple[int, ...]:
+        return (self.mask_channels, self.crop, self.crop)
+
+    def _image_layout(self) -> tuple[tuple[int, ...], np.dtype]:
+        """Shape and dtype of ``image``."""
+        if self.raw:
+            return self.raw_shape, self.source_dtype
+        return self.sample_shape, np.dtype(np.float32)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        shape, dtype = self._image_layout()
+        mask = torch.empty(self._mask_shape()) if self.with_mask else None
+        return self._item(index, torch.from_numpy(np.empty(shape, dtype)), mask)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The items of ``indices`` (a DataLoader batch), each ``image`` (and ``mask``)
+        written straight into its row of one batch tensor, which :func:`collate_batch`
+        then hands on without a copy (:class:`BatchMemory` says where that tensor lives).
+        The items are those of ``[self[i] for i in indices]``, value for value."""
+        shape, dtype = self._image_layout()
+        images = self._memory.empty((len(indices), *shape), dtype)
+        masks = self._memory.empty((len(indices), *self._mask_shape())) if self.with_mask else None
+        return [
+            self._item(index, images[i], None if masks is None else masks[i])
+            for i, index in enumerate(indices)
+        ]
+
+    @property
+    def raw_shape(self) -> tuple[int, ...]:
+        """Shape of ``image`` with ``raw=True``: (S + 1, h, w), S Sentinel-2 channels and
+        the Dynamic World codes (S with ``dw_mode="none"``)."""
+        return (len(self._s2_index) + (self.dw_mode != "none"), self.crop, self.crop)
+
+    def batch_preparer(self) -> BatchPrepare:
+        """What turns a batch of ``raw=True`` items into the items of ``raw=False``."""
+        return BatchPrepare(
+            torch.from_numpy(self._mean),
+            torch.from_numpy(self._std),
+            one_hot=self.dw_mode == "onehot",
+            time_index=None if self._time_index is None else torch.from_numpy(self._time_index),
+        )
 
     def __repr__(self) -> str:
         return (
@@ -390,22 +582,78 @@ class ShardDataset(Dataset):
         )
 
 
+def augment_draws() -> tuple[int, int, int]:
+    """``(flip_h, flip_v, turns)`` of one sample: flips 0/1, quarter turns 0-3, from one
+    ``torch.randint`` call of torch's RNG (seeded per DataLoader worker)."""
+    flip_h, flip_v, turns = torch.randint(0, 4, (3,)).tolist()
+    return flip_h % 2, flip_v % 2, turns
+
+
+def orient(
+    image: np.ndarray | torch.Tensor, draws: tuple[int, int, int] | None
+) -> np.ndarray | torch.Tensor:
+    """``image`` (..., H, W) flipped horizontally, then vertically, then turned by
+    quarters (the last only when square) as ``draws`` (:func:`augment_draws`) say; None
+    leaves it. NumPy arrays come back as views; tensors stay on their device."""
+    if draws is None:
+        return image
+    flip_h, flip_v, turns = draws
+    is_tensor = isinstance(image, torch.Tensor)
+    if flip_h:
+        image = torch.flip(image, (-1,)) if is_tensor else image[..., ::-1]
+    if flip_v:
+        image = torch.flip(image, (-2,)) if is_tensor else image[..., ::-1, :]
+    if image.shape[-1] == image.shape[-2] and turns:
+        rot90 = torch.rot90 if is_tensor else np.rot90
+        image = rot90(image, turns, (-2, -1))
+    return image
+
+
 def augment(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Random horizontal and vertical flips and a random multiple of 90 degrees (the
     last only for square images) of a (C, H, W) array or tensor, drawn from torch's RNG
     (seeded per DataLoader worker). NumPy arrays come back as views (far cheaper than
     torch's flip on small CPU tensors); tensors (e.g. kept on the GPU) stay on their
     device. The same draws give the same result for both."""
-    flip_h, flip_v, turns = torch.randint(0, 4, (3,)).tolist()
-    is_tensor = isinstance(image, torch.Tensor)
-    if flip_h % 2:
-        image = torch.flip(image, (-1,)) if is_tensor else image[..., ::-1]
-    if flip_v % 2:
-        image = torch.flip(image, (-2,)) if is_tensor else image[..., ::-1, :]
-    if image.shape[-1] == image.shape[-2] and turns:
-        rot90 = torch.rot90 if is_tensor else np.rot90
-        image = rot90(image, turns, (-2, -1))
-    return image
+    return orient(image, augment_draws())
+
+
+def _rows_of_one_tensor(values: Sequence[Any]) -> torch.Tensor | None:
+    """The contiguous (B, ...) tensor whose rows, in order, are exactly ``values`` (the
+    items of :meth:`ShardDataset.__getitems__`), else None."""
+    first = values[0]
+    if not isinstance(first, torch.Tensor) or first._base is None:
+        return None
+    base = first._base
+    if base.shape != (len(values), *first.shape) or not base.is_contiguous():
+        return None
+    step, start = first.numel() * first.element_size(), base.data_ptr()
+    for i, value in enumerate(values):
+        if not (
+            isinstance(value, torch.Tensor)
+            and value.dtype == base.dtype
+            and value.device == base.device
+            and value.shape == first.shape
+            and value.is_contiguous()
+            and value.data_ptr() == start + i * step
+        ):
+            return None
+    return base
+
+
+def collate_batch(items: list[Any]) -> Any:
+    """``torch.utils.data.default_collate``, except that a key whose tensors are the rows
+    of one batch tensor, in order (what :meth:`ShardDataset.__getitems__` writes), gets
+    that tensor itself instead of a stacked copy: the same values, one copy less."""
+    if not items or not isinstance(items[0], Mapping):
+        return default_collate(items)
+    joined = {}
+    for key in items[0]:
+        base = _rows_of_one_tensor([item[key] for item in items])
+        if base is not None:
+            joined[key] = base
+    rest = default_collate([{k: v for k, v in item.items() if k not in joined} for item in items])
+    return {key: joined[key] if key in joined else rest[key] for key in items[0]}
 
 
 def make_loader(
@@ -422,7 +670,8 @@ def make_loader(
     persistent_workers: bool = False,
 ) -> DataLoader:
     """A DataLoader with its own seeded generator (shuffling and worker seeds come from
-    it, so reseeding ``loader.generator`` per epoch makes epochs reproducible).
+    it, so reseeding ``loader.generator`` per epoch makes epochs reproducible), batching
+    with :func:`collate_batch` (a :class:`ShardDataset` batch is written in place).
 
     Args:
         sampler: a sampler (e.g. the weighted sampler); excludes ``shuffle``.
@@ -442,6 +691,7 @@ def make_loader(
         num_workers=num_workers,
         generator=generator,
         drop_last=drop_last,
+        collate_fn=collate_batch,
         pin_memory=pin_memory,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None,
         persistent_workers=persistent_workers and num_workers > 0,
@@ -459,10 +709,12 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
     """The datasets of ``splits`` for a config with ``shards_dir``, ``channels``,
     ``dw_mode``, ``crop`` and ``augment`` (a :class:`utils.train.TrainConfig`), in the
     layout its ``model`` takes (:func:`input_layout`). With ``augment_on="device"`` the
-    train split returns whole patches (the training loop crops and flips its batches)."""
+    train split returns whole patches (the training loop crops and flips its batches);
+    with ``prepare_on="device"`` raw items (:meth:`ShardDataset.batch_preparer`)."""
     layout = input_layout(str(getattr(cfg, "model", "")))
     shards = cfg.resolved_shards_dir() if hasattr(cfg, "resolved_shards_dir") else cfg.shards_dir
     on_device = getattr(cfg, "augment_on", "cpu") == "device"
+    raw = getattr(cfg, "prepare_on", "cpu") == "device"
     return {
         split: ShardDataset(
             shards,
@@ -473,6 +725,7 @@ def build_datasets(cfg: Any, splits: Sequence[str] = ("train", "val")) -> dict[s
             augment=augments_per_sample(cfg, split),
             dw_mode=cfg.dw_mode,
             layout=layout,
+            raw=raw and split == "train",
         )
         for split in splits
     }
@@ -506,11 +759,16 @@ __all__ = [
     "DW_MODES",
     "LAYOUTS",
     "ShardDataset",
+    "BatchMemory",
+    "BatchPrepare",
     "augment",
+    "augment_draws",
     "build_datasets",
+    "collate_batch",
     "build_loaders",
     "crop_size",
     "make_loader",
+    "orient",
     "output_band_names",
     "resolve_channels",
     "time_grid",

@@ -50,7 +50,11 @@ def unshuffle(raw: bytes | np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) 
 
 
 def read_sample(
-    dataset: h5py.Dataset, row: int, plan: tuple[bool, bool] | None | str = "auto"
+    dataset: h5py.Dataset,
+    row: int,
+    plan: tuple[bool, bool] | None | str = "auto",
+    *,
+    writable: bool = True,
 ) -> np.ndarray:
     """Sample ``row`` of ``dataset`` (N, C, H, W) as a (C, H, W) array of its dtype.
 
@@ -59,6 +63,9 @@ def read_sample(
         row: sample index.
         plan: :func:`chunk_plan` of ``dataset`` (pass it to skip the lookup), ``None``
             to read through h5py.
+        writable: ``False`` lets a chunk stored without shuffle come back as a read-only
+            view of the bytes read (no copy: an uncompressed 225 px float32 sample is
+            5 MB, ~0.4 ms of copying and fresh memory a sample).
     """
     if plan == "auto":
         plan = chunk_plan(dataset)
@@ -76,4 +83,5 @@ def read_sample(
     shape = dataset.shape[1:]
     if shuffled and dataset.dtype.itemsize > 1:
         return unshuffle(raw, dataset.dtype, shape)
-    return np.frombuffer(raw, dataset.dtype).reshape(shape).copy()
+    sample = np.frombuffer(raw, dataset.dtype).reshape(shape)
+    return sample.copy() if writable else sample

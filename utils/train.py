@@ -375,6 +375,7 @@ def _stored_config(cfg: TrainConfig, train_ds: ShardDataset, model: nn.Module) -
 
 def _check_resumable(stored: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
     free = {"epochs", "resume", "progress", "num_workers", "early_stopping", "tensorboard"}
+    free.add("prepare_on")  # the same values either way
     now = cfg.to_dict()
     changed = sorted(
         k
@@ -458,7 +459,7 @@ class _Parts:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     amp: bool
-    batch_transform: BatchCropFlip | None = None
+    batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass
@@ -576,23 +577,30 @@ def _build_parts(
     return _Parts(model, loss_fn, loss_module, optimizer, scheduler, scaler, amp, transform)
 
 
-def _batch_transform(cfg: TrainConfig, train_ds: ShardDataset) -> BatchCropFlip | None:
-    """With ``cfg.augment_on == "device"``: the random crops (``cfg.crop``) and flips
-    (``cfg.augment``) of the training batches, reseeded every epoch
-    (:func:`augment_seed`); None when the loader crops and flips each sample.
+def _batch_transform(
+    cfg: TrainConfig, train_ds: ShardDataset
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the training step applies to each batch on the device: with
+    ``cfg.augment_on == "device"`` the random crops (``cfg.crop``) and flips
+    (``cfg.augment``), reseeded every epoch (:func:`augment_seed`); with a raw train
+    dataset (``prepare_on="device"``) its
+    :meth:`~utils.dataloader.ShardDataset.batch_preparer` (after the crop); None when
+    the loader does both per sample.
 
     Raises:
-        ValueError: for a train dataset that crops or augments its items itself.
+        ValueError: for ``augment_on="device"`` and a train dataset that crops or
+            augments its items itself.
     """
+    prepare = train_ds.batch_preparer() if getattr(train_ds, "raw", False) else None
     if cfg.augment_on != "device":
-        return None
+        return prepare
     if train_ds.crop < train_ds.patch or getattr(train_ds, "augment", False):
         raise ValueError(
             "augment_on='device' crops and flips the training batches: the train dataset "
             f"must return whole patches without augmentation (crop=None, augment=False), "
             f"got {train_ds!r} with augment={getattr(train_ds, 'augment', False)}"
         )
-    return BatchCropFlip(cfg.crop, augment=cfg.augment, seed=cfg.seed)
+    return BatchCropFlip(cfg.crop, augment=cfg.augment, seed=cfg.seed, prepare=prepare)
 
 
 def augment_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -683,7 +691,7 @@ def _train_and_validate(
     # alone, whatever ran before (a study's model building, another data path)
     torch.manual_seed(cfg.seed * 1_000_003 + epoch)
     _reseed_sampler(train_loader.sampler, cfg.seed, epoch)
-    if parts.batch_transform is not None:
+    if isinstance(parts.batch_transform, BatchCropFlip):
         parts.batch_transform.reseed(augment_seed(cfg.seed, epoch, info.rank))
     lr = parts.optimizer.param_groups[0]["lr"]
     train = train_one_epoch(

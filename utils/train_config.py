@@ -16,6 +16,8 @@ from utils.paths import RunPaths, resolve
 
 #: Where training crops and flips run: per sample in the loader, or per batch on the device.
 AUGMENT_ON: tuple[str, ...] = ("cpu", "device")
+#: Where the training items are standardised and one-hot encoded (the same values).
+PREPARE_ON: tuple[str, ...] = ("cpu", "device")
 
 
 @dataclass
@@ -38,6 +40,12 @@ class TrainConfig:
             the training device after the copy (the loader reads whole patches;
             ``utils.batch_transforms.BatchCropFlip``, its draws from seed, epoch and
             rank). Validation takes the same centre crops either way.
+        prepare_on: where the training split's items are standardised and Dynamic World
+            one-hot encoded: ``"cpu"`` in the loader (the default), ``"device"`` per
+            batch on the training device (after the batch crop with
+            ``augment_on="device"``): the loader then sends the stored channels in the
+            shards' dtype (``ShardDataset(raw=True)``: 25 channels instead of 33, half
+            the bytes again for float16 shards). The same values either way, bit for bit.
         epochs, batch_size, lr, weight_decay: the usual.
         optimizer: ``"adamw"`` or ``"adam"``.
         lr_decay: learning rate factor per epoch (the original: 0.95).
@@ -69,6 +77,7 @@ class TrainConfig:
     crop: int | float | None = None
     augment: bool = True
     augment_on: str = "cpu"
+    prepare_on: str = "cpu"
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3
@@ -99,6 +108,10 @@ class TrainConfig:
         if self.augment_on not in AUGMENT_ON:
             raise ValueError(
                 f"unknown augment_on {self.augment_on!r}; valid: {', '.join(AUGMENT_ON)}"
+            )
+        if self.prepare_on not in PREPARE_ON:
+            raise ValueError(
+                f"unknown prepare_on {self.prepare_on!r}; valid: {', '.join(PREPARE_ON)}"
             )
 
     def resolved_shards_dir(self) -> Path:

@@ -74,6 +74,7 @@ TABLE_METRICS: tuple[str, ...] = ("bmae", "mae", "rmse", "r2", "many_mae", "medi
 #: TrainConfig fields that do not change a run's result (left out of the cache key).
 NON_RESULT_FIELDS: frozenset[str] = frozenset(
     {"run_dir", "shards_dir", "experiment", "resume", "progress", "tensorboard", "num_workers"}
+    | {"prepare_on"}  # where the items are standardised: the same values either way
 )
 #: Config fields added after runs were cached, left out of the cache key at these values
 #: (their behaviour before the field existed), so those cached runs stay valid.
@@ -232,7 +233,9 @@ class MemoryCachedDataset(Dataset):
         return {**item, "image": image.contiguous()}
 
     def __getattr__(self, name: str) -> Any:
-        if name == "dataset":  # not yet set (e.g. while unpickling)
+        # not "dataset" (not yet set while unpickling), nor protocol names such as
+        # __getitems__: a DataLoader would read the wrapped dataset's batches past the cache
+        if name == "dataset" or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -401,6 +404,8 @@ def study_datasets(
     """
     if cache_data not in (True, False, "auto", "device"):
         raise ValueError(f"cache_data must be True, False, 'auto' or 'device', got {cache_data!r}")
+    if cfg.model == MOSAIKS:  # the ridge reads items itself: they must be prepared ones
+        cfg = replace(cfg, prepare_on="cpu")
     datasets = None
     if cache_data:
         datasets = cached_datasets(
