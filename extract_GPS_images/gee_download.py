@@ -487,7 +487,7 @@ def download_locations(
     try:
         if processes > 1:
             _run_in_processes(
-                queue, processes, out, recipe, config, compute, rng, running, finished
+                queue, processes, out, recipe, config, compute, rng, wait_fn, running, finished
             )
         else:
             _run_queue(queue, out, recipe, config, compute, rng, wait_fn, running, finished)
@@ -594,6 +594,7 @@ def _run_in_processes(
     config: DownloadConfig,
     compute: ComputePixels,
     rng: random.Random,
+    wait_fn: Callable[[float], None] | None,
     running: Callable[[Location], None],
     finished: Callable[[_Outcome], None],
 ) -> None:
@@ -623,7 +624,7 @@ def _run_in_processes(
             part = deque(locations[index::processes])
             process = context.Process(
                 target=_download_part,
-                args=(part, sender, out, recipe, share, compute, rng.random()),
+                args=(part, sender, out, recipe, share, compute, rng.random(), wait_fn),
                 name=f"ee-download-{index}",
                 daemon=True,
             )
@@ -665,6 +666,7 @@ def _download_part(
     config: DownloadConfig,
     compute: ComputePixels,
     seed: float,
+    wait_fn: Callable[[float], None] | None,
 ) -> None:
     """A download process's body: fetch and write ``queue``, sending each outcome."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops this process
@@ -677,7 +679,7 @@ def _download_part(
             config,
             compute,
             random.Random(seed),
-            None,
+            wait_fn,
             lambda loc: None,
             sender.send,
         )
