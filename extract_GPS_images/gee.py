@@ -124,7 +124,13 @@ class GeeConfig:
         groups = {
             "top": {f.name for f in fields(cls)} - {"recipe", "download", "export"},
             "recipe": {f.name for f in fields(RecipeConfig)},
-            "download": {"concurrency", "writers", "write_backlog", "manifest_every_s"},
+            "download": {
+                "concurrency",
+                "writers",
+                "write_backlog",
+                "manifest_every_s",
+                "processes",
+            },
             "export": {f.name for f in fields(ExportConfig)}
             - {"max_attempts", "progress", "retry"},
             "shared": {"max_attempts", "backoff_base_s", "backoff_max_s", "progress"},
@@ -370,6 +376,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--dw-reducer", choices=DW_REDUCERS, help="Dynamic World over the year")
     d = p.add_argument_group("download / retries")
     d.add_argument("--concurrency", type=int, help="computePixels requests in flight")
+    d.add_argument(
+        "--processes", type=int, help="download processes sharing them (2 for 225 px on Linux)"
+    )
     d.add_argument(
         "--max-attempts", type=int, help="attempts per location (default: 6 download, 3 export)"
     )

@@ -13,13 +13,17 @@ location's status, attempts, error and periods that fell back.
 from __future__ import annotations
 
 import io
+import multiprocessing
+import multiprocessing.connection
 import random
+import signal
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +50,8 @@ from extract_GPS_images.labels import Labels
 from extract_GPS_images.schema import record_file_name
 from extract_GPS_images.tfrecord import (
     TFRECORD_CODECS,
-    encode_example,
     sample_bands,
-    write_tfrecord,
+    write_example,
 )
 from utils.atomic import remove_stale_temporaries
 
@@ -119,7 +122,14 @@ class DownloadConfig:
         gzip_codec: deflate of the written TFRecords (``"isal"`` or ``"zlib"``).
         gzip_level: its level (ISA-L 0-3, zlib 0-9). ISA-L level 1 is the fastest
             (~6 ms a 225 px record; its level 0 is slower and larger); a 225 px
-            download then costs ~23 ms of CPU in all, zlib level 6 ~170 ms.
+            download then costs ~21 ms of CPU in all, zlib level 6 ~170 ms.
+        processes: download processes (Linux and other systems that fork). Above 1,
+            the locations, the requests in flight and the writer threads are shared
+            out among that many forked processes, each with its own interpreter lock:
+            at 225 px one process's threads keep only ~1.3 cores busy (the client's
+            Python side of each request holds the lock), two keep both
+            (docs/performance.md). The manifest is still written by the calling
+            process alone.
     """
 
     concurrency: int = 16
@@ -130,12 +140,18 @@ class DownloadConfig:
     progress: bool = True
     gzip_codec: str = "isal"
     gzip_level: int = 1
+    processes: int = 1
 
     def __post_init__(self) -> None:
-        if min(self.concurrency, self.writers, self.write_backlog) < 1:
+        if min(self.concurrency, self.writers, self.write_backlog, self.processes) < 1:
             raise ValueError(
-                f"concurrency, writers and write_backlog must be >= 1, got "
-                f"{self.concurrency}, {self.writers}, {self.write_backlog}"
+                f"concurrency, writers, write_backlog and processes must be >= 1, got "
+                f"{self.concurrency}, {self.writers}, {self.write_backlog}, {self.processes}"
+            )
+        if self.processes > 1 and "fork" not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"processes={self.processes} needs processes that fork (Linux); "
+                "use processes=1 here"
             )
         codec = TFRECORD_CODECS.get(self.gzip_codec)
         if codec is None or not 0 <= self.gzip_level <= codec[1]:
@@ -288,7 +304,7 @@ def write_location(
 ) -> Path:
     """Write one record atomically: the channels ``names`` of ``image`` (C, H, W), the
     constant metadata bands and ``cell_id`` (gzip by ``codec`` at ``level``; ``buffer``:
-    the framing scratch space of :func:`~extract_GPS_images.tfrecord.write_tfrecord`).
+    the framing scratch space of :func:`~extract_GPS_images.tfrecord.write_example`).
     The file is dropped from the page cache once on disk: the conversion reads it much
     later, and a long download writing into fresh pages costs several times the CPU."""
     meta = {
@@ -298,8 +314,15 @@ def write_location(
         "year": location.year,
         "imagery_year": location.imagery_year,
     }
-    record = encode_example(sample_bands(image, meta, names), cell_id=location.cell_id)
-    return write_tfrecord(path, [record], level=level, codec=codec, buffer=buffer, drop_cache=True)
+    return write_example(
+        path,
+        sample_bands(image, meta, names),
+        location.cell_id,
+        level=level,
+        codec=codec,
+        buffer=buffer,
+        drop_cache=True,
+    )
 
 
 @dataclass
@@ -434,8 +457,7 @@ def download_locations(
     recipe_id = check_recipe(out, recipe_settings(recipe, "download"), has_work=len(manifest) > 0)
     report = DownloadReport(out_dir=out, manifest=manifest.path)
     compute = compute_pixels or _default_compute_pixels
-    stop = threading.Event()
-    wait_fn = sleep or stop.wait
+    wait_fn = sleep
     rng = random.Random(seed)
 
     queue: deque[Location] = deque()
@@ -451,6 +473,53 @@ def download_locations(
 
     start = time.perf_counter()
     bar = tqdm(total=len(queue), desc="computePixels", unit="patch", disable=not config.progress)
+
+    def running(loc: Location) -> None:
+        manifest.get(loc.cell_key, loc.year).status = RUNNING
+
+    def finished(outcome: _Outcome) -> None:
+        _record(manifest, report, outcome)
+        bar.update(1)
+        bar.set_postfix(failed=report.failed, retries=report.retries, refresh=False)
+        manifest.maybe_save()
+
+    processes = min(config.processes, config.concurrency, len(queue))
+    try:
+        if processes > 1:
+            _run_in_processes(
+                queue, processes, out, recipe, config, compute, rng, wait_fn, running, finished
+            )
+        else:
+            _run_queue(queue, out, recipe, config, compute, rng, wait_fn, running, finished)
+    finally:
+        for row in manifest:
+            if row.status == RUNNING:  # interrupted before it finished: fetched next run
+                row.status = PENDING
+        bar.close()
+        report.seconds = time.perf_counter() - start
+        manifest.save()
+    return report
+
+
+def _run_queue(
+    queue: deque[Location],
+    out: Path,
+    recipe: RecipeConfig,
+    config: DownloadConfig,
+    compute: ComputePixels,
+    rng: random.Random,
+    wait_fn: Callable[[float], None] | None,
+    running: Callable[[Location], None],
+    finished: Callable[[_Outcome], None],
+) -> None:
+    """Fetch and write every location of ``queue`` in this process: ``config.concurrency``
+    fetch threads, ``config.writers`` writer threads; ``running`` is called as a request
+    starts, ``finished`` with each outcome (written or failed).
+
+    Raises:
+        GeeNetworkError: Earth Engine could not be reached (after ``finished`` saw it).
+    """
+    stop = threading.Event()
     fetchers = ThreadPoolExecutor(config.concurrency, thread_name_prefix="ee-pixels")
     writers = ThreadPoolExecutor(config.writers, thread_name_prefix="tfrecord-writer")
     fetching: set[Future] = set()
@@ -466,7 +535,7 @@ def download_locations(
                 and (len(writing) < config.write_backlog)
             ):
                 loc = queue.popleft()
-                manifest.get(loc.cell_key, loc.year).status = RUNNING
+                running(loc)
                 fetching.add(
                     fetchers.submit(
                         _fetch_one,
@@ -475,7 +544,7 @@ def download_locations(
                         compute=compute,
                         retry=config.retry,
                         rng=random.Random(rng.random()),
-                        sleep=wait_fn,
+                        sleep=wait_fn or stop.wait,
                         stop=stop,
                     )
                 )
@@ -498,12 +567,9 @@ def download_locations(
                         continue
                 else:
                     writing.discard(future)
-                _record(manifest, report, outcome)
+                finished(outcome)
                 if outcome.network:  # no network: every other request would fail alike
                     raise GeeNetworkError(outcome.error)
-                bar.update(1)
-                bar.set_postfix(failed=report.failed, retries=report.retries, refresh=False)
-            manifest.maybe_save()
     except BaseException:
         stop.set()
         raise
@@ -512,14 +578,127 @@ def download_locations(
         writers.shutdown(wait=True)  # finish the writes of fetched patches
         for future in writing:
             if future.done() and future.exception() is None:
-                _record(manifest, report, future.result())
-        for row in manifest:
-            if row.status == RUNNING:  # interrupted before it finished: fetched next run
-                row.status = PENDING
-        bar.close()
-        report.seconds = time.perf_counter() - start
-        manifest.save()
-    return report
+                finished(future.result())
+
+
+def _share(total: int, parts: int, index: int) -> int:
+    """Part ``index`` of ``total`` split as evenly as possible into ``parts`` (>= 1)."""
+    return max(1, total // parts + (index < total % parts))
+
+
+def _run_in_processes(
+    queue: deque[Location],
+    processes: int,
+    out: Path,
+    recipe: RecipeConfig,
+    config: DownloadConfig,
+    compute: ComputePixels,
+    rng: random.Random,
+    wait_fn: Callable[[float], None] | None,
+    running: Callable[[Location], None],
+    finished: Callable[[_Outcome], None],
+) -> None:
+    """:func:`_run_queue` in ``processes`` forked processes, each with its share of the
+    locations (round robin), of the requests in flight and of the writer threads; their
+    outcomes come back through pipes and are recorded here, so the manifest has one
+    writer. A process that dies is an error naming it; its unfinished locations stay
+    pending for the next run.
+
+    Raises:
+        GeeNetworkError: Earth Engine could not be reached.
+        RuntimeError: a download process failed or died.
+    """
+    context = multiprocessing.get_context("fork")
+    locations = list(queue)
+    pipes: dict[Any, Any] = {}  # read end -> process
+    try:
+        for index in range(processes):
+            share = replace(
+                config,
+                concurrency=_share(config.concurrency, processes, index),
+                writers=_share(config.writers, processes, index),
+                write_backlog=_share(config.write_backlog, processes, index),
+                processes=1,
+            )
+            reader, sender = context.Pipe(duplex=False)
+            part = deque(locations[index::processes])
+            process = context.Process(
+                target=_download_part,
+                args=(part, sender, out, recipe, share, compute, rng.random(), wait_fn),
+                name=f"ee-download-{index}",
+                daemon=True,
+            )
+            process.start()
+            sender.close()
+            pipes[reader] = process
+            for loc in part:
+                running(loc)
+        while pipes:
+            for reader in multiprocessing.connection.wait(list(pipes)):
+                try:
+                    message = reader.recv()
+                except EOFError:  # the process has finished (or died)
+                    process = pipes.pop(reader)
+                    process.join()
+                    if process.exitcode != 0:
+                        raise RuntimeError(
+                            f"download process {process.name} died (exit code "
+                            f"{process.exitcode}); its unfinished locations stay pending: "
+                            "run again to fetch them"
+                        ) from None
+                    continue
+                if isinstance(message, str):  # the process's own error, as text
+                    raise RuntimeError(f"download process failed: {message}")
+                finished(message)
+                if message.network:
+                    raise GeeNetworkError(message.error)
+    finally:
+        for process in pipes.values():
+            process.terminate()  # its files are written atomically: whole or absent
+            process.join()
+
+
+def _download_part(
+    queue: deque[Location],
+    sender: Any,
+    out: Path,
+    recipe: RecipeConfig,
+    config: DownloadConfig,
+    compute: ComputePixels,
+    seed: float,
+    wait_fn: Callable[[float], None] | None,
+) -> None:
+    """A download process's body: fetch and write ``queue``, sending each outcome."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops this process
+    _drop_inherited_connections()
+    try:
+        _run_queue(
+            queue,
+            out,
+            recipe,
+            config,
+            compute,
+            random.Random(seed),
+            wait_fn,
+            lambda loc: None,
+            sender.send,
+        )
+    except GeeNetworkError:
+        pass  # the parent has the outcome that says so
+    except BaseException:  # noqa: BLE001 (sent to the parent, which raises it)
+        sender.send(traceback.format_exc(limit=-3))
+        raise
+    finally:
+        sender.close()
+
+
+def _drop_inherited_connections() -> None:
+    """In a forked process: close the HTTPS connections inherited from the parent (the
+    Earth Engine client's ``requests`` session pools them); the session opens its
+    own on the next request, so two processes never share one TLS stream."""
+    session = getattr(ee.data._get_state(), "requests_session", None)  # noqa: SLF001
+    if session is not None:
+        session.close()
 
 
 def _record(manifest: Manifest, report: DownloadReport, outcome: _Outcome) -> None:
