@@ -135,8 +135,9 @@ def timed_phases(seconds: dict[str, float]) -> Iterator[None]:
 
 def cpu_seconds() -> float:
     """User + system CPU seconds of this process and of its waited-for children."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
-        resource.RUSAGE_CHILDREN
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
     )
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
@@ -199,9 +200,7 @@ def _codec_work(paths: list[str], size: int, compression: str) -> tuple[float, f
     return seconds, cpu, done
 
 
-def codec_limit(
-    files: list[str], size: int, workers: int, compression: str
-) -> tuple[float, float]:
+def codec_limit(files: list[str], size: int, workers: int, compression: str) -> tuple[float, float]:
     """Records/s of the codec work alone (:func:`_codec_work`) on a pool of ``workers``
     processes: records / (timed seconds / workers), and its CPU seconds a record.
     Damaged files (that do not decode) are left out."""
