@@ -59,6 +59,7 @@ from utils.batching.executors import TaskRunner, task_runner
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.batching.page_cache import drop_pages
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
+from utils.batching.scratch import Scratch
 from utils.batching.shard_writer import (
     COMPRESSIONS,
     DTYPES,
@@ -340,13 +341,13 @@ class _PartWorker:
         self.grid_shape = (codec.shape[0], len(range(0, rules.size * rules.size, self.stride)))
 
     def __call__(
-        self, item: InputFile, sink: _ChunkSink
+        self, item: InputFile, sink: _ChunkSink, scratch: Scratch | None = None
     ) -> tuple[
         list[tuple[int, int]], list[SampleSummary], list[dict], list[tuple[np.ndarray, np.ndarray]]
     ]:
         """The spans in ``sink`` of the valid samples' encoded chunks (written there by
         this thread), their summaries and (packed mask, clear shares), and the manifest
-        rows of every record.
+        rows of every record. ``scratch`` holds this thread's reused buffers.
 
         Records stream through one at a time (an image is encoded and written, then
         dropped; the chunks of a file that turns out ``oversized`` stay in the chunk
@@ -358,7 +359,7 @@ class _PartWorker:
         chunks, summaries, qualities = [], [], []
         held: RecordResult | None = None  # the first bad record, until a second record
         count = 0
-        for rec in iter_results(item.path, self.rules):
+        for rec in iter_results(item.path, self.rules, scratch):
             if rec.file_level and rec.reason == "oversized":  # a bomb: one input, not copied
                 for row in rows:
                     if row["quarantine_file"]:
@@ -383,7 +384,7 @@ class _PartWorker:
                     rows.append(_quarantine_row(item.name, rec.index, _error(rec), kept))
                 continue
             s = rec.sample
-            chunks.append(sink.append(self.codec.encode(s.image)))
+            chunks.append(sink.append(self.codec.encode(s.image, scratch)))
             qualities.append((np.packbits(s.mask.reshape(len(s.mask), -1), axis=1), s.clear))
             if self.codec.dtype == "float32":
                 summaries.append(SampleSummary.of(s.image, self.stride, s.band_min, s.band_max))
@@ -463,8 +464,14 @@ def _write_part(
     summaries: list[SampleSummary] = []
     masks, clears = [], []
     with atomic_open(_chunks_path(path), "wb") as blob:
-        sink = _ChunkSink(blob.fileno())
-        results = _ordered_map(lambda item: worker(item, sink), items, workers)
+        sink, local = _ChunkSink(blob.fileno()), threading.local()
+
+        def read(item: InputFile) -> tuple:  # each reader thread with its own buffers
+            if not hasattr(local, "scratch"):
+                local.scratch = Scratch()
+            return worker(item, sink, local.scratch)
+
+        results = _ordered_map(read, items, workers)
         for file_spans, file_summaries, file_rows, quality in results:
             masks += [m for m, _ in quality]
             clears += [c for _, c in quality]
