@@ -172,7 +172,8 @@ class SampleSummary:
             ],
             axis=1,
         )
-        return cls(moments, np.ascontiguousarray(flat[:, ::stride], dtype=np.float32))
+        # a copy even when the grid is every pixel: the image may be a reused buffer
+        return cls(moments, np.array(flat[:, ::stride], dtype=np.float32))
 
 
 class BandStats:

@@ -433,7 +433,7 @@ def decode_record(
         file_name: the file's name (original-study files carry their year in it; canonical
             files their cell key).
         scratch: the calling thread's buffers: the sample's image is then a view of one,
-            valid until the next record decoded with the same scratch.
+            valid until two more records are decoded with the same scratch.
 
     Returns:
         A valid :class:`Sample`.
@@ -469,7 +469,8 @@ def decode_record(
         )
         err.band_length = int(floats[IMAGE_BANDS[0]].size)  # for the run's patch size
         raise err
-    image = scratch_array(scratch, "image", (len(channels), pixels), np.float32)
+    # two in turn: iter_results holds a file's first record while it reads the second
+    image = scratch_array(scratch, "image", (len(channels), pixels), np.float32, ring=2)
     for row, k in zip(image.view(np.uint8), channels, strict=True):
         row[:] = floats[k].view(np.uint8)  # byte copy: wire floats are often unaligned
     image = image.reshape(len(channels), rules.size, rules.size)
@@ -641,8 +642,8 @@ def iter_results(
 ) -> Iterator[RecordResult]:
     """Read and validate the records of one file, one :class:`RecordResult` at a time
     (so a caller can drop each image before the next is read; with ``scratch``, each
-    sample's image and the file's bytes live in its buffers, so a result is valid only
-    until the next one is asked for). A file-level error that
+    sample's image and the file's bytes live in its buffers, so a result's image is
+    valid only until the next result is asked for). A file-level error that
     stops reading comes last, as a result with ``file_level`` set and the index of the
     record after the last one read; a file without records gives ``empty_file``. A file
     of many places: a file name names none of them, so its records keyed by the file
