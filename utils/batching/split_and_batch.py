@@ -57,7 +57,7 @@ from utils.batching import record_quality as rq
 from utils.batching.duplicates import mark_duplicates
 from utils.batching.executors import TaskRunner, task_runner
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
-from utils.batching.page_cache import drop_pages
+from utils.batching.page_cache import drop_pages, write_behind
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.batching.scratch import Scratch
 from utils.batching.shard_writer import (
@@ -423,7 +423,7 @@ class _ChunkSink:
     """A part's chunk file, appended to by every reader thread: each chunk's span is
     reserved under a lock, then written with ``pwrite`` (which releases the GIL), so the
     threads write their own chunks in parallel and no chunk passes through another
-    thread."""
+    thread; each chunk's write-back starts at once (:func:`write_behind`)."""
 
     def __init__(self, fd: int) -> None:
         self.fd, self.end, self.lock = fd, 0, threading.Lock()
@@ -435,6 +435,7 @@ class _ChunkSink:
         view, done = memoryview(chunk), 0
         while done < len(view):
             done += os.pwrite(self.fd, view[done:], offset + done)
+        write_behind(self.fd, offset, len(chunk))
         return offset, len(chunk)
 
 
@@ -619,13 +620,14 @@ def _write_shard(job: _ShardJob) -> str:
                 bands=job.config.get("bands"),
             )
             handle.attrs[ATTR_FINGERPRINT] = job.fingerprint
-            target = handle[hs.DATA]
+            target, fd = handle[hs.DATA], handle.id.get_vfd_handle()
             for i, (part, staged) in enumerate(
                 zip(members["part"], members["staged"], strict=True)
             ):
                 with parts[int(part)].view(int(staged)) as chunk:
                     write_chunk(target, i, chunk, job.codec)
                 parts[int(part)].drop(int(staged))
+                write_behind(fd)  # the shard's write-back keeps pace with its writes
             write_metadata(handle, members.to_dict("records"))
             _write_quality(handle, members, parts, job.codec.shape[1:])
     finally:
