@@ -410,7 +410,22 @@ class _PartWorker:
         if held is not None:  # a one-record file whose record is bad: keep the file
             kept = keep_file(self.quarantine, item.name, item.path)
             rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
+        _drop_input(item.path)
         return chunks, summaries, rows, qualities
+
+
+def _drop_input(path: Path) -> None:
+    """Hand an input's pages back to the kernel once it is read (and quarantined where
+    it failed): the conversion reads it once, and the staged chunks written next reuse
+    the pages (:mod:`utils.batching.page_cache`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        drop_pages(fd)
+    finally:
+        os.close(fd)
 
 
 def _error(rec: RecordResult) -> RecordError:

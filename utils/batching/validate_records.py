@@ -51,7 +51,6 @@ from extract_GPS_images.labels import cell_key as make_cell_key
 from utils.batching import record_quality as rq
 from utils.batching.crc32c import masked_crc
 from utils.batching.example_wire import ExampleDecodeError, decode_example
-from utils.batching.page_cache import drop_pages
 from utils.batching.scratch import Scratch
 from utils.batching.scratch import array as scratch_array
 
@@ -337,8 +336,6 @@ def iter_frames(
                 pending += view[pos:]
         except isal_zlib.error as err:
             raise RecordError("unreadable", f"corrupt gzip data ({err})") from None
-        finally:
-            drop_pages(handle.fileno())  # read once: its pages can serve the next writes
         if pending:
             raise RecordError(
                 "truncated", f"the last record is cut short ({len(pending)} bytes left)"
