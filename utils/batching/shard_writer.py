@@ -26,8 +26,6 @@ from isal import isal_zlib
 
 from extract_GPS_images import schema
 from utils import hdf5_schema as hs
-from utils.batching.scratch import Scratch
-from utils.batching.scratch import array as scratch_array
 
 COMPRESSIONS: tuple[str, ...] = ("gzip", "lzf", "none")
 #: Highest deflate level ISA-L offers; above it chunks are deflated by zlib.
@@ -70,14 +68,13 @@ class ChunkCodec:
             options.update(compression="lzf", shuffle=self.shuffle)
         return options
 
-    def encode(self, image: np.ndarray, scratch: Scratch | None = None) -> bytes:
+    def encode(self, image: np.ndarray) -> bytes:
         """One sample as stored: the compressed chunk (gzip, none), or for lzf the raw
-        array bytes that h5py compresses when :func:`write_chunk` stores them. The
-        byte-shuffled copy is made in ``scratch`` when given (the same bytes)."""
+        array bytes that h5py compresses when :func:`write_chunk` stores them."""
         array = np.ascontiguousarray(image, dtype=self.dtype)
         raw = array.view(np.uint8)
         if self.compression == "gzip" and self.shuffle:  # bytes of each value apart
-            shuffled = scratch_array(scratch, "shuffled", (array.itemsize, array.size), np.uint8)
+            shuffled = np.empty((array.itemsize, array.size), np.uint8)
             np.copyto(shuffled, raw.reshape(-1, array.itemsize).T)
             raw = shuffled
         if self.compression != "gzip":
@@ -172,8 +169,7 @@ class SampleSummary:
             ],
             axis=1,
         )
-        # a copy even when the grid is every pixel: the image may be a reused buffer
-        return cls(moments, np.array(flat[:, ::stride], dtype=np.float32))
+        return cls(moments, np.ascontiguousarray(flat[:, ::stride], dtype=np.float32))
 
 
 class BandStats:

@@ -59,7 +59,6 @@ from utils.batching.executors import TaskRunner, task_runner
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.batching.page_cache import drop_pages, write_behind
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
-from utils.batching.scratch import Scratch
 from utils.batching.shard_writer import (
     COMPRESSIONS,
     DTYPES,
@@ -341,25 +340,25 @@ class _PartWorker:
         self.grid_shape = (codec.shape[0], len(range(0, rules.size * rules.size, self.stride)))
 
     def __call__(
-        self, item: InputFile, sink: _ChunkSink, scratch: Scratch | None = None
+        self, item: InputFile, sink: _ChunkSink
     ) -> tuple[
         list[tuple[int, int]], list[SampleSummary], list[dict], list[tuple[np.ndarray, np.ndarray]]
     ]:
         """The spans in ``sink`` of the valid samples' encoded chunks (written there by
         this thread), their summaries and (packed mask, clear shares), and the manifest
-        rows of every record. ``scratch`` holds this thread's reused buffers.
+        rows of every record.
 
         Records stream through one at a time (an image is encoded and written, then
         dropped; the chunks of a file that turns out ``oversized`` stay in the chunk
-        file, unreferenced); a bad
-        record is written to the quarantine as it comes, except the first, held until a
-        second record shows the file holds more than one (a one-record file, or a file
-        that fails as a whole, is copied whole; an ``oversized`` one is not copied)."""
+        file, unreferenced); a bad record is written to the quarantine as it comes,
+        except the first, held until a second record shows the file holds more than one
+        (a one-record file, or a file that fails as a whole, is copied whole; an
+        ``oversized`` one is not copied). The input's pages are dropped once it is read."""
         rows: list[dict] = []
         chunks, summaries, qualities = [], [], []
         held: RecordResult | None = None  # the first bad record, until a second record
         count = 0
-        for rec in iter_results(item.path, self.rules, scratch):
+        for rec in iter_results(item.path, self.rules):
             if rec.file_level and rec.reason == "oversized":  # a bomb: one input, not copied
                 for row in rows:
                     if row["quarantine_file"]:
@@ -384,7 +383,7 @@ class _PartWorker:
                     rows.append(_quarantine_row(item.name, rec.index, _error(rec), kept))
                 continue
             s = rec.sample
-            chunks.append(sink.append(self.codec.encode(s.image, scratch)))
+            chunks.append(sink.append(self.codec.encode(s.image)))
             qualities.append((np.packbits(s.mask.reshape(len(s.mask), -1), axis=1), s.clear))
             if self.codec.dtype == "float32":
                 summaries.append(SampleSummary.of(s.image, self.stride, s.band_min, s.band_max))
@@ -415,9 +414,9 @@ class _PartWorker:
 
 
 def _drop_input(path: Path) -> None:
-    """Hand an input's pages back to the kernel once it is read (and quarantined where
-    it failed): the conversion reads it once, and the staged chunks written next reuse
-    the pages (:mod:`utils.batching.page_cache`)."""
+    """Hand an input's pages back to the kernel once it is read: the conversion reads it
+    once, and the staged chunks written next reuse the pages
+    (:mod:`utils.batching.page_cache`)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -480,14 +479,8 @@ def _write_part(
     summaries: list[SampleSummary] = []
     masks, clears = [], []
     with atomic_open(_chunks_path(path), "wb") as blob:
-        sink, local = _ChunkSink(blob.fileno()), threading.local()
-
-        def read(item: InputFile) -> tuple:  # each reader thread with its own buffers
-            if not hasattr(local, "scratch"):
-                local.scratch = Scratch()
-            return worker(item, sink, local.scratch)
-
-        results = _ordered_map(read, items, workers)
+        sink = _ChunkSink(blob.fileno())
+        results = _ordered_map(lambda item: worker(item, sink), items, workers)
         for file_spans, file_summaries, file_rows, quality in results:
             masks += [m for m, _ in quality]
             clears += [c for _, c in quality]

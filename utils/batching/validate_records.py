@@ -51,8 +51,6 @@ from extract_GPS_images.labels import cell_key as make_cell_key
 from utils.batching import record_quality as rq
 from utils.batching.crc32c import masked_crc
 from utils.batching.example_wire import ExampleDecodeError, decode_example
-from utils.batching.scratch import Scratch
-from utils.batching.scratch import array as scratch_array
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: Largest read: a smaller file is read whole (one allocation of its own size, which
@@ -201,24 +199,13 @@ class FileResult:
 # ---------------------------------------------------------------------------- reading
 
 
-def _read_block(handle, block_size: int, scratch: Scratch | None) -> bytes | memoryview:
-    """The next ``block_size`` bytes (fewer at the end) of ``handle``; read into a buffer
-    of ``scratch`` when given (a view of it, overwritten by the next read)."""
-    if scratch is None:
-        return handle.read(block_size)
-    buffer = scratch.array("read", (block_size,), np.uint8)
-    return memoryview(buffer)[: handle.readinto(buffer)]
-
-
-def _gzip_blocks(
-    handle, block_size: int, cap: int, scratch: Scratch | None = None
-) -> Iterator[bytes]:
+def _gzip_blocks(handle, block_size: int, cap: int) -> Iterator[bytes]:
     """Inflate a (possibly multi-member) gzip stream in steps of at most
     :data:`INFLATE_STEP` bytes (ISA-L: the same deflate format as zlib at about twice
     its speed), stopping with ``oversized`` once more than ``cap`` bytes came out."""
     inflater = isal_zlib.decompressobj(31)
     total = 0
-    while data := _read_block(handle, block_size, scratch):
+    while data := handle.read(block_size):
         while data:
             if total > cap:  # checked after the records before it were framed
                 raise RecordError(
@@ -279,12 +266,11 @@ def _payload_problem(data: bytes | bytearray, where: tuple[int, int, int], index
 
 
 def iter_frames(
-    path: str | Path, limits: ReadLimits | None = None, scratch: Scratch | None = None
+    path: str | Path, limits: ReadLimits | None = None
 ) -> Iterator[tuple[bytes | memoryview, str]]:
     """Yield ``(record, crc_problem)`` for each record of a TFRecord file (gzip or
     uncompressed), streaming; ``crc_problem`` is ``""`` or names the failed payload CRC
-    (the record is then still framed, so the next ones are read). With ``scratch``, the
-    compressed bytes are read into one of its buffers.
+    (the record is then still framed, so the next ones are read).
 
     Records that lie inside one inflated block come as zero-copy ``memoryview`` slices of
     it, the rare one cut by a block boundary as ``bytes``. Memory stays within a few
@@ -310,7 +296,7 @@ def iter_frames(
                 f"{size} bytes, more than {limits.max_inflate_bytes} (max_inflate_bytes)",
             )
         blocks = (
-            _gzip_blocks(handle, block_size, limits.max_inflate_bytes, scratch)
+            _gzip_blocks(handle, block_size, limits.max_inflate_bytes)
             if head == GZIP_MAGIC
             else iter(lambda: handle.read(block_size), b"")
         )
@@ -416,12 +402,7 @@ def _constant(name: str, values: np.ndarray, reason: str) -> float:
     return first
 
 
-def decode_record(
-    serialized: bytes | memoryview,
-    rules: RecordRules,
-    file_name: str,
-    scratch: Scratch | None = None,
-) -> Sample:
+def decode_record(serialized: bytes | memoryview, rules: RecordRules, file_name: str) -> Sample:
     """Parse and validate one serialised record.
 
     Args:
@@ -429,8 +410,6 @@ def decode_record(
         rules: patch size and valid ranges.
         file_name: the file's name (original-study files carry their year in it; canonical
             files their cell key).
-        scratch: the calling thread's buffers: the sample's image is then a view of one,
-            valid until two more records are decoded with the same scratch.
 
     Returns:
         A valid :class:`Sample`.
@@ -466,8 +445,7 @@ def decode_record(
         )
         err.band_length = int(floats[IMAGE_BANDS[0]].size)  # for the run's patch size
         raise err
-    # two in turn: iter_results holds a file's first record while it reads the second
-    image = scratch_array(scratch, "image", (len(channels), pixels), np.float32, ring=2)
+    image = np.empty((len(channels), pixels), np.float32)
     for row, k in zip(image.view(np.uint8), channels, strict=True):
         row[:] = floats[k].view(np.uint8)  # byte copy: wire floats are often unaligned
     image = image.reshape(len(channels), rules.size, rules.size)
@@ -634,18 +612,14 @@ def first_record_layout(paths: list[Path], limit: int = 32) -> tuple[int | None,
     return max(1, math.isqrt(length)), extra
 
 
-def iter_results(
-    path: Path, rules: RecordRules, scratch: Scratch | None = None
-) -> Iterator[RecordResult]:
+def iter_results(path: Path, rules: RecordRules) -> Iterator[RecordResult]:
     """Read and validate the records of one file, one :class:`RecordResult` at a time
-    (so a caller can drop each image before the next is read; with ``scratch``, each
-    sample's image and the file's bytes live in its buffers, so a result's image is
-    valid only until the next result is asked for). A file-level error that
+    (so a caller can drop each image before the next is read). A file-level error that
     stops reading comes last, as a result with ``file_level`` set and the index of the
     record after the last one read; a file without records gives ``empty_file``. A file
     of many places: a file name names none of them, so its records keyed by the file
     name are keyed by their coordinates instead (a single record keeps the file's key)."""
-    results = _iter_file_results(path, rules, scratch)
+    results = _iter_file_results(path, rules)
     first = next(results, None)
     second = next(results, None) if first is not None else None
     if second is None or second.file_level:
@@ -659,18 +633,16 @@ def iter_results(
         yield rec
 
 
-def _iter_file_results(
-    path: Path, rules: RecordRules, scratch: Scratch | None = None
-) -> Iterator[RecordResult]:
+def _iter_file_results(path: Path, rules: RecordRules) -> Iterator[RecordResult]:
     """The records of one file as read, each validated (see :func:`iter_results`)."""
     count = 0
     try:
-        for serialized, problem in iter_frames(path, rules.limits, scratch):
+        for serialized, problem in iter_frames(path, rules.limits):
             if problem:
                 yield RecordResult(count, None, "unreadable", problem, bytes(serialized))
             else:
                 try:
-                    sample = decode_record(serialized, rules, path.name, scratch)
+                    sample = decode_record(serialized, rules, path.name)
                     yield RecordResult(count, sample, band_length=rules.size * rules.size)
                 except RecordError as err:
                     yield RecordResult(
