@@ -36,6 +36,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -132,19 +133,35 @@ def timed_phases(seconds: dict[str, float]) -> Iterator[None]:
             setattr(sb, name, fn)
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its waited-for children."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def full_run(
-    src: Path, workers: int, compression: str, phases: dict[str, float] | None = None
+    src: Path,
+    workers: int,
+    compression: str,
+    phases: dict[str, float] | None = None,
+    cpu: list[float] | None = None,
 ) -> tuple[int, float]:
     """Input records and seconds of a complete conversion into a fresh folder (the wall
-    time of each phase added to ``phases`` when given; shard writes without stats)."""
+    time of each phase added to ``phases`` when given; shard writes without stats; the
+    CPU seconds of the run, all threads and worker processes, appended to ``cpu``)."""
     out = Path(tempfile.mkdtemp(prefix="bench-split-"))
     seconds: dict[str, float] = {}
     try:
         cfg = SplitConfig(workers=workers, compression=compression, progress=False)
         with timed_phases(seconds) if phases is not None else nullcontext():
-            start = time.perf_counter()
+            start, used = time.perf_counter(), cpu_seconds()
             report = run_split_and_batch(src, out / "shards", cfg)
             total = time.perf_counter() - start
+        if cpu is not None:
+            cpu.append(cpu_seconds() - used)
         if phases is not None:
             seconds["shard writes"] -= seconds.get("stats", 0.0)  # stats run inside it
             seconds["other (unzip, fingerprint, ...)"] = total - sum(seconds.values())
@@ -155,9 +172,10 @@ def full_run(
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _codec_work(paths: list[str], size: int, compression: str) -> tuple[float, int]:
-    """Seconds spent reading + inflating ``paths`` and deflating their samples with the
-    shard codec (each sample decoded beforehand, untimed), and the records done."""
+def _codec_work(paths: list[str], size: int, compression: str) -> tuple[float, float, int]:
+    """Seconds and CPU seconds spent reading + inflating ``paths`` and deflating their
+    samples with the shard codec (each sample decoded beforehand, untimed), and the
+    records done."""
     from isal import igzip  # noqa: PLC0415
 
     from utils.batching.shard_writer import ChunkCodec  # noqa: PLC0415
@@ -169,22 +187,23 @@ def _codec_work(paths: list[str], size: int, compression: str) -> tuple[float, i
         for p in paths
     ]
     codec = ChunkCodec((len(images[0][0]) if images[0] else 1, size, size), "float32", compression)
-    seconds, done = 0.0, 0
+    seconds, cpu, done = 0.0, 0.0, 0
     for path, samples in zip(paths, images, strict=True):
-        start = time.perf_counter()
+        start, used = time.perf_counter(), time.process_time()
         with open(path, "rb") as handle:
             igzip.decompress(handle.read())
         for image in samples:
             codec.encode(image)
         seconds += time.perf_counter() - start
+        cpu += time.process_time() - used
         done += len(samples)
-    return seconds, done
+    return seconds, cpu, done
 
 
-def codec_limit(files: list[str], size: int, workers: int, compression: str) -> float:
+def codec_limit(files: list[str], size: int, workers: int, compression: str) -> tuple[float, float]:
     """Records/s of the codec work alone (:func:`_codec_work`) on a pool of ``workers``
-    processes: records / (timed seconds / workers). Damaged files (that do not decode)
-    are left out."""
+    processes: records / (timed seconds / workers), and its CPU seconds a record.
+    Damaged files (that do not decode) are left out."""
     from utils.batching.validate_records import RecordRules, read_file  # noqa: PLC0415
 
     readable = [f for f in files if read_file(Path(f), RecordRules(size)).file_error is None]
@@ -194,8 +213,8 @@ def codec_limit(files: list[str], size: int, workers: int, compression: str) -> 
         results = list(
             pool.map(_codec_work, batches, [size] * len(batches), [compression] * len(batches))
         )
-    seconds, done = map(sum, zip(*results, strict=True))
-    return done / (seconds / workers)
+    seconds, cpu, done = map(sum, zip(*results, strict=True))
+    return done / (seconds / workers), cpu / done
 
 
 #: A small parent: it starts the measured child and reports the child's max RSS (KB).
@@ -253,22 +272,26 @@ def throughput(n: int, size: int, workers: int, repeats: int, compression: str) 
     files = record_files(src)
     parse_floor(files[:8], size, workers)  # import and warm TensorFlow
     limits, floors, parallel, fulls, loads = [], [], [], [], []
+    limit_cpu, full_cpu = [], []
     phases: dict[str, float] = {}
     best_phases: dict[str, float] = {}
     for _ in range(repeats):
-        limits.append(codec_limit(files, size, workers, compression))
+        rate, cpu = codec_limit(files, size, workers, compression)
+        limits.append(rate)
+        limit_cpu.append(cpu)
         count, seconds = parse_floor(files, size, 0)
         floors.append(len(files) / seconds)
         count, seconds = parse_floor(files, size, workers)
         parallel.append(len(files) / seconds)
-        inputs, seconds = full_run(src, workers, compression, phases)
+        inputs, seconds = full_run(src, workers, compression, phases, full_cpu)
         if not fulls or inputs / seconds > max(fulls):
             best_phases = dict(phases)
         fulls.append(inputs / seconds)
         loads.append(_load())
         print(
             f"  {size} px: limit {limits[-1]:.1f}, floor {floors[-1]:.1f}, parallel floor "
-            f"{parallel[-1]:.1f}, full {fulls[-1]:.1f} records/s ({loads[-1]})",
+            f"{parallel[-1]:.1f}, full {fulls[-1]:.1f} records/s; CPU ms a record: limit "
+            f"{1e3 * limit_cpu[-1]:.1f}, full {1e3 * full_cpu[-1] / inputs:.1f} ({loads[-1]})",
             flush=True,
         )
     limit, floor, fast, full = max(limits), max(floors), max(parallel), max(fulls)
@@ -284,6 +307,9 @@ def throughput(n: int, size: int, workers: int, repeats: int, compression: str) 
         "ratio_limit": round(full / limit, 3),
         "ratio": round(full / floor, 3),
         "ratio_parallel": round(full / fast, 3),
+        "codec_cpu_ms": round(1e3 * min(limit_cpu), 2),
+        "full_cpu_ms": round(1e3 * min(full_cpu) / inputs, 2),
+        "ratio_cpu": round(min(limit_cpu) * inputs / min(full_cpu), 3),
         "phase_share": {k: round(v / total, 3) for k, v in best_phases.items()},
         "phase_s": {k: round(v, 2) for k, v in best_phases.items()},
         "load": loads,
@@ -301,6 +327,9 @@ def print_table(results: list[dict], workers: int, compression: str) -> None:
         ("full / codec limit (goal >= 0.8)", "ratio_limit", "{:13.3f}"),
         ("full / floor       (goal >= 0.7)", "ratio", "{:13.3f}"),
         ("full / parallel floor", "ratio_parallel", "{:13.3f}"),
+        ("CPU ms a record: codec limit", "codec_cpu_ms", "{:13.2f}"),
+        ("CPU ms a record: full conversion", "full_cpu_ms", "{:13.2f}"),
+        ("codec CPU / full CPU", "ratio_cpu", "{:13.3f}"),
     ]
     print(f"{'records/s':36s}{head}")
     for label, key, form in rows:

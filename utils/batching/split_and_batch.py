@@ -34,6 +34,7 @@ import math
 import mmap
 import os
 import shutil
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -56,6 +57,7 @@ from utils.batching import record_quality as rq
 from utils.batching.duplicates import mark_duplicates
 from utils.batching.executors import TaskRunner, task_runner
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
+from utils.batching.page_cache import drop_pages, write_behind
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
 from utils.batching.shard_writer import (
     COMPRESSIONS,
@@ -338,15 +340,20 @@ class _PartWorker:
         self.grid_shape = (codec.shape[0], len(range(0, rules.size * rules.size, self.stride)))
 
     def __call__(
-        self, item: InputFile
-    ) -> tuple[list, list[SampleSummary], list[dict], list[tuple[np.ndarray, np.ndarray]]]:
-        """Encoded chunks, summaries and (packed mask, clear shares) of the valid samples,
-        manifest rows of every record.
+        self, item: InputFile, sink: _ChunkSink
+    ) -> tuple[
+        list[tuple[int, int]], list[SampleSummary], list[dict], list[tuple[np.ndarray, np.ndarray]]
+    ]:
+        """The spans in ``sink`` of the valid samples' encoded chunks (written there by
+        this thread), their summaries and (packed mask, clear shares), and the manifest
+        rows of every record.
 
-        Records stream through one at a time (an image is encoded, then dropped); a bad
-        record is written to the quarantine as it comes, except the first, held until a
-        second record shows the file holds more than one (a one-record file, or a file
-        that fails as a whole, is copied whole; an ``oversized`` one is not copied)."""
+        Records stream through one at a time (an image is encoded and written, then
+        dropped; the chunks of a file that turns out ``oversized`` stay in the chunk
+        file, unreferenced); a bad record is written to the quarantine as it comes,
+        except the first, held until a second record shows the file holds more than one
+        (a one-record file, or a file that fails as a whole, is copied whole; an
+        ``oversized`` one is not copied). The input's pages are dropped once it is read."""
         rows: list[dict] = []
         chunks, summaries, qualities = [], [], []
         held: RecordResult | None = None  # the first bad record, until a second record
@@ -376,7 +383,7 @@ class _PartWorker:
                     rows.append(_quarantine_row(item.name, rec.index, _error(rec), kept))
                 continue
             s = rec.sample
-            chunks.append(self.codec.encode(s.image))
+            chunks.append(sink.append(self.codec.encode(s.image)))
             qualities.append((np.packbits(s.mask.reshape(len(s.mask), -1), axis=1), s.clear))
             if self.codec.dtype == "float32":
                 summaries.append(SampleSummary.of(s.image, self.stride, s.band_min, s.band_max))
@@ -402,13 +409,48 @@ class _PartWorker:
         if held is not None:  # a one-record file whose record is bad: keep the file
             kept = keep_file(self.quarantine, item.name, item.path)
             rows.append(_quarantine_row(item.name, held.index, _error(held), kept))
+        _drop_input(item.path)
         return chunks, summaries, rows, qualities
+
+
+def _drop_input(path: Path) -> None:
+    """Hand an input's pages back to the kernel once it is read: the conversion reads it
+    once, and the staged chunks written next reuse the pages
+    (:mod:`utils.batching.page_cache`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        drop_pages(fd)
+    finally:
+        os.close(fd)
 
 
 def _error(rec: RecordResult) -> RecordError:
     err = RecordError(rec.reason, rec.detail)
     err.band_length = rec.band_length
     return err
+
+
+class _ChunkSink:
+    """A part's chunk file, appended to by every reader thread: each chunk's span is
+    reserved under a lock, then written with ``pwrite`` (which releases the GIL), so the
+    threads write their own chunks in parallel and no chunk passes through another
+    thread; each chunk's write-back starts at once (:func:`write_behind`)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.end, self.lock = fd, 0, threading.Lock()
+
+    def append(self, chunk: bytes) -> tuple[int, int]:
+        """Write ``chunk`` after the chunks before it; return its (offset, size)."""
+        with self.lock:
+            offset, self.end = self.end, self.end + len(chunk)
+        view, done = memoryview(chunk), 0
+        while done < len(view):
+            done += os.pwrite(self.fd, view[done:], offset + done)
+        write_behind(self.fd, offset, len(chunk))
+        return offset, len(chunk)
 
 
 def _chunks_path(part: Path) -> Path:
@@ -424,8 +466,8 @@ def _write_part(
     on_file: Callable[[int], object] | None = None,
 ) -> int:
     """Process ``items`` into one staging part (the task of pass 1, also on a cluster)
-    with ``workers`` reader threads: the encoded chunks appended to a plain file (a
-    write that releases the GIL, unlike h5py's), then an HDF5 file with each chunk's
+    with ``workers`` reader threads: the encoded chunks appended to a plain file by the
+    threads themselves (:class:`_ChunkSink`), then an HDF5 file with each chunk's
     offset and size, the samples' summaries for ``stats.json`` and the manifest rows.
     Both are written atomically, the HDF5 file last: it marks the part done.
 
@@ -437,16 +479,15 @@ def _write_part(
     summaries: list[SampleSummary] = []
     masks, clears = [], []
     with atomic_open(_chunks_path(path), "wb") as blob:
-        offset = 0
-        for chunks, file_summaries, file_rows, quality in _ordered_map(worker, items, workers):
+        sink = _ChunkSink(blob.fileno())
+        results = _ordered_map(lambda item: worker(item, sink), items, workers)
+        for file_spans, file_summaries, file_rows, quality in results:
             masks += [m for m, _ in quality]
             clears += [c for _, c in quality]
             ok = (r for r in file_rows if r["status"] == "ok")
-            for chunk, row in zip(chunks, ok, strict=True):
+            for span, row in zip(file_spans, ok, strict=True):
                 row["staged"] = len(spans)
-                spans.append((offset, len(chunk)))
-                blob.write(chunk)
-                offset += len(chunk)
+                spans.append(span)
             summaries += file_summaries
             rows.extend(file_rows)
             if on_file is not None:
@@ -541,6 +582,12 @@ class _StagedPart:
         finally:
             mapped.close()
 
+    def drop(self, index: int) -> None:
+        """Hand the pages of staged chunk ``index`` back (copied into its shard: the
+        shard's next writes reuse them, see :mod:`utils.batching.page_cache`)."""
+        offset, size = (int(v) for v in self.spans[index])
+        drop_pages(self.blob.fileno(), offset, size)
+
     def close(self) -> None:
         self.meta.close()
         self.blob.close()
@@ -581,12 +628,14 @@ def _write_shard(job: _ShardJob) -> str:
                 bands=job.config.get("bands"),
             )
             handle.attrs[ATTR_FINGERPRINT] = job.fingerprint
-            target = handle[hs.DATA]
+            target, fd = handle[hs.DATA], handle.id.get_vfd_handle()
             for i, (part, staged) in enumerate(
                 zip(members["part"], members["staged"], strict=True)
             ):
                 with parts[int(part)].view(int(staged)) as chunk:
                     write_chunk(target, i, chunk, job.codec)
+                parts[int(part)].drop(int(staged))
+                write_behind(fd)  # the shard's write-back keeps pace with its writes
             write_metadata(handle, members.to_dict("records"))
             _write_quality(handle, members, parts, job.codec.shape[1:])
     finally:
