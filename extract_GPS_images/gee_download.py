@@ -483,14 +483,13 @@ def download_locations(
         bar.set_postfix(failed=report.failed, retries=report.retries, refresh=False)
         manifest.maybe_save()
 
+    loop = _Loop(out, recipe, config, compute, rng, wait_fn, running, finished)
     processes = min(config.processes, config.concurrency, len(queue))
     try:
         if processes > 1:
-            _run_in_processes(
-                queue, processes, out, recipe, config, compute, rng, wait_fn, running, finished
-            )
+            _run_in_processes(queue, processes, loop)
         else:
-            _run_queue(queue, out, recipe, config, compute, rng, wait_fn, running, finished)
+            _run_queue(queue, loop)
     finally:
         for row in manifest:
             if row.status == RUNNING:  # interrupted before it finished: fetched next run
@@ -501,24 +500,30 @@ def download_locations(
     return report
 
 
-def _run_queue(
-    queue: deque[Location],
-    out: Path,
-    recipe: RecipeConfig,
-    config: DownloadConfig,
-    compute: ComputePixels,
-    rng: random.Random,
-    wait_fn: Callable[[float], None] | None,
-    running: Callable[[Location], None],
-    finished: Callable[[_Outcome], None],
-) -> None:
-    """Fetch and write every location of ``queue`` in this process: ``config.concurrency``
-    fetch threads, ``config.writers`` writer threads; ``running`` is called as a request
-    starts, ``finished`` with each outcome (written or failed).
+@dataclass
+class _Loop:
+    """What a download loop needs besides its queue: where and how to fetch and write,
+    ``running(location)`` called as a request starts, ``finished(outcome)`` with each
+    outcome (written or failed)."""
+
+    out: Path
+    recipe: RecipeConfig
+    config: DownloadConfig
+    compute: ComputePixels
+    rng: random.Random
+    wait_fn: Callable[[float], None] | None
+    running: Callable[[Location], None]
+    finished: Callable[[_Outcome], None]
+
+
+def _run_queue(queue: deque[Location], loop: _Loop) -> None:
+    """Fetch and write every location of ``queue`` in this process:
+    ``loop.config.concurrency`` fetch threads, ``loop.config.writers`` writer threads.
 
     Raises:
         GeeNetworkError: Earth Engine could not be reached (after ``finished`` saw it).
     """
+    config, recipe, out, finished = loop.config, loop.recipe, loop.out, loop.finished
     stop = threading.Event()
     fetchers = ThreadPoolExecutor(config.concurrency, thread_name_prefix="ee-pixels")
     writers = ThreadPoolExecutor(config.writers, thread_name_prefix="tfrecord-writer")
@@ -535,16 +540,16 @@ def _run_queue(
                 and (len(writing) < config.write_backlog)
             ):
                 loc = queue.popleft()
-                running(loc)
+                loop.running(loc)
                 fetching.add(
                     fetchers.submit(
                         _fetch_one,
                         loc,
                         recipe=recipe,
-                        compute=compute,
+                        compute=loop.compute,
                         retry=config.retry,
-                        rng=random.Random(rng.random()),
-                        sleep=wait_fn or stop.wait,
+                        rng=random.Random(loop.rng.random()),
+                        sleep=loop.wait_fn or stop.wait,
                         stop=stop,
                     )
                 )
@@ -586,18 +591,7 @@ def _share(total: int, parts: int, index: int) -> int:
     return max(1, total // parts + (index < total % parts))
 
 
-def _run_in_processes(
-    queue: deque[Location],
-    processes: int,
-    out: Path,
-    recipe: RecipeConfig,
-    config: DownloadConfig,
-    compute: ComputePixels,
-    rng: random.Random,
-    wait_fn: Callable[[float], None] | None,
-    running: Callable[[Location], None],
-    finished: Callable[[_Outcome], None],
-) -> None:
+def _run_in_processes(queue: deque[Location], processes: int, loop: _Loop) -> None:
     """:func:`_run_queue` in ``processes`` forked processes, each with its share of the
     locations (round robin), of the requests in flight and of the writer threads; their
     outcomes come back through pipes and are recorded here, so the manifest has one
@@ -608,7 +602,7 @@ def _run_in_processes(
         GeeNetworkError: Earth Engine could not be reached.
         RuntimeError: a download process failed or died.
     """
-    context = multiprocessing.get_context("fork")
+    config, context = loop.config, multiprocessing.get_context("fork")
     locations = list(queue)
     pipes: dict[Any, Any] = {}  # read end -> process
     try:
@@ -624,7 +618,7 @@ def _run_in_processes(
             part = deque(locations[index::processes])
             process = context.Process(
                 target=_download_part,
-                args=(part, sender, out, recipe, share, compute, rng.random(), wait_fn),
+                args=(part, sender, replace(loop, config=share), loop.rng.random()),
                 name=f"ee-download-{index}",
                 daemon=True,
             )
@@ -632,7 +626,7 @@ def _run_in_processes(
             sender.close()
             pipes[reader] = process
             for loc in part:
-                running(loc)
+                loop.running(loc)
         while pipes:
             for reader in multiprocessing.connection.wait(list(pipes)):
                 try:
@@ -649,7 +643,7 @@ def _run_in_processes(
                     continue
                 if isinstance(message, str):  # the process's own error, as text
                     raise RuntimeError(f"download process failed: {message}")
-                finished(message)
+                loop.finished(message)
                 if message.network:
                     raise GeeNetworkError(message.error)
     finally:
@@ -658,31 +652,13 @@ def _run_in_processes(
             process.join()
 
 
-def _download_part(
-    queue: deque[Location],
-    sender: Any,
-    out: Path,
-    recipe: RecipeConfig,
-    config: DownloadConfig,
-    compute: ComputePixels,
-    seed: float,
-    wait_fn: Callable[[float], None] | None,
-) -> None:
+def _download_part(queue: deque[Location], sender: Any, loop: _Loop, seed: float) -> None:
     """A download process's body: fetch and write ``queue``, sending each outcome."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops this process
     _drop_inherited_connections()
     try:
-        _run_queue(
-            queue,
-            out,
-            recipe,
-            config,
-            compute,
-            random.Random(seed),
-            wait_fn,
-            lambda loc: None,
-            sender.send,
-        )
+        own = replace(loop, rng=random.Random(seed), running=lambda loc: None)
+        _run_queue(queue, replace(own, finished=sender.send))  # outcomes go to the parent
     except GeeNetworkError:
         pass  # the parent has the outcome that says so
     except BaseException:  # noqa: BLE001 (sent to the parent, which raises it)

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 from shards_factory import write_tiny_shards
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, default_collate
 
+from bench.bench_loader import PerItem  # the batching before: one item at a time
 from utils import hdf5_schema as hs
 from utils.batch_transforms import BatchCropFlip
 from utils.batching.shard_writer import ChunkCodec, write_chunk
@@ -32,19 +33,6 @@ from utils.study.study import MemoryCachedDataset, study_datasets
 from utils.train import TrainConfig, fit
 
 SIZE, CROP = 10, 7
-
-
-class PerItem(Dataset):
-    """The dataset seen one item at a time (no ``__getitems__``): the old batching."""
-
-    def __init__(self, dataset: ShardDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.dataset[index]
 
 
 def _add_masks(root: Path) -> None:
