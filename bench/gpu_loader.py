@@ -3,13 +3,16 @@ through the loader with every core, data-wait share of the step, and the device-
 path beside it (issue 21 item 5; run by ``bench/gpu_loader.sh``).
 
     python -m bench.gpu_loader SHARDS [--model resnet50] [--crop 224] [--batch 128]
-        [--workers N] [--steps 60] [--warmup 10] [--batch-transform]
+        [--workers N] [--steps 60] [--warmup 10] [--batch-transform] [--prepare-on-device]
 
 * **loader**: ``ShardDataset`` -> ``DataLoader`` (``num_workers``, pinned memory,
   persistent workers, prefetch) -> ``.to(device, non_blocking=True)``; per step the
   time spent waiting for the next batch (data wait) and the whole step, after CUDA
   synchronisation. With ``--batch-transform`` the dataset returns whole patches and
-  :class:`utils.batch_transforms.BatchCropFlip` crops and flips on the GPU.
+  :class:`utils.batch_transforms.BatchCropFlip` crops and flips on the GPU. With
+  ``--prepare-on-device`` the dataset returns raw items (``ShardDataset(raw=True)``: the
+  stored channels, 25 instead of 33) and the GPU standardises and one-hot encodes them
+  (``TrainConfig(prepare_on="device")``: the same values).
 * **device-cached**: the same number of samples held on the GPU (crops and flips by
   ``BatchCropFlip``): the model's own step rate, the bar the loader is measured against.
 
@@ -44,6 +47,11 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="crop and flip on the GPU (dataset returns whole patches)",
     )
+    parser.add_argument(
+        "--prepare-on-device",
+        action="store_true",
+        help="standardise and one-hot encode on the GPU (dataset returns raw items)",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser
 
@@ -75,8 +83,10 @@ def main(argv: list[str] | None = None) -> dict:
         crop=None if args.batch_transform else args.crop,
         train=True,
         augment=not args.batch_transform,
+        raw=args.prepare_on_device,
     )
-    model = (
+    prepare = ds.batch_preparer() if args.prepare_on_device else None
+    model = (  # num_channels: the prepared items' channels, raw or not
         build_model(args.model, ds.num_channels).to(device).to(memory_format=torch.channels_last)
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -104,6 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
             labels = batch["label"].to(device, non_blocking=True)
             if args.batch_transform:
                 images = on_gpu(images)
+            if prepare is not None:
+                images = prepare(images)
             _sync(device)
             got = time.perf_counter()
             _train_step(
@@ -143,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": args.batch,
         "workers": args.workers,
         "batch_transform": args.batch_transform,
+        "prepare_on_device": args.prepare_on_device,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "loader_img_per_s": round(loader_rate, 1),

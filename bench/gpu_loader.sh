@@ -2,7 +2,8 @@
 # Issue 21 item 5, on one GPU: ResNet-50 at 224 px with AMP fed from 225 px shards by
 # the loader with all cores (data-wait share of the step; goal < 10 %), the
 # device-cached path beside it, for float32 gzip shards (the default) and float32
-# uncompressed shards (--compression none), crops on the CPU and on the GPU.
+# uncompressed shards (--compression none), crops on the CPU and on the GPU, and
+# standardisation on the GPU too (--prepare-on-device).
 #
 #   bash bench/gpu_loader.sh runs/gpu_loader
 #   N=64 SIZE=48 MODEL=tiny_cnn STEPS=4 WARMUP=1 BATCH=8 bash bench/gpu_loader.sh runs/smoke
@@ -24,7 +25,7 @@ for compression in gzip none; do
         "$python" -m utils.batching.split_and_batch "$run/exports" "$run/shards_$compression" \
             --compression "$compression" --workers "$workers" --no-progress
     fi
-    for transform in "" --batch-transform; do
+    for transform in "" --batch-transform "--batch-transform --prepare-on-device"; do
         stamp "loader: $compression shards ${transform:-crops on the CPU}"
         "$python" -m bench.gpu_loader "$run/shards_$compression" --model "${MODEL:-resnet50}" \
             --crop "$((SIZE - 1))" --batch "${BATCH:-128}" --workers "$workers" \
