@@ -12,9 +12,11 @@ location's status, attempts, error and periods that fell back.
 
 from __future__ import annotations
 
+import ctypes
 import io
 import multiprocessing
 import multiprocessing.connection
+import os
 import random
 import signal
 import threading
@@ -56,6 +58,8 @@ from extract_GPS_images.tfrecord import (
 from utils.atomic import remove_stale_temporaries
 
 MANIFEST_NAME = "gee_manifest.csv"
+#: ``prctl`` option: the signal a process gets when its parent dies (``linux/prctl.h``).
+PR_SET_PDEATHSIG = 1
 ComputePixels = Callable[[dict[str, Any]], Any]
 
 
@@ -618,7 +622,7 @@ def _run_in_processes(queue: deque[Location], processes: int, loop: _Loop) -> No
             part = deque(locations[index::processes])
             process = context.Process(
                 target=_download_part,
-                args=(part, sender, replace(loop, config=share), loop.rng.random()),
+                args=(part, sender, replace(loop, config=share), loop.rng.random(), os.getpid()),
                 name=f"ee-download-{index}",
                 daemon=True,
             )
@@ -652,9 +656,12 @@ def _run_in_processes(queue: deque[Location], processes: int, loop: _Loop) -> No
             process.join()
 
 
-def _download_part(queue: deque[Location], sender: Any, loop: _Loop, seed: float) -> None:
+def _download_part(
+    queue: deque[Location], sender: Any, loop: _Loop, seed: float, parent: int
+) -> None:
     """A download process's body: fetch and write ``queue``, sending each outcome."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops this process
+    _die_with(parent)
     _drop_inherited_connections()
     try:
         own = replace(loop, rng=random.Random(seed), running=lambda loc: None)
@@ -666,6 +673,17 @@ def _download_part(queue: deque[Location], sender: Any, loop: _Loop, seed: float
         raise
     finally:
         sender.close()
+
+
+def _die_with(parent: int) -> None:
+    """Have this process killed when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``), so
+    that no download goes on writing after its run was killed; gone already: exit."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the pipe to the parent breaks instead
+        pass
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def _drop_inherited_connections() -> None:

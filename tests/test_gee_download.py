@@ -220,19 +220,22 @@ with offline_ee():
     dl.download_locations(
         dl.locations_from_labels(read_labels({labels!r})), out_dir={out!r}, recipe=recipe,
         compute_pixels=FakeComputePixels(names, {size}, latency_s=0.25),
-        config=dl.DownloadConfig(concurrency=2, progress=False, manifest_every_s=0.0),
+        config=dl.DownloadConfig(
+            concurrency=2, processes={processes}, progress=False, manifest_every_s=0.0
+        ),
     )
 """
 
 
 @pytest.mark.timeout(120)
-def test_killed_run_resumes_with_only_the_rest(tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_killed_run_resumes_with_only_the_rest(tmp_path, processes):
     labels = write_labels_csv(tmp_path / "labels.csv", 16)
     out = tmp_path / "exports"
     script = tmp_path / "run.py"
     script.write_text(
         textwrap.dedent(KILLED_RUN).format(
-            tests=str(TESTS), size=SIZE, labels=str(labels), out=str(out)
+            tests=str(TESTS), size=SIZE, labels=str(labels), out=str(out), processes=processes
         )
     )
     env = {**os.environ, "PYTHONPATH": str(TESTS.parent), "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -246,8 +249,10 @@ def test_killed_run_resumes_with_only_the_rest(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-
+    time.sleep(0.5)  # download processes die with their parent: nothing is written after
     before = {p.name for p in out.glob("*.tfrecord.gz")}
+    time.sleep(0.6)  # more than two fake requests
+    assert {p.name for p in out.glob("*.tfrecord.gz")} == before
     assert 4 <= len(before) < 16
     for path in out.glob("*.tfrecord.gz"):  # whole files only, each parses
         assert parse(path)["B2_q1"].shape == (SIZE, SIZE)
