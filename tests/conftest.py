@@ -3,10 +3,17 @@ network boundary, notebooks run headless with tiny parameters."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import pytest
+
+# Once TensorFlow has run, a first import of triton (torch loads it lazily, e.g. for
+# utils.train) crashes the process; the tests that read TFRecords with TensorFlow may run
+# before those (any order of files), so triton is loaded first, where it is installed.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
