@@ -440,9 +440,10 @@ def _check_keys_unique(frame: pd.DataFrame) -> None:
         )
 
 
-def write_labels(frame: pd.DataFrame, path: str | Path) -> Path:
+def write_labels(frame: pd.DataFrame, path: str | Path, keep_same: bool = False) -> Path:
     """Write a tidy labels frame (as returned by :func:`read_labels`) in the documented
-    format ``year, cell id, centroid latitude, centroid longitude, label`` (atomic)."""
+    format ``year, cell id, centroid latitude, centroid longitude, label`` (atomic;
+    ``keep_same``: a file that already holds these bytes is left untouched)."""
     out = pd.DataFrame(
         {
             "year": frame["year"].astype(int),
@@ -452,6 +453,6 @@ def write_labels(frame: pd.DataFrame, path: str | Path) -> Path:
             "label": frame["label"].round(6),
         }
     )[list(DOCUMENTED_COLUMNS)]
-    with atomic_open(path, "w", encoding="utf-8") as handle:
+    with atomic_open(path, "w", encoding="utf-8", keep_same=keep_same) as handle:
         out.to_csv(handle, index=False, lineterminator="\n")
     return Path(path)

@@ -614,12 +614,14 @@ def generate_world(
         for _ in tqdm(map(write_record, *jobs), **bar):
             pass
     written, skipped = len(todo), len(table) - len(todo)
-    write_labels(table, out / "labels.csv")
+    # a re-run with the same settings leaves the tables as they are (modification times
+    # too), so the conversion's input fingerprint, and its finished run, still hold
+    write_labels(table, out / "labels.csv", keep_same=True)
     corruptions = pd.DataFrame(
         [(table.file[i], table.cell_id[i], int(table.year[i]), k) for i, k in damaged.items()],
         columns=["file", "cell_id", "year", "kind"],
     )
-    with atomic_open(out / "corruptions.csv") as handle:
+    with atomic_open(out / "corruptions.csv", keep_same=True) as handle:
         corruptions.to_csv(handle, index=False, lineterminator="\n")
     return WorldReport(out, table, written, skipped, corruptions, dataclasses.asdict(cfg))
 
@@ -632,7 +634,7 @@ def _write_truth(out: Path, table: pd.DataFrame, cfg: WorldConfig) -> None:
     table["true_wealth"] = np.nan
     table.loc[places, "true_wealth"] = wealth_field(cfg).at(table[places]).round(6)
     columns = ["file", "cell_id", "cell_key", "year", "latitude", "longitude", "true_wealth"]
-    with atomic_open(out / TRUTH_FILE) as handle:
+    with atomic_open(out / TRUTH_FILE, keep_same=True) as handle:
         table.loc[places, columns].to_csv(handle, index=False, lineterminator="\n")
 
 

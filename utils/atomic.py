@@ -8,6 +8,7 @@ jobs can ignore and clean them.
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,11 +19,13 @@ TMP_PREFIX = ".tmp-"
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], keep_same: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``.
 
     Use it for writers that want a file name (TensorFlow, h5py). On an exception the
-    temporary file is removed and ``path`` is left untouched.
+    temporary file is removed and ``path`` is left untouched. With ``keep_same``, a
+    ``path`` that already holds exactly the new bytes is left as it is (its modification
+    time too: a later stage that fingerprints its inputs by size and time sees no change).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -32,6 +35,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path.chmod(0o644)  # mkstemp makes 0600; results are meant to be shared
     try:
         yield tmp_path
+        if keep_same and target.is_file() and filecmp.cmp(tmp_path, target, shallow=False):
+            tmp_path.unlink()
+            return
         with open(tmp_path, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp_path, target)
@@ -42,14 +48,18 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_open(
-    path: str | os.PathLike[str], mode: str = "w", encoding: str | None = None
+    path: str | os.PathLike[str],
+    mode: str = "w",
+    encoding: str | None = None,
+    keep_same: bool = False,
 ) -> Iterator[IO]:
-    """Open a temporary file beside ``path`` for writing; rename it to ``path`` on success."""
+    """Open a temporary file beside ``path`` for writing; rename it to ``path`` on success
+    (``keep_same``: as :func:`atomic_path`)."""
     if "w" not in mode:
         raise ValueError(f"atomic_open writes new files; mode must contain 'w', got {mode!r}")
     if "b" not in mode and encoding is None:
         encoding = "utf-8"
-    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding) as handle:
+    with atomic_path(path, keep_same) as tmp, open(tmp, mode, encoding=encoding) as handle:
         yield handle
 
 
