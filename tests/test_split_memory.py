@@ -5,6 +5,7 @@ byte-identity tests of tests/test_split_parallel.py and others)."""
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 
 import pandas as pd
@@ -59,3 +60,23 @@ def test_concatenated_tables_equal_the_table_of_all_rows():
     pd.testing.assert_frame_equal(pieces, whole)
     assert list(whole.dtypes.unique()) == [object]
     pd.testing.assert_frame_equal(sb._concat_tables([]), sb._manifest_table([]))
+
+
+def test_a_run_of_many_staging_parts_keeps_few_open(tmp_path):
+    """A continental run has thousands of staging parts (a million records at 256 files a
+    part: ~3,900): the duplicate check, the shard writers and the train statistics must
+    not hold them all open (two files each, and HDF5 chunk caches), or the run stops at
+    the open-file limit; here 80 parts, fewer than 2 files a part allowed."""
+    import resource
+
+    src = tmp_path / "world"
+    generate_world(src, n=80, size=4, corrupt_fraction=0, progress=False)
+    cfg = sb.SplitConfig(workers=1, part_files=1, progress=False)  # 80 parts
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = len(os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 100, hard))
+    try:
+        report = sb.run_split_and_batch(src, tmp_path / "out", cfg)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert report.ok == 80

@@ -36,8 +36,8 @@ import os
 import shutil
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -523,7 +523,7 @@ def _stage_quality(
 
 
 def _write_quality(
-    handle: h5py.File, members: pd.DataFrame, parts: dict, shape: tuple[int, int]
+    handle: h5py.File, members: pd.DataFrame, parts: _OpenParts, shape: tuple[int, int]
 ) -> None:
     """The shard's ``mask`` (n, M, H, W) uint8 and ``clear`` (n, Q) datasets."""
     n, pixels = len(members), shape[0] * shape[1]
@@ -593,6 +593,30 @@ class _StagedPart:
         self.blob.close()
 
 
+class _OpenParts:
+    """Staging parts by index, opened on demand, at most ``most`` at a time (the least
+    recently used is closed first). A continental run has thousands of parts (a million
+    records at 256 files a part: ~3,900); holding each one's two files and HDF5 chunk
+    caches open at once would stop it at the open-file limit (often 1,024)."""
+
+    def __init__(self, paths: Sequence[Path], most: int = 32) -> None:
+        self.paths, self.most = list(paths), most
+        self._open: OrderedDict[int, _StagedPart] = OrderedDict()
+
+    def __getitem__(self, index: int) -> _StagedPart:
+        part = self._open.pop(index, None)
+        if part is None:
+            part = _StagedPart.open(self.paths[index])
+        self._open[index] = part  # the most recently used last
+        while len(self._open) > self.most:
+            self._open.popitem(last=False)[1].close()
+        return part
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
 @dataclass(frozen=True)
 class _ShardJob:
     """One shard to write (the task of pass 2, also on a cluster): its path, its members
@@ -616,7 +640,7 @@ def _write_shard(job: _ShardJob) -> str:
         The shard's path, as text.
     """
     members = job.members
-    parts = {int(k): _StagedPart.open(job.part_paths[int(k)]) for k in set(members["part"])}
+    parts = _OpenParts(job.part_paths)
     try:
         with atomic_path(job.path) as tmp, h5py.File(tmp, "w") as handle:
             create_sample_datasets(handle, job.codec, len(members))
@@ -639,20 +663,21 @@ def _write_shard(job: _ShardJob) -> str:
             write_metadata(handle, members.to_dict("records"))
             _write_quality(handle, members, parts, job.codec.shape[1:])
     finally:
-        for part in parts.values():
-            part.close()
+        parts.close()
     return str(job.path)
 
 
 def _train_stats(
-    manifest: pd.DataFrame, parts: dict[int, _StagedPart], stats: BandStats, pixels: int
+    manifest: pd.DataFrame, part_paths: list[Path], stats: BandStats, pixels: int
 ) -> None:
-    """Add the staged summaries of the train samples to ``stats``, one part at a time."""
+    """Add the staged summaries of the train samples to ``stats``, one part at a time
+    (each part's file open only while it is read: an open HDF5 file keeps its datasets'
+    chunk caches, ~1 MB each, so a run of thousands of parts would add up)."""
     train = manifest[manifest["split"] == "train"]
     for k, members in train.groupby("part"):
         index = np.sort(members["staged"].astype(int).to_numpy())
-        meta = parts[int(k)].meta
-        stats.add(meta[STAT_MOMENTS][index], meta[STAT_GRID][index], pixels)
+        with h5py.File(part_paths[int(k)], "r") as meta:
+            stats.add(meta[STAT_MOMENTS][index], meta[STAT_GRID][index], pixels)
 
 
 def _shard_done(path: Path, fingerprint: str) -> bool:
@@ -788,15 +813,14 @@ def _write_manifest(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
 
 def _refuse_duplicates(manifest: pd.DataFrame, part_paths: list[Path]) -> None:
     """Quarantine all but the first ``ok`` row of each (cell key, year)."""
-    parts = {k: _StagedPart.open(p) for k, p in enumerate(part_paths)}
+    parts = _OpenParts(part_paths)
     try:
         mark_duplicates(
             manifest,
             lambda i: parts[int(manifest.at[i, "part"])].chunk(int(manifest.at[i, "staged"])),
         )
     finally:
-        for part in parts.values():
-            part.close()
+        parts.close()
 
 
 def _refuse_empty_splits(manifest: pd.DataFrame, cfg: SplitConfig, out: Path) -> None:
@@ -1110,12 +1134,7 @@ def _write_shards(
             future.result()
             bar.update(1)
     stats = BandStats(staged.band_names, staged.rules.reflectance_range)
-    handles = {k: _StagedPart.open(p) for k, p in enumerate(staged.part_paths)}
-    try:
-        _train_stats(manifest, handles, stats, staged.size * staged.size)
-    finally:
-        for handle in handles.values():
-            handle.close()
+    _train_stats(manifest, staged.part_paths, stats, staged.size * staged.size)
     return shard_counts, stats
 
 
