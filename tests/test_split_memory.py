@@ -9,6 +9,7 @@ import os
 import tracemalloc
 
 import pandas as pd
+import pytest
 
 import utils.batching.split_and_batch as sb
 from extract_GPS_images.synthetic import generate_world
@@ -62,6 +63,7 @@ def test_concatenated_tables_equal_the_table_of_all_rows():
     pd.testing.assert_frame_equal(sb._concat_tables([]), sb._manifest_table([]))
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open files in /proc")
 def test_a_run_of_many_staging_parts_keeps_few_open(tmp_path):
     """A continental run has thousands of staging parts (a million records at 256 files a
     part: ~3,900): the duplicate check, the shard writers and the train statistics must
