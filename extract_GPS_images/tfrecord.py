@@ -75,7 +75,7 @@ def sample_bands(
     return bands
 
 
-def frame_parts(record: bytes) -> tuple[bytes, bytes, bytes]:
+def frame_parts(record: bytes | memoryview) -> tuple[bytes, bytes | memoryview, bytes]:
     """TFRecord framing of one record as (header, data, footer): length and its masked
     CRC-32C, the data itself (not copied), the data's masked CRC-32C."""
     length = struct.pack("<Q", len(record))
@@ -210,16 +210,9 @@ def write_example(
     if size > ONE_SHOT_BYTES:  # write_tfrecord streams such a record: same bytes
         record = bytes(memoryview(buffer)[12 : 12 + size])
         return write_tfrecord(path, [record], level=level, codec=codec, drop_cache=drop_cache)
-    length = struct.pack("<Q", size)
-    buffer[:12] = length + struct.pack("<I", masked_crc(length))
-    with memoryview(buffer) as view:
-        buffer_crc = masked_crc(view[12 : 12 + size])
-    buffer[12 + size : 16 + size] = struct.pack("<I", buffer_crc)
-    with (
-        memoryview(buffer) as view,
-        atomic_path(path) as tmp,
-        open(tmp, "wb") as handle,
-    ):
+    with memoryview(buffer) as view, atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        head, _, foot = frame_parts(view[12 : 12 + size])  # framed in place, same size
+        view[:12], view[12 + size : 16 + size] = head, foot
         handle.write(module.compress(view[: 16 + size], level, wbits=31))  # 31: gzip
         if drop_cache:
             _drop_from_cache(handle)
