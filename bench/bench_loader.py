@@ -14,12 +14,13 @@ by split_and_batch; cached under ``runs/bench/``), one process, one core, CPU se
   one preallocated output; identical items, ``tests/test_fast_chunks.py``);
 * **new item, whole patch**: ``ShardDataset(crop=None)[i]`` (whole patches), crops and
   flips left to :class:`utils.batch_transforms.BatchCropFlip` on the training device;
-* **read** of the first shard recoded as float32 uncompressed, float16 gzip and float16
-  uncompressed (``ChunkCodec``), with the stored MB a sample of each, and the new item
-  (cropped on the CPU, or whole) from the split recoded as float32 uncompressed (exact);
+* **read** of the first shard recoded as float32 zstd, float32 uncompressed, float16
+  gzip and float16 uncompressed (``ChunkCodec``), with the stored MB a sample of each,
+  and the new item (cropped on the CPU, or whole) from the split recoded as float32
+  uncompressed (exact);
 * **data path**: a shuffled epoch through a 0-worker ``make_loader`` (items and the
-  batch's collation, what a loader worker does) of gzip and uncompressed shards, with
-  ``TrainConfig.augment_on`` ``"cpu"`` (crops and flips per sample) and ``"device"``
+  batch's collation, what a loader worker does) of gzip, zstd and uncompressed shards,
+  with ``TrainConfig.augment_on`` ``"cpu"`` (crops and flips per sample) and ``"device"``
   (whole patches, then :class:`utils.batch_transforms.BatchCropFlip` on each batch, here
   on the CPU; without it, the loader's share when the transform runs on the GPU); the
   same items batched the way before (one array an item, stacked by ``default_collate``:
@@ -269,7 +270,12 @@ def main(argv: list[str] | None = None) -> dict:
             "new item, whole patch": cpu_ms(lambda i: whole[i], count, args.repeats),
         }
     with tempfile.TemporaryDirectory() as tmp:
-        codecs = (("float32", "none"), ("float16", "gzip"), ("float16", "none"))
+        codecs = (
+            ("float32", "zstd"),
+            ("float32", "none"),
+            ("float16", "gzip"),
+            ("float16", "none"),
+        )
         for dtype, compression in () if args.paths_only else codecs:
             recoded, stored = recode(
                 data[0],
@@ -295,7 +301,10 @@ def main(argv: list[str] | None = None) -> dict:
         half = recode_split(
             root, Path(tmp) / "f16", lambda shape: ChunkCodec(shape, "float16", "none")
         )
-        roots = {"gzip": root, "none": raw, "f16 none": half}
+        zstd = recode_split(
+            root, Path(tmp) / "zstd", lambda shape: ChunkCodec(shape, "float32", "zstd")
+        )
+        roots = {"gzip": root, "zstd": zstd, "none": raw, "f16 none": half}
         rows.update(data_paths(roots, crop, args.batch, args.repeats, {"f16 none"}))
     load_after = os.getloadavg()
     print(
@@ -316,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         speedup = rows["old item"] / rows["new item"]
         print(f"new item / old item: {speedup:.2f}x less CPU per sample")
         result["speedup"] = speedup
-    for name in ("gzip", "none"):
+    for name in ("gzip", "zstd", "none"):
         cpu, loader = (
             rows[f"path {name}, cpu: item crop+flip"],
             rows[f"path {name}, device: loader share"],

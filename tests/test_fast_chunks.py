@@ -34,6 +34,8 @@ def _data(dtype: str = "float32") -> np.ndarray:
         ("gzip", 6, True, "float16", (True, True)),  # zlib, half precision
         ("gzip", 1, False, "float32", (False, True)),
         ("none", 0, True, "float32", ()),
+        ("zstd", 1, True, "float32", (True, 2)),  # Zstandard, h5py through hdf5plugin
+        ("zstd", 5, False, "float16", (False, 2)),
     ],
 )
 def test_direct_chunks_read_as_h5py_reads_them(

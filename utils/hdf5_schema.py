@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# registers HDF5's Zstandard filter (and others) with h5py, so that every reader of the
+# shards reads ``--compression zstd`` ones; without it h5py cannot open their chunks
+import hdf5plugin  # noqa: F401
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: Records without a label (places to predict, docs/maps.md): never train/val/test.
 PREDICT = "predict"

@@ -1,12 +1,16 @@
 """HDF5 shards in the :mod:`utils.hdf5_schema` format, written streaming.
 
-``data`` is chunked one sample per chunk. With ``gzip`` (default) or no compression
-the chunks are encoded here (byte shuffle + deflate, exactly HDF5's own filters) so
-that worker threads compress in parallel, and written with ``write_direct_chunk``.
-Deflate levels 0-3 run on ISA-L (``isal``: about 10x faster than zlib level 1 at the
-same ratio on these samples, and any HDF5 reader inflates them), 4-9 on zlib;
-``lzf`` chunks are compressed by h5py when written. Encoded chunks can wait in a plain
-staging file and be written into their shard later as they are.
+``data`` is chunked one sample per chunk. With ``gzip`` (default), ``zstd`` or no
+compression the chunks are encoded here (byte shuffle + deflate or Zstandard, exactly
+HDF5's own filters) so that worker threads compress in parallel, and written with
+``write_direct_chunk``. Deflate levels 0-3 run on ISA-L (``isal``: about 10x faster than
+zlib level 1 at the same ratio on these samples, and any HDF5 reader inflates them), 4-9
+on zlib. ``zstd`` chunks are Zstandard frames (with their content size) of the shuffled
+bytes: HDF5's registered Zstandard filter (32015), which h5py reads once ``hdf5plugin``
+is imported (:mod:`utils.hdf5_schema` does); at 225 px they inflate ~4x faster than
+deflate at a slightly smaller size. ``lzf`` chunks are compressed by h5py when written.
+Encoded chunks can wait in a plain staging file and be written into their shard later
+as they are.
 
 :class:`BandStats` accumulates per-band mean/std/min/max (exact) and percentiles (from
 fixed-width histograms, 1e-4 reflectance resolution, of a regular pixel grid of every
@@ -16,20 +20,25 @@ sample) from per-sample :class:`SampleSummary` rows, without holding the data.
 from __future__ import annotations
 
 import json
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import h5py
+import hdf5plugin
 import numpy as np
+import zstandard
 from isal import isal_zlib
 
 from extract_GPS_images import schema
 from utils import hdf5_schema as hs
 
-COMPRESSIONS: tuple[str, ...] = ("gzip", "lzf", "none")
+COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd", "lzf", "none")
 #: Highest deflate level ISA-L offers; above it chunks are deflated by zlib.
 ISAL_MAX_LEVEL = 3
+#: Levels each compression takes (``lzf`` and ``none`` ignore it).
+LEVELS: dict[str, range] = {"gzip": range(0, 10), "zstd": range(1, 23)}
 DTYPES: tuple[str, ...] = ("float32", "float16")
 TEXT = h5py.string_dtype("utf-8")
 #: Pixels per band and sample on the grid that ``stats.json``'s percentiles come from.
@@ -53,6 +62,11 @@ class ChunkCodec:
             raise ValueError(f"compression {self.compression!r}; valid: {', '.join(COMPRESSIONS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r}; valid: {', '.join(DTYPES)}")
+        levels = LEVELS.get(self.compression)
+        if levels is not None and self.level not in levels:
+            raise ValueError(
+                f"{self.compression} level {self.level}; valid: {levels.start}-{levels.stop - 1}"
+            )
 
     @property
     def direct(self) -> bool:
@@ -64,24 +78,40 @@ class ChunkCodec:
         options: dict = {"chunks": (1, *self.shape), "dtype": self.dtype}
         if self.compression == "gzip":
             options.update(compression="gzip", compression_opts=self.level, shuffle=self.shuffle)
+        elif self.compression == "zstd":
+            options.update(hdf5plugin.Zstd(clevel=self.level), shuffle=self.shuffle)
         elif self.compression == "lzf":
             options.update(compression="lzf", shuffle=self.shuffle)
         return options
 
     def encode(self, image: np.ndarray) -> bytes:
-        """One sample as stored: the compressed chunk (gzip, none), or for lzf the raw
-        array bytes that h5py compresses when :func:`write_chunk` stores them."""
+        """One sample as stored: the compressed chunk (gzip, zstd, none), or for lzf the
+        raw array bytes that h5py compresses when :func:`write_chunk` stores them."""
         array = np.ascontiguousarray(image, dtype=self.dtype)
         raw = array.view(np.uint8)
-        if self.compression == "gzip" and self.shuffle:  # bytes of each value apart
+        if self.compression in LEVELS and self.shuffle:  # bytes of each value apart
             shuffled = np.empty((array.itemsize, array.size), np.uint8)
             np.copyto(shuffled, raw.reshape(-1, array.itemsize).T)
             raw = shuffled
+        if self.compression == "zstd":
+            return _zstd_compressor(self.level).compress(raw)
         if self.compression != "gzip":
             return raw.tobytes()
         if self.level <= ISAL_MAX_LEVEL:
             return isal_zlib.compress(raw, self.level)
         return zlib.compress(raw, self.level)
+
+
+_local = threading.local()
+
+
+def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
+    """This thread's Zstandard compressor at ``level`` (one is not safe to share between
+    threads); its frames record their content size, which HDF5's filter needs."""
+    compressors = _local.__dict__.setdefault("zstd", {})
+    if level not in compressors:
+        compressors[level] = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    return compressors[level]
 
 
 def create_sample_datasets(handle: h5py.File, codec: ChunkCodec, n: int) -> None:

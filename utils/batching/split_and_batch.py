@@ -147,7 +147,7 @@ class SplitConfig:
     n_bins: int = 6  # equal-width label bins for stratification and the report
     shard_size: int = 512
     dtype: str = "float32"  # or "float16"
-    compression: str = "gzip"  # "gzip", "lzf" or "none"
+    compression: str = "gzip"  # "gzip", "zstd", "lzf" or "none"
     compression_level: int = 1
     shuffle: bool = True  # HDF5 byte-shuffle filter before compression
     size: int | None = None  # patch side in pixels; None: inferred from the records
