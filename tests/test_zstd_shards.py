@@ -120,3 +120,13 @@ def test_levels_each_compression_takes(compression: str, level: int, ok: bool) -
 def test_the_command_line_takes_zstd() -> None:
     cfg = sb.config_from_args(sb.get_args_parser().parse_args(["s", "o", "--compression", "zstd"]))
     assert (cfg.compression, cfg.compression_level) == ("zstd", 1)
+
+
+def test_a_bad_level_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="zstd level 0; valid: 1-22"):
+        sb.run_split_and_batch(
+            tmp_path / "absent",
+            tmp_path / "out",
+            sb.SplitConfig(compression="zstd", compression_level=0),
+        )
+    assert not (tmp_path / "out").exists()
