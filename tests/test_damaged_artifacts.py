@@ -25,13 +25,14 @@ from utils.models import build_model
 from utils.shard_check import ShardError
 
 
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module", params=["gzip", "zstd"])
+def shards(tmp_path_factory, request) -> Path:
     src = tmp_path_factory.mktemp("src")
     for i, rec in enumerate(spread_records(40)):
         write_tfrecord(src / f"p{i:03d}_2019.tfrecord.gz", [rec])
     out = tmp_path_factory.mktemp("out") / "shards"
-    run_split_and_batch(src, out, SplitConfig(split="random", shard_size=6, progress=False))
+    cfg = SplitConfig(split="random", shard_size=6, compression=request.param, progress=False)
+    run_split_and_batch(src, out, cfg)
     return out
 
 
