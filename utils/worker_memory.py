@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -231,7 +231,8 @@ class PoolInstaller:
     """A loader's ``worker_init_fn``: installs a :class:`WorkerPool` in each worker, on
     the board :class:`ReusingLoader` sets before its workers start."""
 
-    def __init__(self) -> None:
+    def __init__(self, then: Callable[[int], None] | None = None) -> None:
+        self.then = then  # the caller's own worker_init_fn, run after
         self.board_id: int | None = None
         self.flags: torch.Tensor | None = None
 
@@ -241,6 +242,8 @@ class PoolInstaller:
         strategy = torch.multiprocessing.get_sharing_strategy()
         if self.flags is not None and strategy == "file_descriptor":
             _pool = WorkerPool(self.flags[worker_id].numpy(), self.board_id, worker_id)
+        if self.then is not None:
+            self.then(worker_id)
 
 
 class ReusingIterator(_MultiProcessingDataLoaderIter):
@@ -265,8 +268,8 @@ class ReusingLoader(DataLoader):
     """A DataLoader whose workers reuse their shared batch memory (see the module doc);
     made by :func:`utils.dataloader.make_loader`. Without workers, a plain DataLoader."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, worker_init_fn=PoolInstaller(), **kwargs)
+    def __init__(self, *args: Any, worker_init_fn: Callable | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, worker_init_fn=PoolInstaller(worker_init_fn), **kwargs)
 
     def _get_iterator(self) -> Any:
         if self.num_workers == 0:
