@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from shards_factory import write_tiny_shards
+from torch.utils.data import RandomSampler
 
 from utils import hdf5_schema as hs
 from utils.dataloader import ShardDataset, make_loader
@@ -128,6 +129,24 @@ def test_held_batches_views_and_arrays_are_never_overwritten(root: Path) -> None
     assert len(held) >= 12
     for kept, copy in zip(held, copies, strict=True):
         assert torch.equal(kept["image"], copy["image"])
+
+
+def test_a_sliding_window_of_held_batches_over_a_long_epoch(root: Path) -> None:
+    ds = _dataset(root)
+    sampler = RandomSampler(ds, num_samples=400, generator=torch.Generator().manual_seed(0))
+    loader = make_loader(ds, batch_size=BATCH, sampler=sampler, num_workers=2)
+    rng = np.random.default_rng(0)
+    window, files = [], set()
+    for batch in loader:  # keep the last 0-6 batches (whole, a view or an array)
+        files.add(_shm_file(batch["image"]))
+        kept = [batch["image"], batch["image"][:1], batch["image"].numpy()][rng.integers(3)]
+        window.append((kept, torch.as_tensor(kept).clone()))
+        while len(window) > rng.integers(7):
+            kept, copy = window.pop(0)
+            assert torch.equal(torch.as_tensor(kept), copy)
+    for kept, copy in window:
+        assert torch.equal(torch.as_tensor(kept), copy)
+    assert len(files) < 100  # 200 batches: most of them in reused memory
 
 
 def test_the_pool_frees_what_a_batch_does_not_hold() -> None:
