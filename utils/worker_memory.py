@@ -14,22 +14,26 @@ uses. The release signal:
 * a worker takes a free slot for a batch (marks it busy) or allocates a fresh storage;
   the collated batch goes out wrapped in a :class:`PooledBatch` that names the slots
   of its storages; storages handed out but not in the batch are freed at once;
-* when the main process unpickles a :class:`PooledBatch` it keeps a weak reference to
-  each pooled storage (``StorageWeakRef``); the loader's iterator
-  (:class:`ReusingIterator`) frees a slot only once its weak reference has expired, that
-  is once no tensor, view, NumPy array or pinned source made from that storage is
-  alive, and it hands the user the bare batch, so the batch format is unchanged.
+* when the main process unpickles a :class:`PooledBatch` (the main thread, or the pin
+  thread with ``pin_memory``), its :class:`ReleaseBoard` keeps each pooled storage; the
+  loader's iterator (:class:`ReusingIterator`) frees a slot, on every ``next()``, only
+  once nothing else refers to its storage: no tensor, view, NumPy array or pinned
+  source made from it (the storage's C++ use count) and no Python reference to the
+  storage object (its reference count). It hands the user the bare batch, so the batch
+  format is unchanged.
 
-torch's fd cache (``torch.multiprocessing.reductions.shared_cache``, keyed by the shm
-file's inode) stays right: the worker sends the same storage, and the main process
-maps it again only after its last mapping died (an expired cache entry is not reused).
-Pooling needs the ``file_descriptor`` sharing strategy (Linux's default); under
-``file_system`` workers fall back to fresh memory.
+Keeping the storage keeps its mapping in the main process, and torch's fd cache
+(``torch.multiprocessing.reductions.shared_cache``: weak references keyed by the shm
+file's inode) then hands the same storage back when the worker sends it again: no new
+``mmap``, page faults or ``munmap`` there either. Pooling needs the
+``file_descriptor`` sharing strategy (Linux's default); under ``file_system`` workers
+fall back to fresh memory.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -37,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.data import DataLoader
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
@@ -189,9 +192,25 @@ def _arrived(batch: Any, board_id: int, worker_id: int, entries: list) -> Pooled
     return PooledBatch(batch, board_id, worker_id, [])
 
 
+def _idle_refs() -> int:
+    """``sys.getrefcount`` of a dict's value held by nothing else (2 on CPython 3.11)."""
+    probe = {0: torch.UntypedStorage(1)}
+    return sys.getrefcount(probe[0])
+
+
+_IDLE_REFS = _idle_refs()
+
+
 class ReleaseBoard:
-    """The main process's side: the shared flags of every worker's pool slots, and a
-    weak reference to each pooled storage received and not yet released.
+    """The main process's side: the shared flags of every worker's pool slots and the
+    pooled storages received, kept mapped in this process.
+
+    A pooled storage received is kept (one reference), so its mapping stays and torch's
+    fd cache hands the same storage back when the worker sends it again: no new
+    ``mmap``, no page faults, no ``munmap`` in this process. Its slot is freed once
+    nothing else refers to it: no tensor, view or NumPy array made from it (the
+    storage's C++ use count is 1) and no Python reference to the storage object
+    itself (its reference count).
 
     Args:
         num_workers: the loader's workers.
@@ -203,28 +222,32 @@ class ReleaseBoard:
         self.flags = torch.zeros((num_workers, per_kind * KINDS), dtype=torch.uint8)
         self.flags.share_memory_()
         self._flags = self.flags.numpy()
-        self._pending: list[tuple[int, int, StorageWeakRef]] = []
+        self._kept: dict[tuple[int, int], torch.UntypedStorage] = {}
+        self._pending: set[tuple[int, int]] = set()  # received, not yet released
         self._lock = threading.Lock()  # the pin thread unpickles, the main thread checks
         _boards[self.id] = self
 
     def received(self, worker_id: int, slots: list[tuple[int, torch.Tensor]]) -> None:
-        """Watch the storages of a batch just received from ``worker_id``."""
-        refs = [(worker_id, s, StorageWeakRef(t.untyped_storage())) for s, t in slots]
+        """Keep the storages of a batch just received from ``worker_id``."""
         with self._lock:
-            self._pending.extend(refs)
+            for slot, tensor in slots:
+                self._kept[worker_id, slot] = tensor.untyped_storage()
+                self._pending.add((worker_id, slot))
+
+    def _idle(self, key: tuple[int, int]) -> bool:
+        return (
+            sys.getrefcount(self._kept[key]) == _IDLE_REFS
+            and torch._C._storage_Use_Count(self._kept[key]._cdata) == 1
+        )
 
     def release(self) -> int:
         """Free the slots whose storage nothing in this process uses any more; returns
         how many are still in use."""
         with self._lock:
-            alive = []
-            for worker_id, slot, ref in self._pending:
-                if ref.expired():
-                    self._flags[worker_id, slot] = 0
-                else:
-                    alive.append((worker_id, slot, ref))
-            self._pending = alive
-            return len(alive)
+            for key in [key for key in self._pending if self._idle(key)]:
+                self._flags[key] = 0
+                self._pending.discard(key)
+            return len(self._pending)
 
 
 class PoolInstaller:
