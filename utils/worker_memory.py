@@ -162,8 +162,8 @@ class PooledBatch:
     """A worker's batch and the pool slots of its storages, on its way to the main
     process; :class:`ReusingIterator` hands on ``batch`` alone.
 
-    Unpickling it in the main process registers a weak reference to each pooled storage
-    with the loader's :class:`ReleaseBoard`.
+    Unpickling it in the main process hands each pooled storage to the loader's
+    :class:`ReleaseBoard`.
     """
 
     def __init__(self, batch: Any, board_id: int, worker_id: int, entries: list) -> None:
@@ -178,7 +178,7 @@ class PooledBatch:
         return (_arrived, (self.batch, self.board_id, self.worker_id, self.entries))
 
     def pin_memory(self) -> PooledBatch:
-        """The batch in pinned memory (the loader's pin thread); the shared storages die
+        """The batch in pinned memory (the loader's pin thread); the shared tensors die
         with this object, so their slots are freed at the next check."""
         from torch.utils.data._utils.pin_memory import pin_memory  # noqa: PLC0415
 
