@@ -251,10 +251,11 @@ def test_a_worker_error_and_a_loader_deleted_mid_epoch(root: Path) -> None:
     _assert_same(kept, copies)  # still valid after the workers exited
 
 
-def test_spawned_workers_reuse_too(root: Path) -> None:
+@pytest.mark.parametrize("start", ["spawn", "forkserver"])
+def test_spawned_workers_reuse_too(root: Path, start: str) -> None:
     ds = _dataset(root)
     torch.manual_seed(2)
-    spawned, files = _epoch(_loader(ds, multiprocessing_context="spawn"))
+    spawned, files = _epoch(_loader(ds, multiprocessing_context=start))
     torch.manual_seed(2)
     _assert_same(spawned, _epoch(_loader(ds, reuse=False))[0])
     assert len(set(files)) < len(spawned)
