@@ -1,6 +1,7 @@
 """Benchmark: CPU cost of one training sample at the real patch size, old path and new.
 
     python -m bench.bench_loader [--n 200] [--size 225] [--crop 224] [--gpu-rate 3000]
+        [--paths-only | --workers-only]
 
 On the train shards of a synthetic world (``--n`` records at ``--size`` px, converted
 by split_and_batch; cached under ``runs/bench/``), one process, one core, CPU seconds
@@ -26,8 +27,11 @@ by split_and_batch; cached under ``runs/bench/``), one process, one core, CPU se
   same items batched the way before (one array an item, stacked by ``default_collate``:
   "per item + stack"); raw items (``ShardDataset(raw=True)``: the stored channels,
   standardised and one-hot encoded on the device by ``batch_preparer()``), also from the
-  split recoded as float16 uncompressed; and the CPU of one real loader worker (fresh
-  shared memory a batch, as every worker uses).
+  split recoded as float16 uncompressed; and the CPU of one real loader worker over an
+  epoch of 8 times the split (its pool of shared batch memory reused, the default, and
+  fresh shared memory a batch, torch's way, side by side), with the main process's CPU
+  when it copies every batch (as the pin copy does). ``--workers-only`` runs only the
+  worker rows of the gzip and uncompressed shards.
 
 Each is printed as ms and samples/s per core, with the cores one GPU consuming
 ``--gpu-rate`` images/s would need, side by side in one run, with the load average.
@@ -50,7 +54,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
 from extract_GPS_images.schema import DW_CLASSES  # noqa: E402
 from utils import hdf5_schema as hs  # noqa: E402
@@ -159,27 +163,83 @@ def path_ms(
     repeats: int,
     transform: BatchCropFlip | None = None,
     workers: int = 0,
+    reuse: bool = True,
 ) -> float:
     """Best CPU ms a sample of a shuffled epoch of a loader over ``dataset`` (items and
     collation), with ``transform`` applied to each batch when given. With ``workers``:
     the workers' CPU (their items, batches in shared memory and the sending), taken from
-    the finished children's usage at the epoch's end, when the loader has joined them."""
+    the finished children's usage at the epoch's end, when the loader has joined them,
+    over an epoch of 8 times the split (:func:`worker_ms`); ``reuse`` False gives every
+    worker batch fresh shared memory (torch's way)."""
+    passes = 8 if workers else 1
+    return worker_ms(dataset, batch, repeats, transform, workers, reuse, passes=passes)[0]
+
+
+def worker_ms(
+    dataset: Dataset,
+    batch: int,
+    repeats: int,
+    transform: BatchCropFlip | None = None,
+    workers: int = 0,
+    reuse: bool = True,
+    copy: bool = False,
+    passes: int = 1,
+) -> tuple[float, float]:
+    """(:func:`path_ms`, the main process's best CPU ms a sample). With ``copy`` the main
+    process copies each image batch into one preallocated tensor, as the pin copy does
+    (it reads every page of the batch); ``passes`` > 1 makes one loader epoch that long
+    (a random sampler drawing every sample that many times), as a real epoch of many
+    batches, where a worker's pool of shared memory gets reused."""
     if isinstance(dataset, PerItem):  # the batching before: default_collate's stack
         generator = torch.Generator().manual_seed(0)
         loader = DataLoader(
             dataset, batch_size=batch, shuffle=True, generator=generator, num_workers=workers
         )
     else:
-        loader = make_loader(dataset, batch_size=batch, shuffle=True, seed=0, num_workers=workers)
-    best = float("inf")
+        sampler = None
+        if passes > 1:
+            generator = torch.Generator().manual_seed(0)
+            count = passes * len(dataset)
+            sampler = RandomSampler(dataset, num_samples=count, generator=generator)
+        loader = make_loader(
+            dataset,
+            batch_size=batch,
+            shuffle=sampler is None,
+            sampler=sampler,
+            seed=0,
+            num_workers=workers,
+            reuse_worker_memory=reuse,
+        )
+    best, best_main, target = float("inf"), float("inf"), None
     for _ in range(repeats):
         start, children, count = time.process_time(), children_cpu(), 0
         for item in loader:
             images = item["image"] if transform is None else transform(item["image"])
+            if copy:
+                target = torch.empty_like(images) if target is None else target
+                target[: len(images)].copy_(images)
             count += len(images)
-        spent = children_cpu() - children if workers else time.process_time() - start
-        best = min(best, spent / count * 1000)
-    return best
+        main = time.process_time() - start
+        spent = children_cpu() - children if workers else main
+        best, best_main = min(best, spent / count * 1000), min(best_main, main / count * 1000)
+    return best, best_main
+
+
+def worker_rows(
+    name: str, dataset: ShardDataset, batch: int, repeats: int, passes: int = 8
+) -> dict:
+    """One loader worker's CPU a sample with its shared batch memory reused (the
+    default) and fresh (torch's way), side by side, over an epoch of ``passes`` times
+    the split, and the main process's CPU a sample for each when it copies every batch
+    (as the pin copy does)."""
+    rows = {}
+    for label, reuse in (("reused shm", True), ("fresh shm", False)):
+        worker, main = worker_ms(
+            dataset, batch, repeats, workers=1, reuse=reuse, copy=True, passes=passes
+        )
+        rows[f"path {name}, cpu, 1 worker's CPU, {label}"] = worker
+        rows[f"path {name}, cpu, main's CPU (copy), {label}"] = main
+    return rows
 
 
 def data_paths(
@@ -201,9 +261,7 @@ def data_paths(
             rows[f"path {name}, cpu, per item + stack"] = path_ms(
                 PerItem(per_sample), batch, repeats
             )
-            rows[f"path {name}, cpu, 1 worker's CPU"] = path_ms(
-                per_sample, batch, repeats, workers=1
-            )
+            rows.update(worker_rows(name, per_sample, batch, repeats))
             rows[f"path {name}, device: whole + batch crop"] = path_ms(
                 whole, batch, repeats, transform
             )
@@ -227,6 +285,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument(
         "--paths-only", action="store_true", help="only the data-path rows (a shorter run)"
+    )
+    parser.add_argument(
+        "--workers-only",
+        action="store_true",
+        help="only one loader worker's rows, shared memory reused and fresh (shortest)",
     )
     parser.add_argument(
         "--gpu-rate",
@@ -261,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch = torch.stack([whole[i]["image"] for i in range(min(args.batch, count))])
     transform_ms = cpu_ms(lambda _: transform(batch), 3, args.repeats) / len(batch)
     rows = {}
+    args.paths_only |= args.workers_only
     if not args.paths_only:
         rows = {
             "read, h5py": cpu_ms(located(lambda d, r: d[r]), count, args.repeats),
@@ -298,23 +362,28 @@ def main(argv: list[str] | None = None) -> dict:
             rows["new item, float32 none, whole patch"] = cpu_ms(
                 lambda i: whole_raw[i], count, args.repeats
             )
-        half = recode_split(
-            root, Path(tmp) / "f16", lambda shape: ChunkCodec(shape, "float16", "none")
-        )
         zstd = recode_split(
             root, Path(tmp) / "zstd", lambda shape: ChunkCodec(shape, "float32", "zstd")
         )
-        roots = {"gzip": root, "zstd": zstd, "none": raw, "f16 none": half}
-        rows.update(data_paths(roots, crop, args.batch, args.repeats, {"f16 none"}))
+        if args.workers_only:
+            for name, folder in (("gzip", root), ("zstd", zstd), ("none", raw)):
+                ds = ShardDataset(folder, "train", crop=crop, train=True, augment=True)
+                rows.update(worker_rows(name, ds, args.batch, args.repeats))
+        else:
+            half = recode_split(
+                root, Path(tmp) / "f16", lambda shape: ChunkCodec(shape, "float16", "none")
+            )
+            roots = {"gzip": root, "zstd": zstd, "none": raw, "f16 none": half}
+            rows.update(data_paths(roots, crop, args.batch, args.repeats, {"f16 none"}))
     load_after = os.getloadavg()
     print(
         f"{count} train samples of {root.name} ({whole.num_channels} channels, crop "
         f"{args.crop}), one core, CPU ms per sample; cores for {args.gpu_rate:.0f} img/s; "
         f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after"
     )
-    print(f"{'':40} {'ms':>7} {'samples/s/core':>15} {'cores':>7}")
+    print(f"{'':48} {'ms':>7} {'samples/s/core':>15} {'cores':>7}")
     for name, ms in rows.items():
-        print(f"{name:40} {ms:7.2f} {1000 / ms:15.1f} {args.gpu_rate * ms / 1000:7.1f}")
+        print(f"{name:48} {ms:7.2f} {1000 / ms:15.1f} {args.gpu_rate * ms / 1000:7.1f}")
     print(
         f"batch crop+flip on the CPU: {transform_ms:.2f} ms a sample (batch {len(batch)}; "
         "meant for the GPU, where it leaves the loader's cores)"
@@ -325,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
         speedup = rows["old item"] / rows["new item"]
         print(f"new item / old item: {speedup:.2f}x less CPU per sample")
         result["speedup"] = speedup
-    for name in ("gzip", "zstd", "none"):
+    for name in () if args.workers_only else ("gzip", "zstd", "none"):
         cpu, loader = (
             rows[f"path {name}, cpu: item crop+flip"],
             rows[f"path {name}, device: loader share"],

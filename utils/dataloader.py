@@ -44,6 +44,7 @@ from utils import hdf5_schema as hs
 from utils.fast_chunks import chunk_plan, read_sample
 from utils.paths import resolve
 from utils.shard_check import check_against_manifest, read_error
+from utils.worker_memory import ReusingLoader, fresh_shared, worker_pool
 
 DwMode = Literal["onehot", "channel", "none"]
 DW_MODES: tuple[str, ...] = ("onehot", "channel", "none")
@@ -172,7 +173,7 @@ class _Held:
 
 class BatchMemory:
     """Where :meth:`ShardDataset.__getitems__` writes a batch: tensors that are reused
-    once nothing holds them any more, or fresh shared memory in a loader worker.
+    once nothing holds them any more.
 
     At 225 px a batch of 32 is ~200 MB; fresh memory costs a page fault every 4 KiB
     (about 0.5-2.7 ms a sample here, more than the copy itself). In the process that
@@ -180,8 +181,10 @@ class BatchMemory:
     soon as no tensor, view or NumPy array made from them is alive (their reference
     count tells), so a batch still held (the previous step's, a list of batches) is
     never overwritten. In a DataLoader worker the batch goes to the main process through
-    shared memory and the worker cannot see when it is released there: each batch gets
-    fresh shared memory, as torch's ``default_collate`` does (no copy when it is sent).
+    shared memory: a worker of :func:`make_loader` takes it from its pool of shared
+    storages, reused once the main process has let go of them
+    (:mod:`utils.worker_memory`); other workers get fresh shared memory, as torch's
+    ``default_collate`` does (no copy when it is sent).
 
     Args:
         keep: arrays of one shape kept for reuse, the most recent ones (2: one held by
@@ -195,10 +198,12 @@ class BatchMemory:
     def empty(self, shape: tuple[int, ...], dtype: np.dtype | str = "float32") -> torch.Tensor:
         """An uninitialised tensor of ``shape`` and ``dtype`` (write every element)."""
         dtype = np.dtype(dtype)
-        if get_worker_info() is not None:  # as default_collate: no copy when sent
-            numel = int(np.prod(shape))
-            like = torch.from_numpy(np.empty(0, dtype))
-            return like.new(like._typed_storage()._new_shared(numel, device="cpu")).resize_(shape)
+        if get_worker_info() is not None:  # shared memory: no copy when sent
+            torch_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
+            pool = worker_pool()
+            if pool is None:
+                return fresh_shared(tuple(shape), torch_dtype)
+            return pool.empty(tuple(shape), torch_dtype, (tuple(shape[1:]), dtype.str))
         rows, held = shape[0], self._held.setdefault((tuple(shape[1:]), dtype.str), [])
         for entry in held:
             if len(entry.array) >= rows and entry.idle():
@@ -644,16 +649,23 @@ def _rows_of_one_tensor(values: Sequence[Any]) -> torch.Tensor | None:
 def collate_batch(items: list[Any]) -> Any:
     """``torch.utils.data.default_collate``, except that a key whose tensors are the rows
     of one batch tensor, in order (what :meth:`ShardDataset.__getitems__` writes), gets
-    that tensor itself instead of a stacked copy: the same values, one copy less."""
+    that tensor itself instead of a stacked copy: the same values, one copy less. In a
+    worker of :func:`make_loader` the batch goes out as a
+    :class:`utils.worker_memory.PooledBatch`, which the loader unwraps."""
     if not items or not isinstance(items[0], Mapping):
-        return default_collate(items)
-    joined = {}
-    for key in items[0]:
-        base = _rows_of_one_tensor([item[key] for item in items])
-        if base is not None:
-            joined[key] = base
-    rest = default_collate([{k: v for k, v in item.items() if k not in joined} for item in items])
-    return {key: joined[key] if key in joined else rest[key] for key in items[0]}
+        batch = default_collate(items)
+    else:
+        joined = {}
+        for key in items[0]:
+            base = _rows_of_one_tensor([item[key] for item in items])
+            if base is not None:
+                joined[key] = base
+        rest = default_collate(
+            [{k: v for k, v in item.items() if k not in joined} for item in items]
+        )
+        batch = {key: joined[key] if key in joined else rest[key] for key in items[0]}
+    pool = worker_pool()
+    return batch if pool is None else pool.tag(batch)
 
 
 def make_loader(
@@ -668,6 +680,7 @@ def make_loader(
     pin_memory: bool = False,
     multiprocessing_context: str | None = None,
     persistent_workers: bool = False,
+    reuse_worker_memory: bool = True,
 ) -> DataLoader:
     """A DataLoader with its own seeded generator (shuffling and worker seeds come from
     it, so reseeding ``loader.generator`` per epoch makes epochs reproducible), batching
@@ -679,11 +692,15 @@ def make_loader(
         persistent_workers: keep workers (and their open shards) between epochs; their
             RNG is then seeded once, not per epoch (off by default: epochs stay
             reproducible from ``loader.generator`` alone).
+        reuse_worker_memory: workers write batches into shared memory they reuse once
+            the main process holds nothing made from it (:mod:`utils.worker_memory`);
+            False gives every worker batch fresh shared memory (torch's way).
     """
     if sampler is not None and shuffle:
         raise ValueError("give either shuffle=True or a sampler, not both")
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
+    loader_class = ReusingLoader if reuse_worker_memory and num_workers > 0 else DataLoader
+    return loader_class(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
