@@ -19,6 +19,7 @@ import pytest
 import utils.batching.split_and_batch as sb
 from extract_GPS_images.synthetic import generate_world
 from utils import hdf5_schema as hs
+from utils.batching import heap
 from utils.batching.quarantine import REASONS_FILE
 from utils.batching.spatial_split import assign_splits
 
@@ -176,3 +177,25 @@ def test_random_split_numbers_locations_in_the_order_of_the_cell_ids(tmp_path):
     ok = ok[ok["status"] == "ok"].reset_index(drop=True)
     expected = assign_splits(ok[["cell_id", "latitude", "longitude", "label"]], mode="random")
     assert len(ok) == 160 and np.array_equal(ok["split"].to_numpy(), expected.split)
+
+
+@pytest.mark.skipif(heap._MALLOC_TRIM is None, reason="needs glibc's malloc_trim")
+def test_freed_heap_memory_goes_back_to_the_kernel():
+    """What a staging part frees goes back to the kernel before the next part, instead of
+    staying in the allocator's arenas and stacking up with that part's peak."""
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as status:
+            line = next(x for x in status if x.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    big, pins = [], []
+    for _ in range(2000):  # 64 MB in malloc'ed blocks, each pinned in place by a small one
+        big.append(bytes(bytearray(32 * 1024)))
+        pins.append(bytes(bytearray(600)))
+    del big
+    gc.collect()
+    held = rss_mb()
+    assert heap.release_heap()
+    assert rss_mb() < held - 40, (held, rss_mb())
+    assert len(pins) == 2000

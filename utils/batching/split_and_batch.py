@@ -20,8 +20,11 @@ the shards of step 4 are tasks of the cluster (:mod:`utils.batching.executors`);
 path must be on storage its workers see. The outputs are the same bytes either way.
 
 Memory holds one part's metadata and a few samples in flight, never the data of a
-split. An interrupted run resumes from the finished parts and shards; a finished run
-with the same inputs and config does nothing.
+split; per record of the run only a few NumPy columns (what the split, the duplicate
+check and the shards need: :mod:`utils.batching.staged_records`), while the manifest
+rows stay in the staging parts and are streamed from there into ``manifest.csv``. An
+interrupted run resumes from the finished parts and shards; a finished run with the
+same inputs and config does nothing.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from utils.batching import record_quality as rq
 from utils.batching.duplicates import REASON as DUPLICATE
 from utils.batching.duplicates import duplicate_detail
 from utils.batching.executors import TaskRunner, task_runner
+from utils.batching.heap import release_heap
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.batching.page_cache import drop_pages, write_behind
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
@@ -475,11 +479,26 @@ def _write_part(
     with ``workers`` reader threads: the encoded chunks appended to a plain file by the
     threads themselves (:class:`_ChunkSink`), then an HDF5 file with each chunk's
     offset and size, the samples' summaries for ``stats.json`` and the manifest rows.
-    Both are written atomically, the HDF5 file last: it marks the part done.
+    Both are written atomically, the HDF5 file last: it marks the part done. The
+    memory the part freed goes back to the kernel (:mod:`utils.batching.heap`).
 
     Returns:
         The number of input files (``on_file(1)`` is called after each, if given).
     """
+    try:
+        return _fill_part(path, items, worker, workers, on_file)
+    finally:
+        release_heap()
+
+
+def _fill_part(
+    path: Path,
+    items: list[InputFile],
+    worker: _PartWorker,
+    workers: int,
+    on_file: Callable[[int], object] | None,
+) -> int:
+    """The body of :func:`_write_part`."""
     rows: list[dict] = []
     spans: list[tuple[int, int]] = []
     summaries: list[SampleSummary] = []
@@ -626,8 +645,8 @@ class _OpenParts:
 @dataclass(frozen=True)
 class _ShardJob:
     """One shard to write (the task of pass 2, also on a cluster): its path, its members
-    (the staging part of each and its manifest row's position there, in manifest order)
-    and its attributes."""
+    (the staging part of each, an index of ``part_paths``, and its manifest row's
+    position there, in manifest order) and its attributes."""
 
     path: Path
     parts: np.ndarray
@@ -762,8 +781,8 @@ def _stage(
 
 
 def _manifest_table(rows: list[dict]) -> pd.DataFrame:
-    """Manifest rows as the run's table: the manifest's columns, then the staging part
-    and index of each staged sample (missing values NaN), every column of objects."""
+    """Manifest rows as a table: the manifest's columns, then the staging part and index
+    of each staged sample (missing values NaN), every column of objects."""
     return pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "part", "staged"], dtype=object)
 
 
@@ -1234,11 +1253,12 @@ def _write_shards(
             path = out / name / hs.shard_name(name, j)
             owner.record([f"{name}/{path.name}"])
             if not _shard_done(path, fingerprint):
+                used = np.unique(records.part[chunk])  # the parts it reads, numbered anew
                 job = _ShardJob(
                     path,
-                    records.part[chunk],
+                    np.searchsorted(used, records.part[chunk]).astype(np.int32),
                     records.row[chunk],
-                    tuple(staged.part_paths),
+                    tuple(staged.part_paths[k] for k in used),
                     staged.codec,
                     name,
                     str(src),
