@@ -867,7 +867,8 @@ def _write_manifest(
         The counts of the rows written.
     """
     written = _Written()
-    records, parts = staged.records, _OpenParts(staged.part_paths)
+    records = staged.records
+    parts = _OpenParts(staged.part_paths)  # for the duplicates' kept rows and images
     columns = list(MANIFEST_COLUMNS)
     with (
         atomic_open(out / hs.MANIFEST_FILE) as handle,
@@ -887,8 +888,9 @@ def _write_manifest(
         try:
             write(entry_rows, header=True)
             pending: list[dict] = []  # a few parts' rows: fewer, larger writes
-            for k in range(len(staged.part_paths)):
-                rows = read_rows(parts[k].meta)
+            for k, path in enumerate(staged.part_paths):
+                with h5py.File(path, "r") as meta:  # one at a time (and its caches)
+                    rows = read_rows(meta)
                 lo, hi = records.bounds(k)
                 for i in range(lo, hi):
                     _join_fate(rows, i, k, records, split, parts, shard_size)
