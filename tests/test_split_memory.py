@@ -1,18 +1,27 @@
-"""What the conversion keeps in memory per record: the manifest rows of pass 1 are read
-back a staging part at a time into one table, so no Python dict per record of the
-whole run is held while the split and the shards are made (outputs unchanged: the
-byte-identity tests of tests/test_split_parallel.py and others)."""
+"""What the conversion keeps in memory per record: after pass 1 only compact NumPy
+columns of the valid records (utils/batching/staged_records.py); every manifest row stays
+in its staging part and is streamed from there into manifest.csv, so no Python object
+per record of the whole run is held while the split, the shards and the manifest are
+made (outputs unchanged: the byte-identity tests of tests/test_split_parallel.py and
+others, and the streamed writes below)."""
 
 from __future__ import annotations
 
+import gc
 import os
+import shutil
 import tracemalloc
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import utils.batching.split_and_batch as sb
 from extract_GPS_images.synthetic import generate_world
+from utils import hdf5_schema as hs
+from utils.batching import heap
+from utils.batching.quarantine import REASONS_FILE
+from utils.batching.spatial_split import assign_splits
 
 
 def _held_before_split(tmp_path, n: int, monkeypatch) -> int:
@@ -23,6 +32,7 @@ def _held_before_split(tmp_path, n: int, monkeypatch) -> int:
     choose = sb._choose_splits
 
     def measured(*args, **kwargs):
+        gc.collect()  # garbage awaiting the collector is not held
         held.append(tracemalloc.get_traced_memory()[0])
         return choose(*args, **kwargs)
 
@@ -43,9 +53,10 @@ def test_pass_one_keeps_no_row_dict_per_record(tmp_path, monkeypatch):
         _held_before_split(tmp_path, large, monkeypatch)
         - _held_before_split(tmp_path, small, monkeypatch)
     ) / (large - small)
-    # measured: ~1.3 KB a record (the rows' table, the input list and its paths); with a
-    # dict per record held beside them (the code before) ~2.7 KB
-    assert per_record < 1800, f"{per_record:.0f} bytes a record held after pass 1"
+    # measured: ~70 bytes a record (the NumPy columns of StagedRecords); the rows' table,
+    # the input list and its paths (the code before) ~1.2 KB; a dict per record beside
+    # them (before that) ~2.7 KB
+    assert per_record < 300, f"{per_record:.0f} bytes a record held after pass 1"
 
 
 def test_concatenated_tables_equal_the_table_of_all_rows():
@@ -82,3 +93,109 @@ def test_a_run_of_many_staging_parts_keeps_few_open(tmp_path):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert report.ok == 80
+
+
+def _traced_run(tmp_path, n: int, monkeypatch) -> dict[str, int]:
+    """Bytes traced over a run of ``n`` records at 4 px in shards of 64: held when the
+    report is written (the end of the run) and at the peak, above the start."""
+    src = tmp_path / f"world{n}"
+    generate_world(src, n=n, size=4, corrupt_fraction=0, progress=False)
+    marks: dict[str, int] = {}
+    finish = sb._finish
+
+    def measured(*args, **kwargs):
+        gc.collect()
+        marks["end"] = tracemalloc.get_traced_memory()[0]
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(sb, "_finish", measured)
+    cfg = sb.SplitConfig(workers=1, part_files=64, shard_size=64, progress=False)
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        sb.run_split_and_batch(src, tmp_path / f"out{n}", cfg)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return {"end": marks["end"] - start, "peak": peak - start}
+
+
+def test_the_whole_run_holds_no_row_per_record(tmp_path, monkeypatch):
+    """Past pass 1 too: the split, the shards, the statistics and the streamed manifest
+    add a few NumPy columns per record, never the records' rows (shards of 64, so a
+    shard's member rows weigh the same at both sizes)."""
+    small, large = 200, 800
+    one, four = _traced_run(tmp_path, small, monkeypatch), _traced_run(tmp_path, large, monkeypatch)
+    per_record = {k: (four[k] - one[k]) / (large - small) for k in one}
+    # measured: ~0.1 KB a record held at the end, ~0.2 KB at the peak (the columns and
+    # the sorts of the duplicate check); the manifest table (the code before) ~1.3 KB
+    # held at the end and ~2.0 KB at the peak
+    assert per_record["end"] < 400, per_record
+    assert per_record["peak"] < 600, per_record
+
+
+def test_the_streamed_manifest_is_the_same_in_any_pieces(tmp_path, monkeypatch):
+    """manifest.csv and quarantine/reasons.csv written from 1 or 20 staging parts, a few
+    rows at a time, are the same bytes; duplicates kept in an earlier part say so."""
+    src = tmp_path / "world"
+    world = generate_world(src, n=60, size=4, corrupt_fraction=0.1, progress=False)
+    (src / "zz").mkdir()
+    damaged = set(world.corruptions["file"])
+    for path in [p for p in world.files if p.name not in damaged][:5]:
+        shutil.copy(path, src / "zz" / path.name)  # later copies, in another staging part
+    written = {}
+    for part_files, rows in ((100, sb.WRITE_ROWS), (3, 5)):
+        monkeypatch.setattr(sb, "WRITE_ROWS", rows)
+        out = tmp_path / f"out{part_files}"
+        cfg = sb.SplitConfig(workers=1, part_files=part_files, shard_size=16, progress=False)
+        sb.run_split_and_batch(src, out, cfg)
+        written[part_files] = [
+            (out / name).read_bytes() for name in (hs.MANIFEST_FILE, f"quarantine/{REASONS_FILE}")
+        ]
+    assert written[100] == written[3]
+    manifest = pd.read_csv(tmp_path / "out3" / hs.MANIFEST_FILE)
+    copies = manifest[manifest["file"].str.startswith("zz/")]
+    assert len(copies) == 5 and (copies["reason"] == "duplicate").all()
+    assert copies["detail"].str.endswith("record 0; content identical").all()
+    bad = manifest[(manifest["status"] == "quarantined") & (manifest["reason"] != "duplicate")]
+    assert len(bad) == len(damaged) == 6
+    reasons = pd.read_csv(tmp_path / "out3" / "quarantine" / REASONS_FILE)
+    assert len(reasons) == len(bad) + 5
+    ok = manifest[manifest["status"] == "ok"]
+    assert ok["shard"].notna().all() and ok["index_in_shard"].between(0, 15).all()
+
+
+def test_random_split_numbers_locations_in_the_order_of_the_cell_ids(tmp_path):
+    """The random split draws locations in the sorted order of their cell ids: the run
+    holds the ids as digests, and reads the ids back for that order; its splits are
+    those of the split of the ids themselves."""
+    src = tmp_path / "world"
+    generate_world(src, n=80, size=4, years=(2016, 2019), corrupt_fraction=0, progress=False)
+    out = tmp_path / "out"
+    sb.run_split_and_batch(src, out, sb.SplitConfig(split="random", workers=1, progress=False))
+    ok = pd.read_csv(out / hs.MANIFEST_FILE, dtype={"cell_id": str})
+    ok = ok[ok["status"] == "ok"].reset_index(drop=True)
+    expected = assign_splits(ok[["cell_id", "latitude", "longitude", "label"]], mode="random")
+    assert len(ok) == 160 and np.array_equal(ok["split"].to_numpy(), expected.split)
+
+
+@pytest.mark.skipif(heap._MALLOC_TRIM is None, reason="needs glibc's malloc_trim")
+def test_freed_heap_memory_goes_back_to_the_kernel():
+    """What a staging part frees goes back to the kernel before the next part, instead of
+    staying in the allocator's arenas and stacking up with that part's peak."""
+
+    def rss_mb() -> float:
+        with open("/proc/self/status") as status:
+            line = next(x for x in status if x.startswith("VmRSS"))
+        return int(line.split()[1]) / 1024
+
+    big, pins = [], []
+    for _ in range(2000):  # 64 MB in malloc'ed blocks, each pinned in place by a small one
+        big.append(bytes(bytearray(32 * 1024)))
+        pins.append(bytes(bytearray(600)))
+    del big
+    gc.collect()
+    held = rss_mb()
+    assert heap.release_heap()
+    assert rss_mb() < held - 40, (held, rss_mb())
+    assert len(pins) == 2000

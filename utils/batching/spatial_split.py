@@ -55,12 +55,16 @@ def location_groups(cell_id: np.ndarray, latitude: np.ndarray, longitude: np.nda
     """Group id per sample: samples sharing a cell id or rounded coordinates are one location.
 
     Ids are numbered in the sorted order of their smallest cell id, so they do not
-    depend on the order of the inputs.
+    depend on the order of the inputs. ``cell_id`` may also hold integer codes of the
+    ids (equal ids, equal codes): the groups are the same, numbered in the codes' order.
     """
     n = len(cell_id)
     if n == 0:
         return np.zeros(0, np.int64)
-    cells, cell_index = np.unique(np.asarray(cell_id, str), return_inverse=True)
+    codes = np.asarray(cell_id)
+    cells, cell_index = np.unique(
+        codes if codes.dtype.kind in "iu" else codes.astype(str), return_inverse=True
+    )
     coords = np.round(np.stack([latitude, longitude], 1), COORD_DECIMALS)
     _, coord_index = np.unique(coords, axis=0, return_inverse=True)
     nodes = len(cells) + int(coord_index.max()) + 1
@@ -131,7 +135,8 @@ def assign_splits(
     """Assign every sample to ``train``/``val``/``test`` by location.
 
     Args:
-        samples: columns ``cell_id``, ``latitude``, ``longitude``, ``label``.
+        samples: columns ``cell_id`` (ids, or integer codes: see :func:`location_groups`),
+            ``latitude``, ``longitude``, ``label``.
         mode: ``"spatial"`` (blocks of ``block_km``) or ``"random"`` (locations).
         ratios: shares of train, val, test.
         seed: seed of the shuffles; same inputs and seed, same split.

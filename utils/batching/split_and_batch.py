@@ -20,8 +20,11 @@ the shards of step 4 are tasks of the cluster (:mod:`utils.batching.executors`);
 path must be on storage its workers see. The outputs are the same bytes either way.
 
 Memory holds one part's metadata and a few samples in flight, never the data of a
-split. An interrupted run resumes from the finished parts and shards; a finished run
-with the same inputs and config does nothing.
+split; per record of the run only a few NumPy columns (what the split, the duplicate
+check and the shards need: :mod:`utils.batching.staged_records`), while the manifest
+rows stay in the staging parts and are streamed from there into ``manifest.csv``. An
+interrupted run resumes from the finished parts and shards; a finished run with the
+same inputs and config does nothing.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,8 +57,10 @@ from extract_GPS_images.labels import FIRST_IMAGERY_YEAR
 from utils import hdf5_schema as hs
 from utils.atomic import atomic_open, atomic_path, remove_stale_temporaries
 from utils.batching import record_quality as rq
-from utils.batching.duplicates import mark_duplicates
+from utils.batching.duplicates import REASON as DUPLICATE
+from utils.batching.duplicates import duplicate_detail
 from utils.batching.executors import TaskRunner, task_runner
+from utils.batching.heap import release_heap
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.batching.page_cache import drop_pages, write_behind
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
@@ -74,6 +79,13 @@ from utils.batching.shard_writer import (
     write_shard_attrs,
 )
 from utils.batching.spatial_split import MODES, SplitResult, assign_splits, check_ratios
+from utils.batching.staged_records import (
+    BAND_LENGTH,
+    ROWS,
+    StagedRecords,
+    duplicate_key,
+    read_rows,
+)
 from utils.batching.unzip import extract_archives
 from utils.batching.validate_records import (
     RecordError,
@@ -103,8 +115,6 @@ STAGING_VERSION = 4
 STAGED_MASK, STAGED_CLEAR = "mask_bits", "clear"
 REPORT_FILE = "report.json"
 DONE_FILE = ".split_and_batch.done"
-#: Staged rows' key holding a record's band length (for the patch size of the run).
-BAND_LENGTH = "band_length"
 #: Separates the fingerprint and the settled patch size in the staging stamp.
 SIZE_MARK = "|size="
 STAGE = "split_and_batch"
@@ -471,11 +481,26 @@ def _write_part(
     with ``workers`` reader threads: the encoded chunks appended to a plain file by the
     threads themselves (:class:`_ChunkSink`), then an HDF5 file with each chunk's
     offset and size, the samples' summaries for ``stats.json`` and the manifest rows.
-    Both are written atomically, the HDF5 file last: it marks the part done.
+    Both are written atomically, the HDF5 file last: it marks the part done. The
+    memory the part freed goes back to the kernel (:mod:`utils.batching.heap`).
 
     Returns:
         The number of input files (``on_file(1)`` is called after each, if given).
     """
+    try:
+        return _fill_part(path, items, worker, workers, on_file)
+    finally:
+        release_heap()
+
+
+def _fill_part(
+    path: Path,
+    items: list[InputFile],
+    worker: _PartWorker,
+    workers: int,
+    on_file: Callable[[int], object] | None,
+) -> int:
+    """The body of :func:`_write_part`."""
     rows: list[dict] = []
     spans: list[tuple[int, int]] = []
     summaries: list[SampleSummary] = []
@@ -502,7 +527,7 @@ def _write_part(
         handle.create_dataset(STAT_MOMENTS, data=moments)
         handle.create_dataset(STAT_GRID, data=grid.reshape(-1, *worker.grid_shape))
         _stage_quality(handle, masks, clears, worker.rules.size)
-        handle.create_dataset("rows", data=[json.dumps(r) for r in rows], dtype=TEXT)
+        handle.create_dataset(ROWS, data=[json.dumps(r) for r in rows], dtype=TEXT)
     return len(items)
 
 
@@ -622,10 +647,12 @@ class _OpenParts:
 @dataclass(frozen=True)
 class _ShardJob:
     """One shard to write (the task of pass 2, also on a cluster): its path, its members
-    (manifest rows with their staging ``part`` and ``staged`` index) and its attributes."""
+    (the staging part of each, an index of ``part_paths``, and its manifest row's
+    position there, in manifest order) and its attributes."""
 
     path: Path
-    members: pd.DataFrame
+    parts: np.ndarray
+    rows: np.ndarray
     part_paths: tuple[Path, ...]
     codec: ChunkCodec
     split: str
@@ -641,9 +668,9 @@ def _write_shard(job: _ShardJob) -> str:
     Returns:
         The shard's path, as text.
     """
-    members = job.members
     parts = _OpenParts(job.part_paths)
     try:
+        members = _member_table(job, parts)
         with atomic_path(job.path) as tmp, h5py.File(tmp, "w") as handle:
             create_sample_datasets(handle, job.codec, len(members))
             write_shard_attrs(
@@ -669,15 +696,27 @@ def _write_shard(job: _ShardJob) -> str:
     return str(job.path)
 
 
+def _member_table(job: _ShardJob, parts: _OpenParts) -> pd.DataFrame:
+    """The manifest rows of a shard's members, with their staging ``part``, read from
+    their parts (the members are in manifest order: by part, then row)."""
+    tables = []
+    for k in np.unique(job.parts):
+        rows = read_rows(parts[int(k)].meta, job.rows[job.parts == k])
+        tables.append(_manifest_table([{**r, "part": int(k)} for r in rows]))
+    table = _concat_tables(tables)
+    return table.astype({"staged": int, "part": int, "year": int, "imagery_year": int})
+
+
 def _train_stats(
-    manifest: pd.DataFrame, part_paths: list[Path], stats: BandStats, pixels: int
+    split: _Split, records: StagedRecords, part_paths: list[Path], stats: BandStats, pixels: int
 ) -> None:
     """Add the staged summaries of the train samples to ``stats``, one part at a time
     (each part's file open only while it is read: an open HDF5 file keeps its datasets'
     chunk caches, ~1 MB each, so a run of thousands of parts would add up)."""
-    train = manifest[manifest["split"] == "train"]
-    for k, members in train.groupby("part"):
-        index = np.sort(members["staged"].astype(int).to_numpy())
+    train = np.flatnonzero(split.code == SPLIT_NAMES.index("train"))
+    in_part = records.part[train]
+    for k in np.unique(in_part):
+        index = np.sort(records.staged[train[in_part == k]])
         with h5py.File(part_paths[int(k)], "r") as meta:
             stats.add(meta[STAT_MOMENTS][index], meta[STAT_GRID][index], pixels)
 
@@ -744,8 +783,8 @@ def _stage(
 
 
 def _manifest_table(rows: list[dict]) -> pd.DataFrame:
-    """Manifest rows as the run's table: the manifest's columns, then the staging part
-    and index of each staged sample (missing values NaN), every column of objects."""
+    """Manifest rows as a table: the manifest's columns, then the staging part and index
+    of each staged sample (missing values NaN), every column of objects."""
     return pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "part", "staged"], dtype=object)
 
 
@@ -755,19 +794,6 @@ def _concat_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
     if not filled:
         return _manifest_table([])
     return filled[0] if len(filled) == 1 else pd.concat(filled, ignore_index=True)
-
-
-def _staged_rows(part_paths: list[Path]) -> tuple[pd.DataFrame, dict[int, int]]:
-    """The staged records' manifest rows as one table, read a part at a time, so that no
-    Python dict per record of the whole run is held (~2.5 KB a record at the peak
-    before), and the records per band length read, most common first."""
-    tables, lengths = [], Counter()
-    for k, path in enumerate(part_paths):
-        with h5py.File(path, "r") as handle:
-            rows = [{**json.loads(text), "part": k} for text in handle["rows"].asstr()[:]]
-        lengths.update(int(r[BAND_LENGTH]) for r in rows if r.get(BAND_LENGTH) is not None)
-        tables.append(_manifest_table(rows))
-    return _concat_tables(tables), dict(lengths.most_common())
 
 
 def _size_text(length: int) -> str:
@@ -805,32 +831,124 @@ def _majority_size(mix: dict[int, int], src: Path) -> int | None:
     return side
 
 
-def _write_manifest(out: Path, manifest: pd.DataFrame) -> pd.DataFrame:
-    """Write ``manifest.csv`` (atomically); return the table written."""
-    table = manifest[list(MANIFEST_COLUMNS)]
-    with atomic_open(out / hs.MANIFEST_FILE) as handle:
-        table.to_csv(handle, index=False, lineterminator="\n")
-    return table
+@dataclass
+class _Written:
+    """What the manifest as written holds: rows per status, quarantine reason and split."""
+
+    status: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    splits: Counter = field(default_factory=Counter)
+
+    def add(self, rows: list[dict]) -> None:
+        """Count ``rows``."""
+        self.status.update(r["status"] for r in rows)
+        self.reasons.update(r["reason"] for r in rows if r["status"] == "quarantined")
+        self.splits.update(r["split"] for r in rows if r["split"] is not None)
 
 
-def _refuse_duplicates(manifest: pd.DataFrame, part_paths: list[Path]) -> None:
-    """Quarantine all but the first ``ok`` row of each (cell key, year)."""
-    parts = _OpenParts(part_paths)
-    try:
-        mark_duplicates(
-            manifest,
-            lambda i: parts[int(manifest.at[i, "part"])].chunk(int(manifest.at[i, "staged"])),
-        )
-    finally:
-        parts.close()
+#: Manifest rows written at a time (a few staging parts' worth).
+WRITE_ROWS = 2048
+#: The quarantine reasons file's columns (``quarantine/reasons.csv``).
+REASON_COLUMNS: list[str] = ["file", "record", "reason", "detail", "quarantine_file"]
 
 
-def _refuse_empty_splits(manifest: pd.DataFrame, cfg: SplitConfig, out: Path) -> None:
+def _write_manifest(
+    out: Path,
+    entry_rows: list[dict],
+    staged: _Staged,
+    split: _Split,
+    shard_size: int | None,
+    reasons: bool = True,
+) -> _Written:
+    """Write ``manifest.csv`` (and with ``reasons`` the quarantine's ``reasons.csv``),
+    atomically, streaming: the entries' rows, then each staging part's rows as staged,
+    with each valid record's split (and with ``shard_size`` its shard and index there)
+    or its duplicate's reason joined in; one part's rows in memory at a time.
+
+    Returns:
+        The counts of the rows written.
+    """
+    written = _Written()
+    records = staged.records
+    parts = _OpenParts(staged.part_paths)  # for the duplicates' kept rows and images
+    columns = list(MANIFEST_COLUMNS)
+    with (
+        atomic_open(out / hs.MANIFEST_FILE) as handle,
+        atomic_open(out / QUARANTINE_DIR / REASONS_FILE) if reasons else nullcontext() as bad,
+    ):
+
+        def write(rows: list[dict], header: bool = False) -> None:
+            table = _manifest_table(rows)
+            table.to_csv(handle, columns=columns, header=header, index=False, lineterminator="\n")
+            if bad is not None:
+                quarantined = table[table["status"] == "quarantined"]
+                quarantined.to_csv(
+                    bad, columns=REASON_COLUMNS, header=header, index=False, lineterminator="\n"
+                )
+            written.add(rows)
+
+        try:
+            write(entry_rows, header=True)
+            pending: list[dict] = []  # a few parts' rows: fewer, larger writes
+            for k, path in enumerate(staged.part_paths):
+                with h5py.File(path, "r") as meta:  # one at a time (and its caches)
+                    rows = read_rows(meta)
+                lo, hi = records.bounds(k)
+                for i in range(lo, hi):
+                    _join_fate(rows, i, k, records, split, parts, shard_size)
+                pending += rows
+                if len(pending) >= WRITE_ROWS:
+                    write(pending)
+                    pending = []
+            write(pending)
+        finally:
+            parts.close()
+    return written
+
+
+def _join_fate(
+    rows: list[dict],
+    i: int,
+    k: int,
+    records: StagedRecords,
+    split: _Split,
+    parts: _OpenParts,
+    shard_size: int | None,
+) -> None:
+    """Fill, in ``rows`` (part ``k``'s manifest rows), valid record ``i``'s split, shard
+    and index in it, or, for a later copy of a record, its duplicate reason."""
+    row = rows[records.row[i]]
+    code = int(split.code[i])
+    if code >= 0:
+        name = SPLIT_NAMES[code]
+        row["split"] = name
+        if shard_size is not None:
+            shard, index = divmod(int(split.rank[i]), shard_size)
+            row["shard"] = f"{name}/{hs.shard_name(name, shard)}"
+            row["index_in_shard"] = index
+        return
+    j = int(split.kept[i])
+    kj = int(records.part[j])
+    kept = rows[records.row[j]] if kj == k else read_rows(parts[kj].meta, [records.row[j]])[0]
+    if duplicate_key(row) != duplicate_key(kept):
+        raise RuntimeError(f"digest collision: {duplicate_key(row)!r}, {duplicate_key(kept)!r}")
+
+    def same_image() -> bool:
+        return parts[k].chunk(int(records.staged[i])) == parts[kj].chunk(int(records.staged[j]))
+
+    row.update(
+        status="quarantined", reason=DUPLICATE, detail=duplicate_detail(row, kept, same_image)
+    )
+
+
+def _refuse_empty_splits(
+    entry_rows: list[dict], staged: _Staged, split: _Split, cfg: SplitConfig, out: Path
+) -> None:
     """An empty split whose ratio is not 0 is an error (the manifest is written first)."""
-    counts = {s: int((manifest["split"] == s).sum()) for s in hs.SPLITS}
+    counts = {s: int((split.code == SPLIT_NAMES.index(s)).sum()) for s in hs.SPLITS}
     empty = [s for s, r in zip(hs.SPLITS, cfg.ratios, strict=True) if r > 0 and not counts[s]]
     if empty:
-        _write_manifest(out, manifest)
+        _write_manifest(out, entry_rows, staged, split, None, reasons=False)
         raise InputError(
             f"split(s) {empty} would be empty (samples per split: {counts}, ratios "
             f"{list(cfg.ratios)}): give more places, a smaller block_km, or ratio 0 for them"
@@ -921,8 +1039,7 @@ class _Staged:
         part_paths: the staging parts, in input order.
         codec: how each sample's chunk is encoded (written once, copied into the shards).
         rules: the record rules the pass applied.
-        rows: the manifest table of every record read (``ok`` or ``quarantined``).
-        sizes: records per band length read, most common first.
+        records: what is held of the valid records (their rows stay in the parts).
         size: the patch side kept.
         band_names: the image bands and extra channels of every sample.
     """
@@ -930,20 +1047,33 @@ class _Staged:
     part_paths: list[Path]
     codec: ChunkCodec
     rules: RecordRules
-    rows: pd.DataFrame
-    sizes: dict[int, int]
+    records: StagedRecords
     size: int
     band_names: list[str]
 
 
+#: Splits by their code in :attr:`_Split.code`.
+SPLIT_NAMES: tuple[str, ...] = hs.ALL_SPLITS
+
+
 @dataclass
 class _Split:
-    """The manifest with each valid record's split, and what the split found."""
+    """Each valid record's fate (per record of :class:`StagedRecords`), and what the
+    split found.
 
-    manifest: pd.DataFrame
-    ok: pd.DataFrame
-    result: SplitResult
-    splits: tuple[str, ...]
+    Attributes:
+        code: the index in :data:`SPLIT_NAMES` of its split; -1: a duplicate.
+        kept: the record it duplicates (itself if none).
+        rank: its position among its split's records (its shard and index there).
+        result: the train/val/test split of the labelled records.
+        splits: the splits written.
+    """
+
+    code: np.ndarray
+    kept: np.ndarray
+    rank: np.ndarray
+    result: SplitResult | None = None
+    splits: tuple[str, ...] = hs.SPLITS
 
 
 def _finished_run(out: Path, fingerprint: str) -> SplitReport | None:
@@ -1029,60 +1159,72 @@ def _read_and_validate(
     size = _staged_size(stamp) or cfg.size or guess or 1
     while True:
         part_paths, codec, rules = _stage(items, size, extra, cfg, staging, quarantine, runner)
-        staged, sizes = _staged_rows(part_paths)
-        best = cfg.size or _majority_size(sizes, src)
+        records = StagedRecords.read(part_paths)
+        best = cfg.size or _majority_size(records.sizes, src)
         if best in (None, size):
             break
         for path in [*staging.glob("part_*"), *quarantine.iterdir()]:
             path.unlink()
         stamp.write_text(f"{fingerprint}{SIZE_MARK}{best}")
         size = best
-    return _Staged(part_paths, codec, rules, staged, sizes, size, band_names)
+    return _Staged(part_paths, codec, rules, records, size, band_names)
 
 
 def _choose_splits(
-    entry_rows: list[dict],
-    staged_rows: pd.DataFrame,
-    part_paths: list[Path],
-    cfg: SplitConfig,
-    src: Path,
-    out: Path,
+    entry_rows: list[dict], staged: _Staged, cfg: SplitConfig, src: Path, out: Path
 ) -> _Split:
-    """Step 3: the manifest of every row (the entries that are no record, then the staged
-    records); duplicates quarantined, then each valid record assigned to train/val/test
-    by location (records without a label: ``predict``).
+    """Step 3: each staged valid record's fate: a later copy of a cell and year is a
+    duplicate, each other one is assigned to train/val/test by location (records
+    without a label: ``predict``).
 
     Raises:
         InputError: no valid record, or a split with a ratio above 0 left empty (the
             manifest is written first, with every reason).
     """
-    manifest = _concat_tables([_manifest_table(entry_rows), staged_rows])
-    _refuse_duplicates(manifest, part_paths)
-    ok = manifest[manifest["status"] == "ok"]
-    if ok.empty:
-        _write_manifest(out, manifest)
+    records = staged.records
+    kept = records.first_of_key()
+    valid = kept == np.arange(len(records))
+    split = _Split(np.full(len(records), -1, np.int8), kept, np.zeros(len(records), np.int32))
+    if not valid.any():
+        _write_manifest(out, entry_rows, staged, split, None, reasons=False)
+        inputs = len(entry_rows) + int(records.part_rows.sum())
         raise InputError(
-            f"no valid record among the {len(manifest)} inputs under {src}; the reasons "
+            f"no valid record among the {inputs} inputs under {src}; the reasons "
             f"are in {out / hs.MANIFEST_FILE}"
         )
-    places = ok[ok["label"].astype(float).isna()]  # no label: to predict, never train/val/test
-    manifest.loc[places.index, "split"] = hs.PREDICT
-    labelled = ok.drop(index=places.index)
-    result = assign_splits(
-        labelled[["cell_id", "latitude", "longitude", "label"]].astype(
-            {"latitude": float, "longitude": float, "label": float}
-        ),
+    places = valid & np.isnan(records.label)  # no label: to predict, never train/val/test
+    labelled = valid & ~places
+    split.code[places] = SPLIT_NAMES.index(hs.PREDICT)
+    ordered = cfg.split == "random"  # its locations are numbered in the cell ids' order
+    cells = (
+        records.ordered_cell_codes(labelled, staged.part_paths)
+        if ordered
+        else records.cell_codes(labelled)
+    )
+    samples = pd.DataFrame(
+        {
+            "cell_id": cells,
+            "latitude": records.latitude[labelled],
+            "longitude": records.longitude[labelled],
+            "label": records.label[labelled],
+        }
+    )
+    split.result = assign_splits(
+        samples,
         mode=cfg.split,
         ratios=cfg.ratios,
         seed=cfg.seed,
         block_km=cfg.block_km,
         n_bins=cfg.n_bins,
     )
-    manifest.loc[labelled.index, "split"] = result.split
-    if len(labelled):  # a run of places alone (to predict) has no labelled split to fill
-        _refuse_empty_splits(manifest, cfg, out)
-    splits = (*hs.SPLITS, hs.PREDICT) if len(places) else hs.SPLITS
-    return _Split(manifest, ok, result, splits)
+    split.code[labelled] = pd.Categorical(split.result.split, categories=SPLIT_NAMES).codes
+    for code in range(len(SPLIT_NAMES)):
+        members = np.flatnonzero(split.code == code)
+        split.rank[members] = np.arange(len(members))
+    if labelled.any():  # a run of places alone (to predict) has no labelled split to fill
+        _refuse_empty_splits(entry_rows, staged, split, cfg, out)
+    split.splits = (*hs.SPLITS, hs.PREDICT) if places.any() else hs.SPLITS
+    return split
 
 
 def _write_shards(
@@ -1096,31 +1238,31 @@ def _write_shards(
     runner: TaskRunner,
 ) -> tuple[dict[str, int], BandStats]:
     """Step 4: copy each sample's staged chunk into ``out/<split>/`` shards (a shard of
-    this fingerprint already there is kept), filling the manifest's ``shard`` and
-    ``index_in_shard``, and gather the train statistics. The shards are written in
-    parallel by ``runner`` (one task each); their bytes do not depend on it.
+    this fingerprint already there is kept) and gather the train statistics. The
+    shards are written in parallel by ``runner`` (one task each); their bytes do not
+    depend on it.
 
     Returns:
         Shards per split, and the train split's band statistics.
     """
-    manifest = split.manifest
+    records = staged.records
     shard_counts, jobs = {}, []
     config = {**cfg.identity(), "bands": staged.band_names}
     for name in split.splits:
-        members = manifest[manifest["split"] == name]
+        members = np.flatnonzero(split.code == SPLIT_NAMES.index(name))
         starts = range(0, len(members), cfg.shard_size)
         shard_counts[name] = len(starts)
         for j, first in enumerate(starts):
-            chunk = members.iloc[first : first + cfg.shard_size]
+            chunk = members[first : first + cfg.shard_size]
             path = out / name / hs.shard_name(name, j)
-            manifest.loc[chunk.index, "shard"] = f"{name}/{path.name}"
-            manifest.loc[chunk.index, "index_in_shard"] = np.arange(len(chunk))
             owner.record([f"{name}/{path.name}"])
             if not _shard_done(path, fingerprint):
+                used = np.unique(records.part[chunk])  # the parts it reads, numbered anew
                 job = _ShardJob(
                     path,
-                    chunk.astype({"staged": int, "part": int, "year": int, "imagery_year": int}),
-                    tuple(staged.part_paths),
+                    np.searchsorted(used, records.part[chunk]).astype(np.int32),
+                    records.row[chunk],
+                    tuple(staged.part_paths[k] for k in used),
                     staged.codec,
                     name,
                     str(src),
@@ -1136,52 +1278,54 @@ def _write_shards(
             future.result()
             bar.update(1)
     stats = BandStats(staged.band_names, staged.rules.reflectance_range)
-    _train_stats(manifest, staged.part_paths, stats, staged.size * staged.size)
+    _train_stats(split, records, staged.part_paths, stats, staged.size * staged.size)
     return shard_counts, stats
 
 
-def _write_tables(out: Path, manifest: pd.DataFrame, stats: BandStats) -> pd.DataFrame:
-    """Step 5: ``manifest.csv``, the quarantine's reasons and ``stats.json``.
+def _write_tables(
+    out: Path,
+    entry_rows: list[dict],
+    staged: _Staged,
+    split: _Split,
+    shard_size: int,
+    stats: BandStats,
+) -> _Written:
+    """Step 5: ``manifest.csv`` and the quarantine's reasons (streamed from the staging
+    parts, :func:`_write_manifest`) and ``stats.json``.
 
     Returns:
-        The manifest as written.
+        The counts of the manifest as written.
     """
-    table = _write_manifest(out, manifest)
-    bad = table[table["status"] == "quarantined"]
-    with atomic_open(out / QUARANTINE_DIR / REASONS_FILE) as handle:
-        bad[["file", "record", "reason", "detail", "quarantine_file"]].to_csv(
-            handle, index=False, lineterminator="\n"
-        )
+    written = _write_manifest(out, entry_rows, staged, split, shard_size)
     with atomic_open(out / hs.STATS_FILE) as handle:
         json.dump(stats.result("train"), handle, indent=1)
-    return table
+    return written
 
 
 def _make_report(
     out: Path,
-    table: pd.DataFrame,
+    written: _Written,
     split: _Split,
     staged: _Staged,
-    entries: list[Entry],
-    extracted: list[Entry],
+    kinds: dict[str, int],
+    entries: int,
     shard_counts: dict[str, int],
     start: float,
 ) -> SplitReport:
-    """The run's :class:`SplitReport`, from the manifest as written."""
-    bad = table[table["status"] == "quarantined"]
-    counts = bad["reason"].value_counts()
+    """The run's :class:`SplitReport`, from the counts of the manifest as written."""
+    ok, quarantined = written.status["ok"], written.status["quarantined"]
     result = split.result
     return SplitReport(
         out=str(out),
-        inputs=len(split.ok) + len(bad),
-        ok=len(split.ok),
-        quarantined=len(bad),
-        skipped_files=int((table["status"] == "skipped").sum()),
-        skipped_kinds=skipped_kinds([*entries, *extracted]),
-        entries=len(entries),
-        size_mix={_size_text(v): n for v, n in staged.sizes.items()},
-        per_split={s: int((table["split"] == s).sum()) for s in split.splits},
-        per_reason={r: int(counts[r]) for r in REASONS if r in counts},
+        inputs=ok + quarantined,
+        ok=ok,
+        quarantined=quarantined,
+        skipped_files=written.status["skipped"],
+        skipped_kinds=kinds,
+        entries=entries,
+        size_mix={_size_text(v): n for v, n in staged.records.sizes.items()},
+        per_split={s: written.splits[s] for s in split.splits},
+        per_reason={r: written.reasons[r] for r in REASONS if written.reasons[r]},
         shards=shard_counts,
         size=staged.size,
         label_bins={s: result.counts.loc[s].astype(int).tolist() for s in hs.SPLITS},
@@ -1212,17 +1356,23 @@ def _convert(
 ) -> SplitReport:
     """The body of :func:`run_split_and_batch`, under the output folder's lock: the named
     steps in order (each resumable: a killed run continues from its staging parts and
-    finished shards)."""
+    finished shards). ``entries`` is emptied once the inputs are listed, and the list
+    of record files dropped after pass 1: ~0.5 KB a file, held to the end, would make
+    the memory grow with the run."""
     fingerprint = input_fingerprint(src, entries, cfg)
     if (finished := _finished_run(out, fingerprint)) is not None:
         return finished
     staging, quarantine = _prepare_folders(out, fingerprint, owner)
     inputs = _unzip_and_list(src, out, cfg, entries, quarantine)
-    staged = _read_and_validate(inputs.items, cfg, src, staging, quarantine, fingerprint, runner)
-    split = _choose_splits(inputs.rows, staged.rows, staged.part_paths, cfg, src, out)
+    kinds, n_entries = skipped_kinds([*entries, *inputs.extracted]), len(entries)
+    entries.clear()
+    items, inputs.items = inputs.items, []
+    staged = _read_and_validate(items, cfg, src, staging, quarantine, fingerprint, runner)
+    del items
+    split = _choose_splits(inputs.rows, staged, cfg, src, out)
     shard_counts, stats = _write_shards(split, staged, cfg, src, out, owner, fingerprint, runner)
-    table = _write_tables(out, split.manifest, stats)
-    report = _make_report(out, table, split, staged, entries, inputs.extracted, shard_counts, start)
+    written = _write_tables(out, inputs.rows, staged, split, cfg.shard_size, stats)
+    report = _make_report(out, written, split, staged, kinds, n_entries, shard_counts, start)
     _finish(out, report, fingerprint)
     return report
 
