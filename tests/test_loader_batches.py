@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from batch_compare import assert_same_batches, copied
 from shards_factory import write_tiny_shards
 from torch.utils.data import DataLoader, default_collate
 
@@ -77,25 +78,9 @@ def _pair(dataset: ShardDataset, workers: int, batch: int = 4) -> tuple[list, li
         **kwargs,
     )
     torch.manual_seed(5)  # the items' draws: torch's RNG here, per worker with workers
-    batches = [_copied(b) for b in new]
+    batches = [copied(b) for b in new]
     torch.manual_seed(5)
-    return batches, [_copied(b) for b in old]
-
-
-def _copied(batch: dict) -> dict:
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _assert_same(new: list, old: list) -> None:
-    assert len(new) == len(old) > 1
-    for a, b in zip(new, old, strict=True):
-        assert list(a) == list(b)
-        for key in a:
-            if isinstance(a[key], torch.Tensor):
-                assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
-                assert a[key].numpy().tobytes() == b[key].numpy().tobytes(), key
-            else:
-                assert a[key] == b[key], key
+    return batches, [copied(b) for b in old]
 
 
 @pytest.mark.parametrize(
@@ -111,7 +96,7 @@ def _assert_same(new: list, old: list) -> None:
 )
 def test_batches_equal_the_per_item_batches(root: Path, options: dict, workers: int) -> None:
     new, old = _pair(ShardDataset(root, "train", **options), workers)
-    _assert_same(new, old)
+    assert_same_batches(new, old)
     assert new[-1]["image"].shape[0] == 11 % 4  # the short last batch too
 
 
@@ -126,7 +111,7 @@ def test_batches_equal_for_other_shard_codecs(tmp_path: Path, dtype: str, compre
         assert view.tobytes() == f[hs.DATA][1].tobytes()
         assert read_sample(f[hs.DATA], 1).flags.writeable
     ds = ShardDataset(root, "train", crop=CROP, train=True, augment=True)
-    _assert_same(*_pair(ds, 0))
+    assert_same_batches(*_pair(ds, 0))
 
 
 def test_time_layout_is_the_stacked_item_on_the_grid(root: Path) -> None:
@@ -196,8 +181,8 @@ def test_worker_batches_stay_valid_while_held(root: Path) -> None:
     ds = ShardDataset(root, "train", crop=CROP, train=True, augment=True)
     loader = make_loader(ds, batch_size=2, shuffle=True, num_workers=2, seed=2)
     held = list(loader)
-    again = [_copied(b) for b in make_loader(ds, batch_size=2, shuffle=True, num_workers=2, seed=2)]
-    _assert_same(held, again)
+    again = [copied(b) for b in make_loader(ds, batch_size=2, shuffle=True, num_workers=2, seed=2)]
+    assert_same_batches(held, again)
     assert len({b["image"].data_ptr() for b in held}) == len(held)  # one buffer each
 
 

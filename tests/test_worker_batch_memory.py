@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from batch_compare import assert_same_batches, copied
 from shards_factory import write_tiny_shards
 from torch.utils.data import RandomSampler
 
@@ -72,29 +73,13 @@ def _shm_file(tensor: torch.Tensor) -> tuple[str, str]:
     raise AssertionError("no mapping holds the tensor")
 
 
-def _copied(batch: dict) -> dict:
-    return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _assert_same(new: list, old: list) -> None:
-    assert len(new) == len(old) > 1
-    for a, b in zip(new, old, strict=True):
-        assert list(a) == list(b)
-        for key in a:
-            if isinstance(a[key], torch.Tensor):
-                assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, key
-                assert a[key].numpy().tobytes() == b[key].numpy().tobytes(), key
-            else:
-                assert a[key] == b[key], key
-
-
 def _epoch(loader: object) -> tuple[list, list]:
     """Copies of an epoch's batches (the batches themselves released at once) and the
     shared-memory file and address of each batch's image."""
     copies, files = [], []
     for batch in loader:
         files.append((*_shm_file(batch["image"]), batch["image"].data_ptr()))
-        copies.append(_copied(batch))
+        copies.append(copied(batch))
     return copies, files
 
 
@@ -104,7 +89,7 @@ def test_batches_equal_fresh_memory_and_released_memory_is_reused(root: Path) ->
     reused, files = _epoch(_loader(ds))
     torch.manual_seed(5)
     fresh, fresh_files = _epoch(_loader(ds, reuse=False))
-    _assert_same(reused, fresh)
+    assert_same_batches(reused, fresh)
     assert reused[-1]["image"].shape[0] == 45 % BATCH  # the short last batch too
     assert len(set(fresh_files)) == len(fresh)  # torch's way: a new file a batch
     shm_files = {file[:2] for file in files}
@@ -197,7 +182,7 @@ def test_epochs_reiteration_and_persistent_workers(root: Path) -> None:
     assert isinstance(loader, ReusingLoader)
     got = [_epoch(loader)[0] for _ in range(2)]  # new workers, new pools each epoch
     for a, b in zip(got, expected, strict=True):
-        _assert_same(a, b)
+        assert_same_batches(a, b)
     persistent = _loader(ds, persistent_workers=True)
     fresh = _loader(ds, persistent_workers=True, reuse=False)
     for epoch in range(3):
@@ -207,7 +192,7 @@ def test_epochs_reiteration_and_persistent_workers(root: Path) -> None:
                 next(it), next(it)
             continue
         reused, files = _epoch(persistent)
-        _assert_same(reused, _epoch(fresh)[0])
+        assert_same_batches(reused, _epoch(fresh)[0])
         assert len(set(files)) < len(reused)
 
 
@@ -241,14 +226,14 @@ def test_a_worker_error_and_a_loader_deleted_mid_epoch(root: Path) -> None:
     loader = _loader(_dataset(root))
     it = iter(loader)
     kept = [next(it) for _ in range(5)]
-    copies = [_copied(b) for b in kept]
+    copies = [copied(b) for b in kept]
     workers = list(it._workers)
     del it, loader
     gc.collect()
     for worker in workers:
         worker.join(timeout=30)
         assert not worker.is_alive()
-    _assert_same(kept, copies)  # still valid after the workers exited
+    assert_same_batches(kept, copies)  # still valid after the workers exited
 
 
 @pytest.mark.parametrize("start", ["spawn", "forkserver"])
@@ -257,7 +242,7 @@ def test_spawned_workers_reuse_too(root: Path, start: str) -> None:
     torch.manual_seed(2)
     spawned, files = _epoch(_loader(ds, multiprocessing_context=start))
     torch.manual_seed(2)
-    _assert_same(spawned, _epoch(_loader(ds, reuse=False))[0])
+    assert_same_batches(spawned, _epoch(_loader(ds, reuse=False))[0])
     assert len(set(files)) < len(spawned)
 
 
@@ -269,7 +254,7 @@ def test_file_system_sharing_falls_back_to_fresh_memory(root: Path) -> None:
         torch.manual_seed(3)
         got, files = _epoch(_loader(ds))
         torch.manual_seed(3)
-        _assert_same(got, _epoch(_loader(ds, reuse=False))[0])
+        assert_same_batches(got, _epoch(_loader(ds, reuse=False))[0])
     finally:
         torch.multiprocessing.set_sharing_strategy(before)
     assert len(set(files)) == len(got)  # no pool: a new file a batch
