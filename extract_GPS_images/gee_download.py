@@ -56,10 +56,12 @@ from extract_GPS_images.tfrecord import (
     write_example,
 )
 from utils.atomic import remove_stale_temporaries
+from utils.batching.libc import libc_function
 
 MANIFEST_NAME = "gee_manifest.csv"
 #: ``prctl`` option: the signal a process gets when its parent dies (``linux/prctl.h``).
 PR_SET_PDEATHSIG = 1
+_PRCTL = libc_function("prctl", (ctypes.c_int, ctypes.c_ulong))
 ComputePixels = Callable[[dict[str, Any]], Any]
 
 
@@ -678,10 +680,8 @@ def _download_part(
 def _die_with(parent: int) -> None:
     """Have this process killed when ``parent`` dies (Linux ``PR_SET_PDEATHSIG``), so
     that no download goes on writing after its run was killed; gone already: exit."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):  # not Linux: the pipe to the parent breaks instead
-        pass
+    if _PRCTL is not None:  # elsewhere the pipe to the parent breaks instead
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died before the request took effect
         os._exit(1)
 

@@ -26,6 +26,7 @@ from extract_GPS_images.schema import CELL_ID_FEATURE, LABEL_BAND, META_BANDS, i
 from utils.atomic import atomic_path
 from utils.batching import example_wire
 from utils.batching.crc32c import masked_crc
+from utils.batching.page_cache import drop_pages
 from utils.quiet import quiet_tensorflow
 
 
@@ -179,10 +180,9 @@ def _codec(codec: str, level: int) -> Any:
 
 def _drop_from_cache(handle: Any) -> None:
     """Sync an open file and drop it from the page cache (Linux; elsewhere a no-op)."""
-    if hasattr(os, "posix_fadvise"):
-        handle.flush()
-        os.fsync(handle.fileno())  # clean pages only are dropped (atomic_path syncs too)
-        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    handle.flush()
+    os.fsync(handle.fileno())  # clean pages only are dropped (atomic_path syncs too)
+    drop_pages(handle.fileno())
 
 
 def write_example(

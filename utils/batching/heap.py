@@ -12,24 +12,10 @@ part starts from the same heap.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import sys
 
+from utils.batching.libc import libc_function
 
-def _malloc_trim():
-    """libc's ``malloc_trim`` (glibc on Linux), or ``None``."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError):  # e.g. musl has none
-        return None
-    function.restype = ctypes.c_int
-    function.argtypes = (ctypes.c_size_t,)
-    return function
-
-
-_MALLOC_TRIM = _malloc_trim()
+_MALLOC_TRIM = libc_function("malloc_trim", (ctypes.c_size_t,))  # glibc only
 
 
 def release_heap() -> bool:

@@ -20,39 +20,26 @@ left. It neither waits for the disk nor drops the pages.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import sys
 
-_FADVISE = getattr(os, "posix_fadvise", None)
+from utils.batching.libc import libc_function
+
 #: ``SYNC_FILE_RANGE_WRITE`` of ``<fcntl.h>``: start write-back of dirty pages, no wait.
 SYNC_FILE_RANGE_WRITE = 2
-
-
-def _sync_file_range():
-    """libc's ``sync_file_range`` (Linux), or ``None``."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        function = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.restype = ctypes.c_int
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return function
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE = libc_function(
+    "sync_file_range", (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+)
 
 
 def drop_pages(fd: int, offset: int = 0, length: int = 0) -> None:
     """Advise the kernel that ``length`` bytes of ``fd`` from ``offset`` (0: to the end)
     are no longer needed; a no-op where the platform or the file system has no such
     advice."""
-    if _FADVISE is None:
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
         return
     try:
-        _FADVISE(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        advise(fd, offset, length, os.POSIX_FADV_DONTNEED)
     except OSError:  # e.g. a pipe or a file system without fadvise
         pass
 
