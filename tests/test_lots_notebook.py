@@ -4,7 +4,9 @@ baseline checkpoint of main.ipynb."""
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -132,3 +134,14 @@ def test_session_ranges_and_examples(run: Path) -> None:
 def test_missing_checkpoint_names_the_notebook(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="main.ipynb"):
         ex.load_session(ex.ExplainConfig(run_dir=str(tmp_path / "empty")))
+
+
+@pytest.mark.notebook
+def test_notebook_options_reach_the_config(run: Path, run_notebook) -> None:
+    """A field outside the parameters cell, given through ``options``, is used."""
+    executed = run_notebook("visualization.ipynb", run_dir=str(run), options={"n_bins": 4}, **TINY)
+    nb = json.loads(executed.read_text())
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    counts = re.search(r"test samples per bin: (\{.*\})", printed)
+    assert counts is not None, printed
+    assert list(ast.literal_eval(counts.group(1))) == [0, 1, 2, 3]  # 4 bins, not the 6 default

@@ -21,7 +21,8 @@ GROW = 1.2
 
 @dataclass
 class ExplainConfig:
-    """Every knob of the explanation stage (the notebook's ``parameters`` cell).
+    """Every knob of the explanation stage (visualization.ipynb sets the common ones in its
+    ``parameters`` cell, any other through its ``options`` dict).
 
     Attributes:
         run_dir: the run folder (``RunPaths``); figures go to its ``explain`` folder.
