@@ -14,10 +14,9 @@ from typing import Any
 
 from utils.paths import RunPaths, resolve
 
-#: Where training crops and flips run: per sample in the loader, or per batch on the device.
-AUGMENT_ON: tuple[str, ...] = ("cpu", "device")
-#: Where the training items are standardised and one-hot encoded (the same values).
-PREPARE_ON: tuple[str, ...] = ("cpu", "device")
+#: Where training crops and flips (``augment_on``) and the standardisation and one-hot
+#: encoding (``prepare_on``) run: per sample in the loader, or per batch on the device.
+WORK_ON: tuple[str, ...] = ("cpu", "device")
 
 
 @dataclass
@@ -105,14 +104,11 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        if self.augment_on not in AUGMENT_ON:
-            raise ValueError(
-                f"unknown augment_on {self.augment_on!r}; valid: {', '.join(AUGMENT_ON)}"
-            )
-        if self.prepare_on not in PREPARE_ON:
-            raise ValueError(
-                f"unknown prepare_on {self.prepare_on!r}; valid: {', '.join(PREPARE_ON)}"
-            )
+        for name in ("augment_on", "prepare_on"):
+            if getattr(self, name) not in WORK_ON:
+                raise ValueError(
+                    f"unknown {name} {getattr(self, name)!r}; valid: {', '.join(WORK_ON)}"
+                )
 
     def resolved_shards_dir(self) -> Path:
         """The shards folder of this run."""
