@@ -17,13 +17,12 @@ import argparse
 import importlib.util
 import json
 import os
-import time
 from collections.abc import Callable
 
 import h5py
 import numpy as np
 
-from bench.bench_loader import shards
+from bench.bench_loader import cpu_ms, shards
 from utils import hdf5_schema as hs
 from utils.batching.shard_writer import ChunkCodec, write_chunk
 from utils.fast_chunks import read_sample
@@ -38,24 +37,18 @@ CODECS: tuple[tuple[str, str, int], ...] = (
 )
 
 
-def best_ms(fn: Callable[[object], object], inputs: list, repeats: int = 3) -> float:
-    """Least thread CPU ms a call of ``fn`` on each of ``inputs`` over ``repeats`` runs;
+def _ms(fn: Callable[[object], object], inputs: list) -> float:
+    """Best CPU ms a call of ``fn`` on each of ``inputs`` (:func:`bench.bench_loader.cpu_ms`);
     each result is dropped before the next call, as a loader does (keeping them all
     would charge fresh memory: ~3 ms more a 5 MB sample)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.thread_time()
-        for x in inputs:
-            fn(x)
-        best = min(best, time.thread_time() - start)
-    return best * 1000 / len(inputs)
+    return cpu_ms(lambda i: fn(inputs[i]), len(inputs), repeats=3)
 
 
 def shard_codec(samples: list[np.ndarray], compression: str, level: int, path: str) -> dict:
     """Size, encode and decode (``read_sample``) of ``samples`` stored by one codec."""
     codec = ChunkCodec(samples[0].shape, "float32", compression, level)
     chunks = [codec.encode(s) for s in samples]
-    encode = best_ms(codec.encode, samples)
+    encode = _ms(codec.encode, samples)
     with h5py.File(path, "w") as f:
         data = f.create_dataset(
             hs.DATA, shape=(len(samples), *codec.shape), **codec.dataset_options()
@@ -65,7 +58,7 @@ def shard_codec(samples: list[np.ndarray], compression: str, level: int, path: s
     with h5py.File(path, "r") as f:
         data = f[hs.DATA]
         assert all(read_sample(data, i).tobytes() == s.tobytes() for i, s in enumerate(samples))
-        decode = best_ms(lambda i: read_sample(data, i), list(range(len(samples))))
+        decode = _ms(lambda i: read_sample(data, i), list(range(len(samples))))
     return {"size": sum(map(len, chunks)) / len(chunks), "encode": encode, "decode": decode}
 
 
@@ -79,8 +72,8 @@ def optional_codecs(samples: list[np.ndarray]) -> dict[str, dict]:
         packed = [lz4.block.compress(r) for r in raw]
         rows["lz4 block (no unshuffle)"] = {
             "size": sum(map(len, packed)) / len(packed),
-            "encode": best_ms(lz4.block.compress, raw),
-            "decode": best_ms(lz4.block.decompress, packed),
+            "encode": _ms(lz4.block.compress, raw),
+            "decode": _ms(lz4.block.decompress, packed),
         }
     if importlib.util.find_spec("blosc"):
         import blosc  # noqa: PLC0415
@@ -95,8 +88,8 @@ def optional_codecs(samples: list[np.ndarray]) -> dict[str, dict]:
         packed = [pack(v) for v in values]
         rows["blosc lz4 5 (unshuffled)"] = {
             "size": sum(map(len, packed)) / len(packed),
-            "encode": best_ms(pack, values),
-            "decode": best_ms(lambda p: blosc.decompress_ptr(p, out.ctypes.data), packed),
+            "encode": _ms(pack, values),
+            "decode": _ms(lambda p: blosc.decompress_ptr(p, out.ctypes.data), packed),
         }
     return rows
 
