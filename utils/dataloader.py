@@ -311,12 +311,13 @@ class ShardDataset(Dataset):
         self.train, self.augment, self.dw_mode = train, augment, dw_mode
         self.band_names = output_band_names(channels, dw_mode)
         self.s2_names = resolve_channels(channels)
-        lengths, shapes, mask_channels = [], set(), set()
+        lengths, shapes, mask_channels, dtypes = [], set(), set(), []
         for path in self.files:
             try:
                 with h5py.File(path, "r") as f:
                     lengths.append(int(f[hs.LABELS].shape[0]))
                     shapes.add(tuple(f[hs.DATA].shape[1:]))
+                    dtypes.append(np.dtype(f[hs.DATA].dtype))
                     file_bands = [
                         b.decode() if isinstance(b, bytes) else str(b)
                         for b in f.attrs[hs.ATTR_BANDS]
@@ -335,8 +336,7 @@ class ShardDataset(Dataset):
         if len(shapes) != 1:
             raise ValueError(f"shards of {split!r} differ in sample shape: {sorted(shapes)}")
         (self.source_channels, height, width) = shapes.pop()
-        with h5py.File(self.files[0], "r") as f:
-            self.source_dtype = np.dtype(f[hs.DATA].dtype)
+        self.source_dtype = dtypes[0]  # the first shard's (raw items are of it)
         self.file_bands = file_bands
         missing = [b for b in self.s2_names if b not in file_bands]
         if missing or (dw_mode != "none" and DW_BAND not in file_bands):
