@@ -12,7 +12,8 @@ under ``runs/bench/``), side by side in one process:
   ``workers`` processes that only reads and inflates each input gzip TFRecord file and
   deflates its sample with the shard codec (byte shuffle + ISA-L deflate, exactly the
   bytes the shards hold); records / (timed seconds / workers). The samples are decoded
-  for it beforehand, untimed;
+  for it beforehand, untimed; its processes reuse freed memory as the conversion does
+  (:func:`utils.batching.heap.reuse_freed_memory`);
 * **floor**, the bare TensorFlow parse-only loop: ``for x in TFRecordDataset(files,
   "GZIP")`` calling ``tf.io.parse_single_example(x, spec)`` (every band as
   ``FixedLenFeature([H, W])``, as Earth Engine's documentation reads exports), damaged
@@ -50,6 +51,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from extract_GPS_images.schema import all_band_names  # noqa: E402
+from utils.batching.heap import reuse_freed_memory  # noqa: E402
 from utils.batching.split_and_batch import SplitConfig, run_split_and_batch  # noqa: E402
 from utils.paths import project_root  # noqa: E402
 
@@ -209,7 +211,8 @@ def codec_limit(files: list[str], size: int, workers: int, compression: str) -> 
     readable = [f for f in files if read_file(Path(f), RecordRules(size)).file_error is None]
     batches = [readable[i : i + 8] for i in range(0, len(readable), 8)]
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    # the conversion's own heap settings, so that the limit's buffers are reused as its are
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=reuse_freed_memory) as pool:
         results = list(
             pool.map(_codec_work, batches, [size] * len(batches), [compression] * len(batches))
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gc
 import os
 import shutil
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -22,6 +24,7 @@ from utils import hdf5_schema as hs
 from utils.batching import heap
 from utils.batching.quarantine import REASONS_FILE
 from utils.batching.spatial_split import assign_splits
+from utils.paths import project_root
 
 
 def _held_before_split(tmp_path, n: int, monkeypatch) -> int:
@@ -199,3 +202,55 @@ def test_freed_heap_memory_goes_back_to_the_kernel():
     assert heap.release_heap()
     assert rss_mb() < held - 40, (held, rss_mb())
     assert len(pins) == 2000
+
+
+#: Run in a fresh interpreter: maps 12 MB with malloc and prints the bytes glibc served
+#: by mmap for it, then what its arenas keep free once it is freed. ``tuned`` calls
+#: ``reuse_freed_memory`` first; ``converted`` runs a small conversion first (the
+#: conversion is what should set it).
+_BLOCK_PROBE = """
+import ctypes, sys
+from utils.batching import heap
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split())]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "tuned":
+    assert heap.reuse_freed_memory()
+if sys.argv[1] == "converted":
+    from extract_GPS_images.synthetic import generate_world
+    from utils.batching.split_and_batch import SplitConfig, run_split_and_batch
+    generate_world(sys.argv[2] + "/src", n=12, size=4, corrupt_fraction=0, progress=False)
+    cfg = SplitConfig(workers=1, progress=False)
+    run_split_and_batch(sys.argv[2] + "/src", sys.argv[2] + "/out", cfg)
+mapped = libc.mallinfo2().hblkhd
+block = libc.malloc(12 << 20)
+mapped = libc.mallinfo2().hblkhd - mapped
+libc.free(block)
+print(mapped >> 20, libc.mallinfo2().fordblks >> 20)
+"""
+
+
+@pytest.mark.skipif(heap._MALLOPT is None, reason="needs glibc's mallopt")
+@pytest.mark.parametrize("mode", ["plain", "tuned", "converted"])
+def test_record_sized_blocks_are_reused_not_mapped_afresh(mode, tmp_path):
+    """Blocks of a record's size (MBs at 225 px) come from the heap and stay there once
+    freed (the next record reuses their pages) after the conversion has run; glibc's
+    defaults map such a block afresh and unmap it when freed."""
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCK_PROBE, mode, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(project_root())},
+    )
+    mapped_mb, kept_free_mb = (int(v) for v in done.stdout.split()[-2:])
+    if mode == "plain":
+        assert mapped_mb >= 12, done.stdout  # the defaults: a fresh mapping
+    else:
+        assert mapped_mb == 0 and kept_free_mb >= 12, done.stdout

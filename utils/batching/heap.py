@@ -1,12 +1,19 @@
-"""Hand the heap's free memory back to the kernel (glibc's ``malloc_trim``).
+"""The conversion's heap: freed blocks kept for reuse while a part is staged, handed back
+to the kernel after it (glibc's ``mallopt`` and ``malloc_trim``).
+
+Each record at 225 px takes a few blocks of 4-6 MB (the input file, its inflated bytes,
+the image, its shuffled and compressed copies). glibc serves blocks that large with a
+fresh ``mmap`` and unmaps them when freed, or returns a thread arena's free top to the
+kernel as soon as it exceeds a small threshold; either way the next record faults in
+and zeroes fresh pages: ~5 ms of system time a record with 2 reader threads
+(docs/performance.md, "Conversion"). :func:`reuse_freed_memory` keeps such blocks in the
+arenas, so the next record reuses them.
 
 A staging part's arrays (the samples' packed masks and statistics grids, ~30 MB for
 256 samples at 225 px) and the reader threads' record buffers are freed once the part
 is written, but glibc keeps freed memory in its arenas (one per thread, up to 8 per
-core) for reuse, and what one part leaves there stacks up with the next part's peak:
-the peak RSS of a conversion at 225 px was ~170 MB at 250 records (one part) and ~198
-MB at 1,000 (docs/performance.md, "Conversion memory"). Trimmed after each part, each
-part starts from the same heap.
+core) for reuse, and what one part leaves there stacks up with the next part's peak.
+:func:`release_heap` after each part returns it, so each part starts from the same heap.
 """
 
 from __future__ import annotations
@@ -16,6 +23,23 @@ import ctypes
 from utils.batching.libc import libc_function
 
 _MALLOC_TRIM = libc_function("malloc_trim", (ctypes.c_size_t,))  # glibc only
+_MALLOPT = libc_function("mallopt", (ctypes.c_int, ctypes.c_int))
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+#: Blocks up to this size come from the arenas (glibc's own threshold moves between 128
+#: KB and 32 MB); an arena keeps twice this much free at its top.
+REUSED_BLOCK_BYTES = 16 << 20
+
+
+def reuse_freed_memory(largest: int = REUSED_BLOCK_BYTES) -> bool:
+    """Serve blocks up to ``largest`` bytes from the heap arenas and keep up to twice that
+    free at each arena's top, for the next blocks to reuse (process-wide; the memory
+    goes back with :func:`release_heap`). ``True`` if set (``False`` where the C library
+    has no ``mallopt``)."""
+    if _MALLOPT is None:
+        return False
+    return bool(_MALLOPT(M_MMAP_THRESHOLD, largest)) and bool(
+        _MALLOPT(M_TRIM_THRESHOLD, 2 * largest)
+    )
 
 
 def release_heap() -> bool:

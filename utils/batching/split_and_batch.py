@@ -60,7 +60,7 @@ from utils.batching import record_quality as rq
 from utils.batching.duplicates import REASON as DUPLICATE
 from utils.batching.duplicates import duplicate_detail
 from utils.batching.executors import TaskRunner, task_runner
-from utils.batching.heap import release_heap
+from utils.batching.heap import release_heap, reuse_freed_memory
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.batching.page_cache import drop_pages, write_behind
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
@@ -481,12 +481,14 @@ def _write_part(
     with ``workers`` reader threads: the encoded chunks appended to a plain file by the
     threads themselves (:class:`_ChunkSink`), then an HDF5 file with each chunk's
     offset and size, the samples' summaries for ``stats.json`` and the manifest rows.
-    Both are written atomically, the HDF5 file last: it marks the part done. The
-    memory the part freed goes back to the kernel (:mod:`utils.batching.heap`).
+    Both are written atomically, the HDF5 file last: it marks the part done. Freed
+    record buffers are reused while the part is staged, and what the part freed goes
+    back to the kernel after it (:mod:`utils.batching.heap`).
 
     Returns:
         The number of input files (``on_file(1)`` is called after each, if given).
     """
+    reuse_freed_memory()
     try:
         return _fill_part(path, items, worker, workers, on_file)
     finally:
@@ -668,6 +670,7 @@ def _write_shard(job: _ShardJob) -> str:
     Returns:
         The shard's path, as text.
     """
+    reuse_freed_memory()  # each chunk's buffers reused by the next (utils.batching.heap)
     parts = _OpenParts(job.part_paths)
     try:
         members = _member_table(job, parts)
@@ -693,6 +696,7 @@ def _write_shard(job: _ShardJob) -> str:
             _write_quality(handle, members, parts, job.codec.shape[1:])
     finally:
         parts.close()
+        release_heap()
     return str(job.path)
 
 
