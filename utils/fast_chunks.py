@@ -7,8 +7,8 @@ filter 32015, for ``--compression zstd``). h5py's filter pipeline inflates with
 zlib and unshuffles into a buffer it then copies out; at 225 px (26 x 225 x 225
 float32, 5.3 MB a sample) that is ~9 ms of inflate plus ~6 ms of copies a sample.
 :func:`read_sample` reads the chunk's stored bytes (``read_direct_chunk``), inflates
-them with ISA-L (the same deflate stream, ~3x faster) and undoes the shuffle with one
-NumPy transpose copy: the same values, bit for bit. Zstandard chunks are decoded by
+them with ISA-L (the same deflate stream, ~3x faster) and undoes the shuffle
+(:mod:`utils.byte_shuffle`, SIMD): the same values, bit for bit. Zstandard chunks are decoded by
 ``zstandard`` the same way. Datasets with other filters or
 chunk shapes (lzf, a filter it does not know, a chunk mask) are read by h5py as before,
 so any shard, old or new, reads.
@@ -23,6 +23,8 @@ import h5py
 import numpy as np
 import zstandard
 from isal import isal_zlib
+
+from utils.byte_shuffle import unshuffle
 
 #: HDF5 filter ids this reader undoes itself.
 FILTER_DEFLATE = h5py.h5z.FILTER_DEFLATE
@@ -69,17 +71,6 @@ def _zstd_decompress(raw: bytes, dataset: h5py.Dataset, row: int) -> bytes:
         return _local.zstd.decompress(raw)  # exactly that size, or a ZstdError
     except zstandard.ZstdError as err:
         raise OSError(f"chunk {row} of {dataset.name} does not decompress ({err})") from err
-
-
-def unshuffle(raw: bytes | np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """Undo HDF5's byte shuffle (all first bytes, then all second bytes, ...)."""
-    itemsize = np.dtype(dtype).itemsize
-    count = int(np.prod(shape))
-    planes = np.frombuffer(raw, np.uint8, count * itemsize).reshape(itemsize, count)
-    out = np.empty((count, itemsize), np.uint8)
-    for byte in range(itemsize):  # one strided write per byte plane: ~2x one transpose
-        out[:, byte] = planes[byte]
-    return out.view(dtype).reshape(shape)
 
 
 def read_sample(

@@ -33,6 +33,7 @@ from isal import isal_zlib
 
 from extract_GPS_images import schema
 from utils import hdf5_schema as hs
+from utils.byte_shuffle import shuffle
 
 COMPRESSIONS: tuple[str, ...] = ("gzip", "zstd", "lzf", "none")
 #: Highest deflate level ISA-L offers; above it chunks are deflated by zlib.
@@ -90,9 +91,7 @@ class ChunkCodec:
         array = np.ascontiguousarray(image, dtype=self.dtype)
         raw = array.view(np.uint8)
         if self.compression in LEVELS and self.shuffle:  # bytes of each value apart
-            shuffled = np.empty((array.itemsize, array.size), np.uint8)
-            np.copyto(shuffled, raw.reshape(-1, array.itemsize).T)
-            raw = shuffled
+            raw = shuffle(array)
         if self.compression == "zstd":
             return _zstd_compressor(self.level).compress(raw)
         if self.compression != "gzip":
