@@ -27,11 +27,13 @@ by split_and_batch; cached under ``runs/bench/``), one process, one core, CPU se
   same items batched the way before (one array an item, stacked by ``default_collate``:
   "per item + stack"); raw items (``ShardDataset(raw=True)``: the stored channels,
   standardised and one-hot encoded on the device by ``batch_preparer()``), also from the
-  split recoded as float16 uncompressed; and the CPU of one real loader worker over an
-  epoch of 8 times the split (its pool of shared batch memory reused, the default, and
-  fresh shared memory a batch, torch's way, side by side), with the main process's CPU
-  when it copies every batch (as the pin copy does). ``--workers-only`` runs only the
-  worker rows of the gzip and uncompressed shards.
+  split recoded as float16 uncompressed; and the CPU a sample of one real loader worker
+  once it runs (the difference of epochs of 8 and 2 times the split, so that the
+  worker's start, printed apart, cancels out as in a study's long epochs; its pool of
+  shared batch memory reused, the default, and fresh shared memory a batch, torch's
+  way, side by side), with the main process's CPU when it copies every batch (as the
+  pin copy does). ``--workers-only`` runs only the worker rows of the gzip, zstd and
+  uncompressed shards.
 
 Each is printed as ms and samples/s per core, with the cores one GPU consuming
 ``--gpu-rate`` images/s would need, side by side in one run, with the load average.
@@ -62,6 +64,7 @@ from utils.batch_transforms import BatchCropFlip  # noqa: E402
 from utils.batching.shard_writer import ChunkCodec, write_chunk  # noqa: E402
 from utils.dataloader import ShardDataset, augment, make_loader  # noqa: E402
 from utils.fast_chunks import read_sample  # noqa: E402
+from utils.heap import reuse_freed_memory  # noqa: E402
 from utils.paths import project_root  # noqa: E402
 
 
@@ -167,12 +170,39 @@ def path_ms(
 ) -> float:
     """Best CPU ms a sample of a shuffled epoch of a loader over ``dataset`` (items and
     collation), with ``transform`` applied to each batch when given. With ``workers``:
-    the workers' CPU (their items, batches in shared memory and the sending), taken from
-    the finished children's usage at the epoch's end, when the loader has joined them,
-    over an epoch of 8 times the split (:func:`worker_ms`); ``reuse`` False gives every
-    worker batch fresh shared memory (torch's way)."""
-    passes = 8 if workers else 1
-    return worker_ms(dataset, batch, repeats, transform, workers, reuse, passes=passes)[0]
+    the workers' CPU (their items, batches in shared memory and the sending) a sample in
+    a long epoch (:func:`steady_worker_ms`); ``reuse`` False gives every worker batch
+    fresh shared memory (torch's way)."""
+    if workers:
+        return steady_worker_ms(dataset, batch, repeats, transform, workers, reuse)[0]
+    return worker_ms(dataset, batch, repeats, transform)[0]
+
+
+#: Epoch lengths (in passes over the split) whose difference gives a worker's CPU a sample.
+STEADY_PASSES = (2, 8)
+
+
+def steady_worker_ms(
+    dataset: Dataset,
+    batch: int,
+    repeats: int,
+    transform: BatchCropFlip | None = None,
+    workers: int = 1,
+    reuse: bool = True,
+    copy: bool = False,
+) -> tuple[float, float, float]:
+    """The workers' CPU ms a sample once they run (the extra CPU of an epoch of 8 passes
+    over one of 2, per extra sample: a worker's start, ~0.3 s of forking, opening the
+    shards and first touching its shared memory, cancels out, as in an epoch of a whole
+    study's samples), the main process's CPU ms a sample over the long epoch
+    (:func:`worker_ms`), and the workers' start in ms."""
+    (short, _), (long, main) = (
+        worker_ms(dataset, batch, repeats, transform, workers, reuse, copy, passes)
+        for passes in STEADY_PASSES
+    )
+    few, many = (passes * len(dataset) for passes in STEADY_PASSES)
+    per_sample = (long * many - short * few) / (many - few)
+    return per_sample, main, short * few - per_sample * few
 
 
 def worker_ms(
@@ -225,18 +255,15 @@ def worker_ms(
     return best, best_main
 
 
-def worker_rows(
-    name: str, dataset: ShardDataset, batch: int, repeats: int, passes: int = 8
-) -> dict:
+def worker_rows(name: str, dataset: ShardDataset, batch: int, repeats: int) -> dict:
     """One loader worker's CPU a sample with its shared batch memory reused (the
-    default) and fresh (torch's way), side by side, over an epoch of ``passes`` times
-    the split, and the main process's CPU a sample for each when it copies every batch
-    (as the pin copy does)."""
+    default) and fresh (torch's way), side by side (:func:`steady_worker_ms`), and the
+    main process's CPU a sample for each when it copies every batch (as the pin copy
+    does)."""
     rows = {}
     for label, reuse in (("reused shm", True), ("fresh shm", False)):
-        worker, main = worker_ms(
-            dataset, batch, repeats, workers=1, reuse=reuse, copy=True, passes=passes
-        )
+        worker, main, start = steady_worker_ms(dataset, batch, repeats, reuse=reuse, copy=True)
+        print(f"  {name}, {label}: a worker's start {start:.0f} ms of CPU")
         rows[f"path {name}, cpu, 1 worker's CPU, {label}"] = worker
         rows[f"path {name}, cpu, main's CPU (copy), {label}"] = main
     return rows
@@ -303,6 +330,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = get_args_parser().parse_args(argv)
     torch.set_num_threads(1)
+    reuse_freed_memory()  # the training process's heap, as make_loader sets it (every row)
     load_before = os.getloadavg()
     root = shards(args.n, args.size)
     crop = args.crop if args.crop < args.size else None

@@ -13,7 +13,7 @@ under ``runs/bench/``), side by side in one process:
   deflates its sample with the shard codec (byte shuffle + ISA-L deflate, exactly the
   bytes the shards hold); records / (timed seconds / workers). The samples are decoded
   for it beforehand, untimed; its processes reuse freed memory as the conversion does
-  (:func:`utils.batching.heap.reuse_freed_memory`);
+  (:func:`utils.heap.reuse_freed_memory`);
 * **floor**, the bare TensorFlow parse-only loop: ``for x in TFRecordDataset(files,
   "GZIP")`` calling ``tf.io.parse_single_example(x, spec)`` (every band as
   ``FixedLenFeature([H, W])``, as Earth Engine's documentation reads exports), damaged
@@ -51,8 +51,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from extract_GPS_images.schema import all_band_names  # noqa: E402
-from utils.batching.heap import reuse_freed_memory  # noqa: E402
 from utils.batching.split_and_batch import SplitConfig, run_split_and_batch  # noqa: E402
+from utils.heap import reuse_freed_memory  # noqa: E402
 from utils.paths import project_root  # noqa: E402
 
 

@@ -21,7 +21,7 @@ import pytest
 import utils.batching.split_and_batch as sb
 from extract_GPS_images.synthetic import generate_world
 from utils import hdf5_schema as hs
-from utils.batching import heap
+from utils import heap
 from utils.batching.quarantine import REASONS_FILE
 from utils.batching.spatial_split import assign_splits
 from utils.paths import project_root
@@ -210,7 +210,7 @@ def test_freed_heap_memory_goes_back_to_the_kernel():
 #: conversion is what should set it).
 _BLOCK_PROBE = """
 import ctypes, sys
-from utils.batching import heap
+from utils import heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in (

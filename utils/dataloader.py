@@ -42,6 +42,7 @@ from extract_GPS_images.schema import (
 )
 from utils import hdf5_schema as hs
 from utils.fast_chunks import chunk_plan, read_sample
+from utils.heap import reuse_freed_memory
 from utils.paths import resolve
 from utils.shard_check import check_against_manifest, read_error
 from utils.worker_memory import ReusingLoader, fresh_shared, worker_pool
@@ -685,6 +686,8 @@ def make_loader(
     """A DataLoader with its own seeded generator (shuffling and worker seeds come from
     it, so reseeding ``loader.generator`` per epoch makes epochs reproducible), batching
     with :func:`collate_batch` (a :class:`ShardDataset` batch is written in place).
+    From then on this process's heap keeps freed blocks up to 16 MB for reuse
+    (:func:`utils.heap.reuse_freed_memory`: a sample's read buffers serve the next one).
 
     Args:
         sampler: a sampler (e.g. the weighted sampler); excludes ``shuffle``.
@@ -698,6 +701,7 @@ def make_loader(
     """
     if sampler is not None and shuffle:
         raise ValueError("give either shuffle=True or a sampler, not both")
+    reuse_freed_memory()  # each sample's read buffers reused by the next (utils.heap)
     generator = torch.Generator().manual_seed(seed)
     loader_class = ReusingLoader if reuse_worker_memory and num_workers > 0 else DataLoader
     return loader_class(

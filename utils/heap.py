@@ -1,13 +1,14 @@
-"""The conversion's heap: freed blocks kept for reuse while a part is staged, handed back
-to the kernel after it (glibc's ``mallopt`` and ``malloc_trim``).
+"""The heap of the conversion and of the training input: freed blocks kept for reuse,
+handed back to the kernel after each staging part (glibc's ``mallopt`` and
+``malloc_trim``).
 
-Each record at 225 px takes a few blocks of 4-6 MB (the input file, its inflated bytes,
-the image, its shuffled and compressed copies). glibc serves blocks that large with a
-fresh ``mmap`` and unmaps them when freed, or returns a thread arena's free top to the
-kernel as soon as it exceeds a small threshold; either way the next record faults in
-and zeroes fresh pages: ~5 ms of system time a record with 2 reader threads
-(docs/performance.md, "Conversion"). :func:`reuse_freed_memory` keeps such blocks in the
-arenas, so the next record reuses them.
+Each record or sample at 225 px takes a few blocks of 4-6 MB (the input file or chunk,
+its inflated bytes, the image, its shuffled copy). glibc serves blocks that large with
+a fresh ``mmap`` and unmaps them when freed, or returns an arena's free top to the
+kernel once it passes a threshold that it moves as it goes; often the next record
+faults in and zeroes fresh pages: ~5 ms of system time a record in the conversion with
+2 reader threads, ~3 ms a sample read in the training process (docs/performance.md).
+:func:`reuse_freed_memory` keeps such blocks in the arenas, so the next one reuses them.
 
 A staging part's arrays (the samples' packed masks and statistics grids, ~30 MB for
 256 samples at 225 px) and the reader threads' record buffers are freed once the part

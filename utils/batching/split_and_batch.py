@@ -60,7 +60,6 @@ from utils.batching import record_quality as rq
 from utils.batching.duplicates import REASON as DUPLICATE
 from utils.batching.duplicates import duplicate_detail
 from utils.batching.executors import TaskRunner, task_runner
-from utils.batching.heap import release_heap, reuse_freed_memory
 from utils.batching.input_tree import Entry, file_kind, scan_inputs, skipped_kinds
 from utils.batching.page_cache import drop_pages, write_behind
 from utils.batching.quarantine import REASONS, REASONS_FILE, keep_bytes, keep_file
@@ -95,6 +94,7 @@ from utils.batching.validate_records import (
     inflate_cap,
     iter_results,
 )
+from utils.heap import release_heap, reuse_freed_memory
 from utils.ownership import OutputFolder, guard_output
 from utils.paths import resolve
 
@@ -483,7 +483,7 @@ def _write_part(
     offset and size, the samples' summaries for ``stats.json`` and the manifest rows.
     Both are written atomically, the HDF5 file last: it marks the part done. Freed
     record buffers are reused while the part is staged, and what the part freed goes
-    back to the kernel after it (:mod:`utils.batching.heap`).
+    back to the kernel after it (:mod:`utils.heap`).
 
     Returns:
         The number of input files (``on_file(1)`` is called after each, if given).
@@ -670,7 +670,7 @@ def _write_shard(job: _ShardJob) -> str:
     Returns:
         The shard's path, as text.
     """
-    reuse_freed_memory()  # each chunk's buffers reused by the next (utils.batching.heap)
+    reuse_freed_memory()  # each chunk's buffers reused by the next (utils.heap)
     parts = _OpenParts(job.part_paths)
     try:
         members = _member_table(job, parts)
