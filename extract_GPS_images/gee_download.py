@@ -57,6 +57,7 @@ from extract_GPS_images.tfrecord import (
 )
 from utils.atomic import remove_stale_temporaries
 from utils.batching.libc import libc_function
+from utils.heap import reuse_freed_memory
 
 MANIFEST_NAME = "gee_manifest.csv"
 #: ``prctl`` option: the signal a process gets when its parent dies (``linux/prctl.h``).
@@ -459,6 +460,7 @@ def download_locations(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
+    reuse_freed_memory()  # each patch's MB-sized buffers reused by the next (utils.heap)
     manifest = Manifest(out / MANIFEST_NAME, flush_every_s=config.manifest_every_s)
     recipe_id = check_recipe(out, recipe_settings(recipe, "download"), has_work=len(manifest) > 0)
     report = DownloadReport(out_dir=out, manifest=manifest.path)
