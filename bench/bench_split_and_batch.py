@@ -258,7 +258,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--compression", default="gzip", choices=("gzip", "zstd", "none"))
+    parser.add_argument(
+        "--compression", default=SplitConfig.compression, choices=("zstd", "gzip", "none")
+    )
     parser.add_argument(
         "--memory-only", action="store_true", help="only the peak memory (first --size)"
     )

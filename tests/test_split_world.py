@@ -22,6 +22,7 @@ from extract_GPS_images.synthetic import generate_world
 from utils import hdf5_schema as hs
 from utils.batching.split_and_batch import SplitConfig, SplitReport, run_split_and_batch
 from utils.batching.validate_records import RecordRules, read_file
+from utils.fast_chunks import Codec, chunk_plan
 from utils.paths import project_root
 
 SIZE = 8
@@ -111,7 +112,7 @@ def test_hdf5_shards_follow_the_contract(world: Path, reference) -> None:
                 assert f[hs.DATA].shape == (n, 25, SIZE, SIZE)
                 assert f[hs.DATA].dtype == np.float32
                 assert f[hs.DATA].chunks == (1, 25, SIZE, SIZE)
-                assert f[hs.DATA].compression == "gzip"
+                assert chunk_plan(f[hs.DATA]) == (True, Codec.ZSTD)  # shuffle + Zstandard
                 assert f[hs.LABELS].dtype == np.float32 and f[hs.LABELS].shape == (n,)
                 assert f[hs.LOCATIONS].shape == (n, 2) and f[hs.LOCATIONS].dtype == np.float64
                 assert f[hs.YEAR].dtype == np.int32 and f[hs.IMAGERY_YEAR].dtype == np.int32

@@ -1,17 +1,16 @@
-"""Read one sample of a shard's ``data`` as one HDF5 chunk, inflated by ISA-L (or
-Zstandard).
+"""Read one sample of a shard's ``data`` as one HDF5 chunk, decoded by Zstandard or
+ISA-L.
 
-The shards store one sample per chunk, byte-shuffled and deflated (HDF5's ``shuffle``
-and ``gzip`` filters, :mod:`utils.batching.shard_writer`; or Zstandard frames, HDF5's
-filter 32015, for ``--compression zstd``). h5py's filter pipeline inflates with
-zlib and unshuffles into a buffer it then copies out; at 225 px (26 x 225 x 225
-float32, 5.3 MB a sample) that is ~9 ms of inflate plus ~6 ms of copies a sample.
-:func:`read_sample` reads the chunk's stored bytes (``read_direct_chunk``), inflates
-them with ISA-L (the same deflate stream, ~3x faster) and undoes the shuffle
-(:mod:`utils.byte_shuffle`, SIMD): the same values, bit for bit. Zstandard chunks are decoded by
-``zstandard`` the same way. Datasets with other filters or
-chunk shapes (lzf, a filter it does not know, a chunk mask) are read by h5py as before,
-so any shard, old or new, reads.
+The shards store one sample per chunk, byte-shuffled and compressed (HDF5's ``shuffle``
+filter, then Zstandard frames, HDF5's filter 32015, by default, or ``gzip`` deflate;
+:mod:`utils.batching.shard_writer`). h5py's filter pipeline decodes a chunk and
+unshuffles it into a buffer it then copies out; at 225 px (26 x 225 x 225 float32, 5.3
+MB a sample) that is ~9 ms of zlib inflate plus ~6 ms of copies a gzip sample.
+:func:`read_sample` reads the chunk's stored bytes (``read_direct_chunk``), decodes them
+with ``zstandard`` or ISA-L (the same deflate stream as zlib, ~3x faster) and undoes the
+shuffle (:mod:`utils.byte_shuffle`, SIMD): the same values, bit for bit. Datasets with
+other filters or chunk shapes (lzf, a filter it does not know, a chunk mask) are read by
+h5py as before, so any shard, old or new, reads.
 """
 
 from __future__ import annotations

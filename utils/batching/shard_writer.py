@@ -1,14 +1,15 @@
 """HDF5 shards in the :mod:`utils.hdf5_schema` format, written streaming.
 
-``data`` is chunked one sample per chunk. With ``gzip`` (default), ``zstd`` or no
-compression the chunks are encoded here (byte shuffle + deflate or Zstandard, exactly
-HDF5's own filters) so that worker threads compress in parallel, and written with
-``write_direct_chunk``. Deflate levels 0-3 run on ISA-L (``isal``: about 10x faster than
-zlib level 1 at the same ratio on these samples, and any HDF5 reader inflates them), 4-9
-on zlib. ``zstd`` chunks are Zstandard frames (with their content size) of the shuffled
-bytes: HDF5's registered Zstandard filter (32015), which h5py reads once ``hdf5plugin``
-is imported (:mod:`utils.hdf5_schema` does); at 225 px they inflate ~4x faster than
-deflate at a slightly smaller size. ``lzf`` chunks are compressed by h5py when written.
+``data`` is chunked one sample per chunk. With ``zstd`` (default), ``gzip`` or no
+compression the chunks are encoded here (byte shuffle, :mod:`utils.byte_shuffle`, +
+Zstandard or deflate, exactly HDF5's own filters) so that worker threads compress in
+parallel, and written with ``write_direct_chunk``. ``zstd`` chunks are Zstandard frames
+(with their content size) of the shuffled bytes: HDF5's registered Zstandard filter
+(32015), which h5py reads once ``hdf5plugin`` is imported (:mod:`utils.hdf5_schema`
+does); at 225 px they decode ~4x faster than deflate at a slightly smaller size. Deflate
+levels 0-3 run on ISA-L (``isal``: about 10x faster than zlib level 1 at the same ratio
+on these samples, and any HDF5 reader inflates them, no plugin needed), 4-9 on zlib.
+``lzf`` chunks are compressed by h5py when written.
 Encoded chunks can wait in a plain staging file and be written into their shard later
 as they are.
 
