@@ -75,7 +75,8 @@ def shards(n: int, size: int) -> Path:
 
     out = project_root() / "runs" / "bench" / f"shards_n{n}_s{size}"
     if not (out / "stats.json").exists():
-        run_split_and_batch(world(n, size), out, SplitConfig(workers=2, progress=False))
+        cfg = SplitConfig(workers=2, compression="gzip", progress=False)  # the rows recode it
+        run_split_and_batch(world(n, size), out, cfg)
     return out
 
 
