@@ -32,9 +32,14 @@ def _load_kernels() -> tuple[_Kernel, _Kernel] | None:
         kernels = (loaded.blosc2_shuffle, loaded.blosc2_unshuffle)
     except (ImportError, StopIteration, OSError, AttributeError):
         return None
+    probe, out = (ctypes.create_string_buffer(8) for _ in range(2))
     for kernel in kernels:  # int32_t f(int32_t typesize, int32_t blocksize, src, dest)
         kernel.restype = ctypes.c_int32
         kernel.argtypes = (ctypes.c_int32, ctypes.c_int32, ctypes.c_void_p, ctypes.c_void_p)
+        # the first call picks the CPU's kernel (SSE2, AVX2, ...): made here, before any
+        # reader thread calls it
+        if kernel(4, 8, ctypes.addressof(probe), ctypes.addressof(out)) != 8:
+            return None
     return kernels
 
 
