@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 21 item 5, on one GPU: ResNet-50 at 224 px with AMP fed from 225 px shards by
 # the loader with all cores (data-wait share of the step; goal < 10 %), the
-# device-cached path beside it, for float32 gzip shards (the default), zstd shards
-# (--compression zstd) and uncompressed shards (--compression none), crops on the CPU
+# device-cached path beside it, for float32 zstd shards (the default), gzip shards
+# (--compression gzip) and uncompressed shards (--compression none), crops on the CPU
 # and on the GPU, and standardisation on the GPU too (--prepare-on-device).
 #
 #   bash bench/gpu_loader.sh runs/gpu_loader
@@ -19,7 +19,7 @@ stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 stamp "world: ${N:=2000} records of ${SIZE:=225} px"
 "$python" -m extract_GPS_images.synthetic --out "$run/exports" --n "$N" --size "$SIZE" \
     --workers "$workers"
-for compression in gzip zstd none; do
+for compression in zstd gzip none; do
     if [[ ! -f $run/shards_$compression/stats.json ]]; then
         stamp "split_and_batch ($compression)"
         "$python" -m utils.batching.split_and_batch "$run/exports" "$run/shards_$compression" \
