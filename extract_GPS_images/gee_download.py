@@ -58,6 +58,7 @@ from extract_GPS_images.tfrecord import (
 from utils.atomic import remove_stale_temporaries
 from utils.batching.libc import libc_function
 from utils.heap import reuse_freed_memory
+from utils.slices import as_slice
 
 MANIFEST_NAME = "gee_manifest.csv"
 #: ``prctl`` option: the signal a process gets when its parent dies (``linux/prctl.h``).
@@ -287,9 +288,8 @@ def to_channels(
         and all(dtype == np.dtype("<f4") for dtype, *_ in fields.values())
     ):  # packed float32 bands (npy replies): a cache-blocked transpose, ~5x faster
         index = np.array([fields[name][1] // 4 for name in names])
-        cols: np.ndarray | slice = index
-        if index.size and np.array_equal(index, np.arange(index[0], index[0] + index.size)):
-            cols = slice(index[0], index[0] + index.size)  # in the reply's order: no gather
+        run = as_slice(index)  # the bands in the reply's order: no gather
+        cols: np.ndarray | slice = index if run is None else run
         flat = arr.reshape(-1).view(np.float32).reshape(size * size, len(fields))
         for start in range(0, size * size, 4096):
             out[:, start : start + 4096] = flat[start : start + 4096, cols].T

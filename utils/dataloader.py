@@ -45,6 +45,7 @@ from utils.fast_chunks import chunk_plan, read_sample
 from utils.heap import reuse_freed_memory
 from utils.paths import resolve
 from utils.shard_check import check_against_manifest, read_error
+from utils.slices import as_slice
 from utils.worker_memory import ReusingLoader, fresh_shared, worker_pool
 
 DwMode = Literal["onehot", "channel", "none"]
@@ -150,13 +151,6 @@ def crop_size(crop: int | float | None, patch: int) -> int:
     if not 0 < side <= patch:
         raise ValueError(f"crop {crop!r} gives {side} px; must be in 1..{patch} (patch size)")
     return side
-
-
-def _as_slice(index: np.ndarray) -> slice | None:
-    """``index`` as a slice when it is a run of consecutive positions, else None."""
-    if len(index) and np.array_equal(index, np.arange(index[0], index[0] + len(index))):
-        return slice(int(index[0]), int(index[0]) + len(index))
-    return None
 
 
 class _Held:
@@ -351,7 +345,7 @@ class ShardDataset(Dataset):
         self.patch = min(height, width)
         self.crop = crop_size(crop, self.patch)
         self._s2_index = np.array([file_bands.index(b) for b in self.s2_names])
-        self._s2_slice = _as_slice(self._s2_index)
+        self._s2_slice = as_slice(self._s2_index)
         self._dw_index = file_bands.index(DW_BAND) if DW_BAND in file_bands else None
         self._offsets = np.concatenate([[0], np.cumsum(lengths)])
         self.stats = stats if stats is not None else hs.read_stats(self.shards_dir)
