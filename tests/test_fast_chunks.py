@@ -3,6 +3,8 @@ ShardDataset's items are those of the per-sample path it replaced (reference bel
 
 from __future__ import annotations
 
+import tracemalloc
+import zlib
 from pathlib import Path
 
 import h5py
@@ -145,3 +147,38 @@ def test_items_equal_the_per_sample_reference(
         got = torch.cat([item["image"], item["mask"]]) if with_mask else item["image"]
         assert got.dtype == torch.float32
         assert got.numpy().tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("chunk", "message"),
+    [
+        (b"\x00not a deflate stream", "does not inflate"),
+        # a bomb: 64 MB of zeros in ~64 KB; at most one sample's bytes come out
+        (zlib.compress(bytes(64 << 20), 9), f"more than {C * S * S * 4} bytes"),
+        (zlib.compress(b"\x01" * 100), f"100 bytes, not {C * S * S * 4}"),  # too short
+        (zlib.compress(bytes(C * S * S * 4))[:-9], "cut short"),  # the stream's end lost
+    ],
+    ids=["garbage", "bomb", "short", "cut"],
+)
+def test_damaged_deflate_chunks_are_clear_errors(
+    tmp_path: Path, chunk: bytes, message: str
+) -> None:
+    """A damaged or lying gzip chunk is an OSError naming it, and reading it holds no more
+    than one sample's memory."""
+    data = _data()
+    codec = ChunkCodec((C, S, S), "float32", "gzip", 1)
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        ds = f.create_dataset(hs.DATA, shape=data.shape, **codec.dataset_options())
+        for i in range(N):
+            write_chunk(ds, i, codec.encode(data[i]), codec)
+        ds.id.write_direct_chunk((1, 0, 0, 0), chunk)
+    with h5py.File(tmp_path / "s.h5") as f:
+        assert read_sample(f[hs.DATA], 0).tobytes() == data[0].tobytes()
+        tracemalloc.start()
+        try:
+            with pytest.raises(OSError, match=f"chunk 1 of /data .*{message}"):
+                read_sample(f[hs.DATA], 1)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 1 << 20

@@ -72,6 +72,23 @@ def _zstd_decompress(raw: bytes, dataset: h5py.Dataset, row: int) -> bytes:
         raise OSError(f"chunk {row} of {dataset.name} does not decompress ({err})") from err
 
 
+def _inflate(raw: bytes, dataset: h5py.Dataset, row: int) -> bytes:
+    """The bytes of one deflate chunk, never more than one sample's (ISA-L; a damaged
+    chunk, or one that inflates to more or less, raises ``OSError`` as h5py does)."""
+    size = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
+    inflater = isal_zlib.decompressobj()
+    try:  # at most one sample's bytes come out: memory stays bounded whatever it holds
+        out = inflater.decompress(raw, size)
+    except isal_zlib.error as err:
+        raise OSError(f"chunk {row} of {dataset.name} does not inflate ({err})") from err
+    if not inflater.eof:
+        what = f"more than {size} bytes" if inflater.unconsumed_tail else "a stream cut short"
+        raise OSError(f"chunk {row} of {dataset.name} inflates to {what}")
+    if len(out) != size:
+        raise OSError(f"chunk {row} of {dataset.name} inflates to {len(out)} bytes, not {size}")
+    return out
+
+
 def read_sample(
     dataset: h5py.Dataset,
     row: int,
@@ -101,10 +118,7 @@ def read_sample(
     if codec == Codec.ZSTD:
         raw = _zstd_decompress(raw, dataset, row)
     elif codec:
-        try:
-            raw = isal_zlib.decompress(raw)
-        except isal_zlib.error as err:  # a damaged chunk: the same error class as h5py's
-            raise OSError(f"chunk {row} of {dataset.name} does not inflate ({err})") from err
+        raw = _inflate(raw, dataset, row)
     shape = dataset.shape[1:]
     if shuffled and dataset.dtype.itemsize > 1:
         return unshuffle(raw, dataset.dtype, shape)
