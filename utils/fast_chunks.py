@@ -57,12 +57,11 @@ def chunk_plan(dataset: h5py.Dataset) -> tuple[bool, Codec] | None:
 _local = threading.local()
 
 
-def _zstd_decompress(raw: bytes, dataset: h5py.Dataset, row: int) -> bytes:
-    """The bytes of one Zstandard chunk (this thread's decompressor; a damaged chunk
-    raises ``OSError`` as h5py does)."""
+def _zstd_decompress(raw: bytes, dataset: h5py.Dataset, row: int, size: int) -> bytes:
+    """The ``size`` bytes of one Zstandard chunk (this thread's decompressor; a damaged
+    chunk raises ``OSError`` as h5py does)."""
     if not hasattr(_local, "zstd"):
         _local.zstd = zstandard.ZstdDecompressor()
-    size = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
     try:  # the frame's own size is checked first: memory stays bounded whatever it claims
         claimed = zstandard.frame_content_size(raw)
         if claimed != size:
@@ -72,10 +71,9 @@ def _zstd_decompress(raw: bytes, dataset: h5py.Dataset, row: int) -> bytes:
         raise OSError(f"chunk {row} of {dataset.name} does not decompress ({err})") from err
 
 
-def _inflate(raw: bytes, dataset: h5py.Dataset, row: int) -> bytes:
-    """The bytes of one deflate chunk, never more than one sample's (ISA-L; a damaged
-    chunk, or one that inflates to more or less, raises ``OSError`` as h5py does)."""
-    size = dataset.dtype.itemsize * int(np.prod(dataset.shape[1:]))
+def _inflate(raw: bytes, dataset: h5py.Dataset, row: int, size: int) -> bytes:
+    """The ``size`` bytes of one deflate chunk, never more (ISA-L; a damaged chunk, or
+    one that inflates to more or less, raises ``OSError`` as h5py does)."""
     inflater = isal_zlib.decompressobj()
     try:  # at most one sample's bytes come out: memory stays bounded whatever it holds
         out = inflater.decompress(raw, size)
@@ -115,11 +113,12 @@ def read_sample(
     filter_mask, raw = dataset.id.read_direct_chunk((row,) + (0,) * (dataset.ndim - 1))
     if filter_mask:  # a filter was skipped when this chunk was written
         return dataset[row]
-    if codec == Codec.ZSTD:
-        raw = _zstd_decompress(raw, dataset, row)
-    elif codec:
-        raw = _inflate(raw, dataset, row)
     shape = dataset.shape[1:]
+    size = dataset.dtype.itemsize * int(np.prod(shape))  # one sample's bytes
+    if codec == Codec.ZSTD:
+        raw = _zstd_decompress(raw, dataset, row, size)
+    elif codec:
+        raw = _inflate(raw, dataset, row, size)
     if shuffled and dataset.dtype.itemsize > 1:
         return unshuffle(raw, dataset.dtype, shape)
     sample = np.frombuffer(raw, dataset.dtype).reshape(shape)
