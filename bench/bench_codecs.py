@@ -25,6 +25,7 @@ import numpy as np
 from bench.bench_loader import cpu_ms, shards
 from utils import hdf5_schema as hs
 from utils.batching.shard_writer import ChunkCodec, write_chunk
+from utils.byte_shuffle import shuffle
 from utils.fast_chunks import read_sample
 
 #: (name, compression, level) of the shard codecs measured.
@@ -65,7 +66,7 @@ def shard_codec(samples: list[np.ndarray], compression: str, level: int, path: s
 def optional_codecs(samples: list[np.ndarray]) -> dict[str, dict]:
     """LZ4 (after the byte shuffle) and Blosc-LZ4 (its own shuffle), where installed."""
     rows = {}
-    raw = [np.ascontiguousarray(s.view(np.uint8).reshape(-1, 4).T).tobytes() for s in samples]
+    raw = [shuffle(s).tobytes() for s in samples]
     if importlib.util.find_spec("lz4"):
         import lz4.block  # noqa: PLC0415
 
