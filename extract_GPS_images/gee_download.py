@@ -56,8 +56,8 @@ from extract_GPS_images.tfrecord import (
     write_example,
 )
 from utils.atomic import remove_stale_temporaries
-from utils.batching.libc import libc_function
 from utils.heap import reuse_freed_memory
+from utils.libc import libc_function
 from utils.slices import as_slice
 
 MANIFEST_NAME = "gee_manifest.csv"

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ctypes
 
-from utils.batching.libc import libc_function
+from utils.libc import libc_function
 
 _MALLOC_TRIM = libc_function("malloc_trim", (ctypes.c_size_t,))  # glibc only
 _MALLOPT = libc_function("mallopt", (ctypes.c_int, ctypes.c_int))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import ctypes
 import os
 
-from utils.batching.libc import libc_function
+from utils.libc import libc_function
 
 #: ``SYNC_FILE_RANGE_WRITE`` of ``<fcntl.h>``: start write-back of dirty pages, no wait.
 SYNC_FILE_RANGE_WRITE = 2
