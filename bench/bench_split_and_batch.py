@@ -10,8 +10,9 @@ under ``runs/bench/``), side by side in one process:
 
 * **codec limit**: what no conversion can beat on ``--workers`` cores: a pool of
   ``workers`` processes that only reads and inflates each input gzip TFRecord file and
-  deflates its sample with the shard codec (byte shuffle + ISA-L deflate, exactly the
-  bytes the shards hold); records / (timed seconds / workers). The samples are decoded
+  compresses its sample with the shard codec of ``--compression`` (byte shuffle +
+  Zstandard by default, or ISA-L deflate: exactly the bytes the shards hold); records /
+  (timed seconds / workers). The samples are decoded
   for it beforehand, untimed; its processes reuse freed memory as the conversion does
   (:func:`utils.heap.reuse_freed_memory`);
 * **floor**, the bare TensorFlow parse-only loop: ``for x in TFRecordDataset(files,
