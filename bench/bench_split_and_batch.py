@@ -222,15 +222,19 @@ def _record_work(paths: list[str], size: int, compression: str) -> tuple[float, 
     level 1), and write both once (``pwrite`` into a scratch file, no ``fsync``). No
     staging, second copy, HDF5, manifest or quarantine: what a conversion that wrote
     every output byte once, straight from this pass, would still do."""
-    from utils.batching.shard_writer import ChunkCodec, SampleSummary, stat_stride  # noqa: PLC0415
-    from utils.batching.split_and_batch import STAT_GRID_PIXELS  # noqa: PLC0415
+    from utils.batching.shard_writer import (  # noqa: PLC0415
+        STAT_GRID_PIXELS,
+        ChunkCodec,
+        SampleSummary,
+        stat_stride,
+    )
     from utils.batching.validate_records import RecordRules, iter_results  # noqa: PLC0415
 
     rules = RecordRules(size)
     codec = ChunkCodec((len(image_band_names()), size, size), "float32", compression)
     stride = stat_stride(size * size, STAT_GRID_PIXELS)
     seconds, cpu, done, end = 0.0, 0.0, 0, 0
-    with tempfile.TemporaryFile(dir=project_root() / "runs") as scratch:
+    with tempfile.TemporaryFile(prefix="bench-split-") as scratch:  # where full_run writes
         for path in paths:
             start, used = time.perf_counter(), time.process_time()
             for record in iter_results(Path(path), rules):
